@@ -1,0 +1,39 @@
+"""tcpkit: line-oriented TCP services the IO::Socket way.
+
+The pieces, from the bottom up:
+
+* :mod:`tcpkit.framing` and :mod:`tcpkit.connection` — sans-IO line protocol;
+* :mod:`tcpkit.service` and :mod:`tcpkit.services` — what services answer;
+* :mod:`tcpkit.serving` — the serving models that move the bytes;
+* :mod:`tcpkit.sockets` and :mod:`tcpkit.client` — IO::Socket::INET-like
+  sockets and the clients built on them.
+"""
+
+from __future__ import annotations
+
+from tcpkit.client import (
+    AsyncFactorClient,
+    AsyncReverseClient,
+    FactorClient,
+    ReverseClient,
+    ServerError,
+)
+from tcpkit.service import Offload, RequestError, Service
+from tcpkit.services.factor import factorize
+from tcpkit.sockets import INETSocket
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncFactorClient",
+    "AsyncReverseClient",
+    "FactorClient",
+    "INETSocket",
+    "Offload",
+    "RequestError",
+    "ReverseClient",
+    "ServerError",
+    "Service",
+    "__version__",
+    "factorize",
+]

@@ -1,0 +1,206 @@
+"""The article's four programs: ``reverseS``, ``reverseC``, ``factorS``, ``factorC``.
+
+They print the transcripts of "Network Programming with IO::Socket" on stdout,
+line for line (logs, such as the real address listened on, go to stderr), and
+are written on :class:`~tcpkit.sockets.INETSocket` as the
+article writes them on IO::Socket::INET.  Past their transcripts they are the
+real services: the servers hand their listening socket to the async serving
+mode, so they serve many clients at once, obey the same limits and stop
+cleanly on ^C.
+
+Transcripts (SPEC §2.3)::
+
+    $ reverseS 7800                 $ reverseC localhost 7800
+    socket                          socket
+    bind                            bind
+    listen                          connect
+    accept localhost:40012          olleh
+    close localhost:40012           close
+
+    $ factorS                       $ factorC localhost 7801 42
+    Listening on 7801               2 3 7
+    accept localhost
+
+``close HANDLER`` names the client handle the way its ``accept`` line did
+(``NAME:PORT``), so the two lines of one client pair up in a busy log.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
+
+from tcpkit import logs, registry
+from tcpkit.endpoints import EndpointError, format_address, resolve_port
+from tcpkit.serving.aio import Listener
+from tcpkit.serving.events import Observer
+from tcpkit.serving.listeners import ListenError
+from tcpkit.serving.run import serve_listeners
+from tcpkit.sockets import ConnectError, INETSocket
+
+LOOKUP_TIMEOUT = 2.0
+
+
+@lru_cache(maxsize=4096)
+def host_name(ip: str) -> str:
+    """The reverse-DNS name of ``ip``, or ``ip`` itself when the lookup fails."""
+    try:
+        return socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)[0]
+    except OSError:
+        return ip
+
+
+class TranscriptObserver(Observer):
+    """Prints ``accept``/``close`` lines on stdout, with reverse-DNS names.
+
+    Lookups run on a small thread pool so a slow DNS server never stalls other
+    clients; a single printer thread keeps each client's lines in order (its
+    ``close`` waits for its ``accept``).
+    """
+
+    def __init__(self, accept_line: Callable[[str, int], str],
+                 close_line: Callable[[str, int], str] | None) -> None:
+        self.accept_line, self.close_line = accept_line, close_line
+        self._lookups = ThreadPoolExecutor(4, thread_name_prefix="resolve")
+        self._printer = ThreadPoolExecutor(1, thread_name_prefix="print")
+        self._names: dict[tuple[str, int], Future[str]] = {}
+
+    def accepted(self, service: str, host: str, port: int) -> None:
+        name = self._lookups.submit(host_name, host)
+        self._names[host, port] = name
+        self._printer.submit(self._print, lambda: self.accept_line(_name(name, host), port))
+
+    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
+        name = self._names.pop((host, port), None)
+        if self.close_line is None or name is None:
+            return
+        close_line = self.close_line
+        self._printer.submit(self._print, lambda: close_line(_name(name, host), port))
+
+    @staticmethod
+    def _print(make: Callable[[], str]) -> None:
+        print(make(), flush=True)
+
+
+def _name(future: Future[str], fallback: str) -> str:
+    try:
+        return future.result(timeout=LOOKUP_TIMEOUT)
+    except Exception:
+        return fallback
+
+
+def _port_argument(argv: Sequence[str], default: int, usage: str) -> int:
+    if len(argv) > 1:
+        _usage(usage)
+    try:
+        return resolve_port(argv[0]) if argv else default
+    except EndpointError as exc:
+        _usage(usage, str(exc))
+
+
+def _usage(usage: str, problem: str | None = None) -> None:
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"usage: {usage}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _serve(server: INETSocket, name: str, observer: TranscriptObserver) -> None:
+    logs.configure("info")  # stderr: "Listening on ...", the summary
+    server.sock.setblocking(False)
+    serve_listeners([Listener(registry.get(name), server.sock)], "async", None, observer)
+
+
+def reverse_server_main(argv: Sequence[str] | None = None) -> None:
+    """``reverseS [PORT]``: the reverse service with the article's transcript."""
+    port = _port_argument(sys.argv[1:] if argv is None else argv, 7800, "reverseS [PORT]")
+    try:
+        server = INETSocket.socket()
+        print("socket", flush=True)
+        server.bind(port=port)
+        print("bind", flush=True)
+        server.listen()
+        print("listen", flush=True)
+    except ListenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    _serve(server, "reverse", TranscriptObserver(
+        lambda name, p: f"accept {format_address(name, p)}",
+        lambda name, p: f"close {format_address(name, p)}"))
+
+
+def factor_server_main(argv: Sequence[str] | None = None) -> None:
+    """``factorS [PORT]``: the factor service with the article's transcript."""
+    port = _port_argument(sys.argv[1:] if argv is None else argv, 7801, "factorS [PORT]")
+    try:
+        server = INETSocket.listen_on(port)
+    except ListenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"Listening on {server.sockport}", flush=True)
+    _serve(server, "factor", TranscriptObserver(lambda name, p: f"accept {name}", None))
+
+
+def _client_socket(host: str, port_text: str) -> INETSocket:
+    """socket, bind, connect — printing each step as the article's client does."""
+    port = resolve_port(port_text)
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConnectError(f"cannot connect to {format_address(host, port)}: "
+                           f"{exc.strerror}") from None
+    sock = INETSocket.socket(family)
+    print("socket", flush=True)
+    sock.bind("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
+    print("bind", flush=True)
+    sock.connect_to(str(address[0]), port, timeout=30)
+    print("connect", flush=True)
+    return sock
+
+
+def reverse_client_main(argv: Sequence[str] | None = None) -> None:
+    """``reverseC HOST PORT``: send stdin's lines, print each reply, then ``close``."""
+    from tcpkit.cli_clients import relay_lines
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) != 2:
+        _usage("reverseC HOST PORT")
+    try:
+        sock = _client_socket(args[0], args[1])
+        sock.settimeout(None)  # a person may type slowly
+        status = relay_lines(sock, sys.stdin.fileno(), sys.stdout.buffer)
+    except EndpointError as exc:
+        _usage("reverseC HOST PORT", str(exc))
+    except (ConnectError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    sock.close()
+    print("close", flush=True)
+    raise SystemExit(status)
+
+
+def factor_client_main(argv: Sequence[str] | None = None) -> None:
+    """``factorC HOST PORT N``: print the prime factors of N."""
+    from tcpkit.client import FactorClient
+    from tcpkit.endpoints import Endpoint
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) != 3:
+        _usage("factorC HOST PORT N")
+    host, port_text, number = args
+    try:
+        endpoint = Endpoint(host=host, port=resolve_port(port_text))
+        with FactorClient(endpoint) as client:
+            reply = client.request(number.encode("utf-8", "surrogateescape"))
+    except EndpointError as exc:
+        _usage("factorC HOST PORT N", str(exc))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if reply.startswith(b"error: "):
+        print(f"{number}: {reply.decode('utf-8', 'replace')}", file=sys.stderr)
+        raise SystemExit(1)
+    print(reply.decode("ascii"))

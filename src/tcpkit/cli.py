@@ -1,0 +1,176 @@
+"""The ``tcpkit`` command: ``serve``, ``reverse``, ``factor`` and ``services``.
+
+Exit status (SPEC §2): 0 ok, 1 a request failed (error reply, refused
+connection, timeout, port in use), 2 usage error.  Every failure a user can
+cause ends in one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from tcpkit import __version__, logs, registry
+from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint, resolve_port
+from tcpkit.service import Options, Service
+from tcpkit.serving.config import Limits
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MODES = ("async",)
+
+
+class UsageError(Exception):
+    """Bad arguments discovered after parsing (exit 2)."""
+
+
+def positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    """An argparse type that accepts only numbers above zero."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcpkit", description="Line-oriented TCP services: reverse and factor.")
+    parser.add_argument("--version", action="version", version=f"tcpkit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_parser(commands)
+    from tcpkit import cli_clients
+
+    cli_clients.add_parsers(commands)
+    services = commands.add_parser("services", help="list registered services or resolve one")
+    services.add_argument("name", nargs="?", help="a service name to resolve to its port")
+    services.set_defaults(run=run_services)
+    return parser
+
+
+def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve", help="run services (default: reverse on 7800 and factor on 7801)",
+        description="Serve one or more registered services until SIGINT/SIGTERM.")
+    serve.add_argument("services", nargs="*", metavar="SERVICE",
+                       help="services to run (default: reverse factor)")
+    serve.add_argument("--listen", action="append", default=[], metavar="ENDPOINT",
+                       help="PORT, HOST:PORT, [V6]:PORT, HOST:NAME or unix:/path; "
+                            "with several services SERVICE=ENDPOINT (repeatable)")
+    serve.add_argument("--mode", choices=MODES, default="async", help="serving model")
+    limits = Limits()
+    serve.add_argument("--max-connections", type=positive(int), default=limits.max_connections)
+    serve.add_argument("--idle-timeout", type=positive(float), default=limits.idle_timeout,
+                       metavar="SECONDS")
+    serve.add_argument("--max-line", type=positive(int), default=limits.max_line,
+                       metavar="BYTES")
+    serve.add_argument("--drain-timeout", type=positive(float), default=limits.drain_timeout,
+                       metavar="SECONDS")
+    serve.add_argument("--time-limit", type=positive(float), default=limits.time_limit,
+                       metavar="SECONDS", help="bound on the work for one request (factor)")
+    serve.add_argument("--max-digits", type=positive(int), default=Options().max_digits,
+                       help="longest number the factor service accepts")
+    serve.add_argument("--factor-workers", type=positive(int), default=None, metavar="N",
+                       help="worker processes for large factorizations (default: CPUs)")
+    add_log_options(serve)
+    serve.set_defaults(run=run_serve)
+
+
+def add_log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+
+
+def plan_listeners(names: Sequence[str], listen: Sequence[str]) -> list[tuple[str, Endpoint]]:
+    """Pair services with endpoints: ``--listen E`` for one service, ``S=E`` for several."""
+    names = list(names) or ["reverse", "factor"]
+    explicit: dict[str, list[Endpoint]] = {name: [] for name in names}
+    for item in listen:
+        name, sep, text = item.partition("=")
+        if not sep:
+            if len(names) > 1:
+                raise UsageError(f"with several services, write --listen SERVICE=ENDPOINT "
+                                 f"(got {item!r})")
+            name, text = names[0], item
+        if name not in explicit:
+            raise UsageError(f"--listen {item!r} names a service that is not being served")
+        explicit[name].append(parse_endpoint(text))
+    plan = []
+    for name in names:
+        service = registry.get(name)
+        for endpoint in explicit[name] or [Endpoint(port=service.port)]:
+            plan.append((name, endpoint))
+    return plan
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from tcpkit.serving.listeners import ListenError
+    from tcpkit.serving.run import run
+
+    try:
+        plan = plan_listeners(args.services, args.listen)
+    except (EndpointError, registry.UnknownService) as exc:
+        raise UsageError(str(exc)) from None
+    options = Options(max_digits=args.max_digits)
+    services: dict[str, Service] = {}
+    for name, _ in plan:
+        services.setdefault(name, registry.get(name).configured(options))
+    limits = Limits(
+        max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+        max_line=args.max_line, drain_timeout=args.drain_timeout,
+        time_limit=args.time_limit, pool_size=args.factor_workers,
+    )
+    try:
+        run([(services[name], endpoint) for name, endpoint in plan], args.mode, limits)
+    except ListenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def run_services(args: argparse.Namespace) -> int:
+    if args.name is None:
+        for service in sorted(registry.services().values(), key=lambda s: s.port):
+            print(f"{service.name:<12} {service.port:>5}/tcp  {service.description}")
+        return EXIT_OK
+    try:
+        port = resolve_port(args.name)
+    except EndpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    source = "tcpkit" if args.name in registry.services() else "system"
+    if args.name.isdigit():
+        try:
+            source, name = "system", socket.getservbyport(port, "tcp")
+            print(f"{port}/tcp  {name}")
+        except OSError:
+            print(f"{port}/tcp")
+        return EXIT_OK
+    print(f"{args.name:<12} {port:>5}/tcp  ({source})")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``tcpkit`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
+    try:
+        status = args.run(args)
+    except UsageError as exc:
+        parser.exit(EXIT_USAGE, f"{parser.prog} {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        status = 130
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error
+        sys.stderr.close()
+        status = EXIT_OK
+    sys.exit(status)

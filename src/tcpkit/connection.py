@@ -1,0 +1,192 @@
+"""One client connection as a sans-IO state machine: request bytes in, reply bytes out.
+
+:class:`ServiceConnection` joins the framer to a service and keeps replies in
+request order.  It owns no socket and no clock; every serving mode drives it
+the same way:
+
+    conn = ServiceConnection(service, max_line)
+    send(conn.receive_data(data))          # replies that are ready now
+    for job in conn.take_jobs(): start(job) # Offload work to run elsewhere
+    ...
+    send(conn.job_done(job, reply))        # a job finished (or job_failed)
+    send(conn.receive_eof())               # the client half-closed
+    if conn.finished: close()
+
+Replies are released strictly in request order: while an offloaded job is
+pending, later replies wait behind it (only their bytes, a few per line, are
+held; the serving layer stops reading when too many wait).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from tcpkit.framing import LF, LineFramer, split_lines, split_terminator
+from tcpkit.service import Offload, RequestError, Service
+
+log = logging.getLogger("tcpkit")
+ERROR = b"error: "
+
+
+@dataclass(eq=False)
+class Job:
+    """An offloaded request waiting for its reply."""
+
+    work: Offload
+    terminator: bytes
+    reply: bytes | None = None
+    handle: object = field(default=None, repr=False)  # the serving layer's task or future
+
+
+class ServiceConnection:
+    """Per-connection protocol state; see the module docstring."""
+
+    __slots__ = (
+        "_answer",
+        "_block",
+        "_framer",
+        "_new_jobs",
+        "_pending",
+        "closing",
+        "eof",
+        "errors",
+        "lines",
+    )
+
+    def __init__(self, service: Service, max_line: int = 1 << 20) -> None:
+        self._answer = service.answer
+        self._block = service.answer_block
+        self._framer = LineFramer(max_line)
+        self._pending: deque[Job | bytes] = deque()  # replies held behind a job
+        self._new_jobs: list[Job] = []
+        self.lines = 0  # requests answered or queued
+        self.errors = 0  # error replies sent
+        self.eof = False  # the client sent EOF
+        self.closing = False  # a protocol error: close once replies are out
+
+    # -- input ------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> bytes:
+        """Feed received bytes; return the replies that are ready now."""
+        if self.closing or self.eof:
+            return b""
+        block = self._framer.feed(data)
+        out = self._answer_block(block) if block else b""
+        if self._framer.overflowed:
+            out += self._fail(f"line too long (max {self._framer.max_line} bytes)")
+        return out
+
+    def receive_eof(self) -> bytes:
+        """The client finished sending: answer its unterminated last line, if any."""
+        if self.eof:
+            return b""
+        self.eof = True
+        line = None if self.closing else self._framer.feed_eof()
+        if line is None:
+            return b""
+        out: list[bytes] = []
+        self._answer_line(line, LF, out)
+        return b"".join(out)
+
+    def stop_input(self) -> None:
+        """Take no more requests (the server is draining); answer those already read."""
+        self.eof = True
+
+    # -- offloaded work ---------------------------------------------------
+
+    def take_jobs(self) -> list[Job]:
+        """Jobs created since the last call; the serving layer must run each."""
+        jobs, self._new_jobs = self._new_jobs, []
+        return jobs
+
+    def job_done(self, job: Job, reply: bytes) -> bytes:
+        """A job's work returned ``reply``; return whatever replies are now in order."""
+        job.reply = reply + job.terminator
+        return self._release()
+
+    def job_failed(self, job: Job, message: str) -> bytes:
+        """A job could not finish (time limit, worker crash): reply with an error."""
+        self.errors += 1
+        return self.job_done(job, ERROR + message.encode("utf-8", "replace"))
+
+    def pending_jobs(self) -> list[Job]:
+        """Jobs still waiting for their work (to cancel when the client leaves)."""
+        return [item for item in self._pending if isinstance(item, Job) and item.reply is None]
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Replies held back behind unfinished jobs."""
+        return len(self._pending)
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will be sent: the client is done (EOF or error) and all replies are out."""
+        return (self.eof or self.closing) and not self._pending
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an unfinished request line."""
+        return self._framer.buffered
+
+    # -- internals --------------------------------------------------------
+
+    def _answer_block(self, block: bytes) -> bytes:
+        if self._block is not None and not self._pending:
+            reply = self._block(block)
+            if reply is not None:
+                self.lines += block.count(LF)
+                return reply
+        out: list[bytes] = []
+        for line in split_lines(block):
+            content, terminator = split_terminator(line)
+            self._answer_line(content, terminator, out)
+        return b"".join(out)
+
+    def _answer_line(self, content: bytes, terminator: bytes, out: list[bytes]) -> None:
+        self.lines += 1
+        try:
+            reply: bytes | Offload = self._answer(content)
+        except RequestError as exc:
+            self.errors += 1
+            reply = ERROR + str(exc).encode("utf-8", "replace")
+        except Exception:
+            # A bug in a service must cost one request, not the server.
+            log.exception("service failed on a request")
+            self.errors += 1
+            reply = ERROR + b"internal error"
+        if isinstance(reply, Offload):
+            job = Job(reply, terminator)
+            self._pending.append(job)
+            self._new_jobs.append(job)
+        elif self._pending:
+            self._pending.append(reply + terminator)
+        else:
+            out.append(reply)
+            out.append(terminator)
+
+    def _fail(self, message: str) -> bytes:
+        self.closing = True
+        self.errors += 1
+        reply = ERROR + message.encode() + LF
+        if self._pending:
+            self._pending.append(reply)
+            return b""
+        return reply
+
+    def _release(self) -> bytes:
+        out: list[bytes] = []
+        pending = self._pending
+        while pending:
+            head = pending[0]
+            if isinstance(head, Job):
+                if head.reply is None:
+                    break
+                out.append(head.reply)
+            else:
+                out.append(head)
+            pending.popleft()
+        return b"".join(out)

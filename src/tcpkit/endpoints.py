@@ -1,0 +1,113 @@
+"""Endpoints: parse ``host:port`` strings and resolve service names to ports.
+
+Accepted forms (SPEC §2.1): ``PORT``, ``HOST:PORT``, ``[IPV6]:PORT``,
+``HOST:SERVICENAME``, ``:PORT`` and ``unix:/path``.  A service name resolves
+through tcpkit's registry first (``reverse`` → 7800, ``factor`` → 7801), then
+the system services database (``echo`` → 7).  Parsing never touches the
+network; only :func:`resolve_port` reads ``/etc/services``.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from tcpkit import registry
+
+
+class EndpointError(ValueError):
+    """An endpoint string that cannot be understood; the message says why."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to listen or connect: a host and port, or a unix socket path.
+
+    ``host`` is ``None`` when the text named none: servers then listen on every
+    interface and clients connect to ``localhost``.
+    """
+
+    host: str | None = None
+    port: int = 0
+    path: str | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return format_address(self.host or "", self.port)
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port`` with IPv6 literals bracketed, as users type them."""
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def resolve_port(name: str) -> int:
+    """A port number from digits or a service name (registry, then /etc/services)."""
+    if name.isdigit():
+        port = int(name)
+        if port > 65535:
+            raise EndpointError(f"port out of range: {name} (0-65535)")
+        return port
+    if name in registry.services():
+        return registry.services()[name].port
+    try:
+        return socket.getservbyname(name, "tcp")
+    except OSError:
+        raise EndpointError(f"unknown port or service name: {name!r}") from None
+
+
+def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
+    """Parse an endpoint string; ``default_port`` allows a bare ``HOST``."""
+    text = text.strip()
+    if not text:
+        raise EndpointError("empty endpoint")
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path:
+            raise EndpointError("unix: endpoint needs a path, e.g. unix:/run/tcpkit.sock")
+        return Endpoint(path=path)
+    if text.startswith("["):
+        return _parse_bracketed(text, default_port)
+    if text.isdigit():
+        return Endpoint(port=resolve_port(text))
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise EndpointError(f"endpoint needs a port: {text!r} (try {text}:PORT)")
+        return Endpoint(host=text, port=default_port)
+    if ":" in host:
+        raise EndpointError(f"IPv6 addresses need brackets: [{host}]:{port}")
+    if not port:
+        raise EndpointError(f"endpoint has an empty port: {text!r}")
+    return Endpoint(host=host or None, port=resolve_port(port))
+
+
+def _parse_bracketed(text: str, default_port: int | None) -> Endpoint:
+    host, sep, rest = text[1:].partition("]")
+    if not sep or not host:
+        raise EndpointError(f"bad IPv6 endpoint: {text!r} (expected [ADDRESS]:PORT)")
+    if not rest:
+        if default_port is None:
+            raise EndpointError(f"endpoint needs a port: {text!r}")
+        return Endpoint(host=host, port=default_port)
+    if not rest.startswith(":") or len(rest) == 1:
+        raise EndpointError(f"bad IPv6 endpoint: {text!r} (expected [ADDRESS]:PORT)")
+    return Endpoint(host=host, port=resolve_port(rest[1:]))
+
+
+def peer_text(address: object) -> tuple[str, int]:
+    """(host, port) of a peer address, with IPv4-mapped IPv6 shown as IPv4."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), int(address[1])
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:") :]
+        return host, port
+    return "unix", 0  # unix sockets have no peer address
+

@@ -1,0 +1,1 @@
+"""The built-in services: ``reverse`` (7800) and ``factor`` (7801)."""

@@ -1,0 +1,8 @@
+"""Serving models: they move bytes between sockets and sans-IO connections.
+
+``run.py`` is the one entry point the command line uses: it opens every
+listening socket first (so a port in use fails fast, with one clear line,
+before anything is served), then hands them to the chosen mode.  Each mode has
+a module of its own (``aio.py`` for async); ``listeners.py``, ``pool.py``,
+``events.py``, ``stats.py`` and ``config.py`` are shared by all of them.
+"""

@@ -1,0 +1,23 @@
+"""Server settings shared by every serving mode (SPEC §2.1 defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a server allows its clients; every mode obeys all of these."""
+
+    max_connections: int = 10_000
+    idle_timeout: float = 300.0
+    max_line: int = 1 << 20
+    drain_timeout: float = 10.0
+    time_limit: float = 30.0
+    pool_size: int | None = None  # worker processes for offloaded work; None = CPUs
+    # Flow control: stop reading a client whose unsent replies pass the high
+    # mark, resume below the low mark (bytes in the transport's write buffer).
+    write_high: int = 256 * 1024
+    write_low: int = 64 * 1024
+    # ...and one whose replies wait behind this many unfinished jobs.
+    max_waiting: int = 1024

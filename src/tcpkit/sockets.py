@@ -1,0 +1,220 @@
+"""An IO::Socket::INET for Python: sockets made in one call, with line I/O.
+
+The article builds everything on Perl's IO::Socket::INET, which hides the four
+or five socket calls behind one constructor and gives a handle you can read
+lines from.  :class:`INETSocket` does the same:
+
+    with INETSocket.connect("localhost:7800") as sock:     # socket + connect
+        sock.print("hello")
+        print(sock.readline())                             # b"olleh\\n"
+
+    server = INETSocket.listen(7800)                       # socket + bind + listen
+    client = server.accept()
+    print(client.peerhost, client.peerport)
+
+The individual calls (:meth:`INETSocket.socket`, :meth:`bind`, :meth:`listen`,
+:meth:`connect`) are there too, for programs that show each step as the
+article's do.  Perl's own argument names work through :meth:`INETSocket.new`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Self
+
+from tcpkit.endpoints import Endpoint, format_address, parse_endpoint, peer_text, resolve_port
+from tcpkit.serving.listeners import ListenError, open_listener
+
+DEFAULT_BACKLOG = 128
+
+
+class ConnectError(OSError):
+    """A connection could not be made; the message is ready for the user."""
+
+
+def _endpoint(peer: str | Endpoint, port: int | str | None) -> Endpoint:
+    if isinstance(peer, Endpoint):
+        return peer
+    if port is not None:
+        return Endpoint(host=peer, port=port if isinstance(port, int) else resolve_port(port))
+    return parse_endpoint(peer)
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    return exc.strerror or str(exc)
+
+
+class INETSocket:
+    """A TCP (or unix) socket with file-like line I/O, in the style of IO::Socket::INET."""
+
+    def __init__(self, sock: socket.socket | None = None, family: int = socket.AF_INET6) -> None:
+        self.sock = sock if sock is not None else socket.socket(family, socket.SOCK_STREAM)
+        self._reader = self.sock.makefile("rb")
+
+    # -- making sockets in one call ---------------------------------------
+
+    @classmethod
+    def connect(cls, peer: str | Endpoint, port: int | str | None = None,
+                timeout: float | None = None) -> Self:
+        """A connected client socket: ``connect("host:7800")`` or ``connect("host", "reverse")``."""
+        endpoint = _endpoint(peer, port)
+        shown = str(endpoint) if endpoint.host else f"localhost:{endpoint.port}"
+        try:
+            if endpoint.path is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                sock.connect(endpoint.path)
+            else:
+                address = (endpoint.host or "localhost", endpoint.port)
+                sock = socket.create_connection(address, timeout=timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot connect to {shown}: {exc.strerror}") from None
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {shown}: {_reason(exc)}") from None
+        return cls(sock)
+
+    @classmethod
+    def listen_on(cls, local: str | int | Endpoint = 0,
+                  backlog: int = DEFAULT_BACKLOG) -> Self:
+        """A listening socket: ``listen_on(7800)``, ``listen_on("127.0.0.1:0")``."""
+        if isinstance(local, int):
+            endpoint = Endpoint(port=local)
+        elif isinstance(local, str):
+            endpoint = parse_endpoint(local)
+        else:
+            endpoint = local
+        sock = open_listener(endpoint, backlog)
+        sock.setblocking(True)
+        return cls(sock)
+
+    @classmethod
+    def new(cls, **args: Any) -> Self:
+        """IO::Socket::INET->new with Perl's names: PeerAddr, PeerPort, LocalPort, Listen, Timeout."""
+        if "PeerAddr" in args:
+            return cls.connect(str(args["PeerAddr"]), args.get("PeerPort"), args.get("Timeout"))
+        local = args.get("LocalPort", 0)
+        host = args.get("LocalAddr")
+        port = local if isinstance(local, int) else resolve_port(str(local))
+        return cls.listen_on(Endpoint(host=host, port=port), int(args.get("Listen", 128)))
+
+    # -- the individual calls, for programs that show each step ---------
+
+    @classmethod
+    def socket(cls, family: int = socket.AF_INET6) -> Self:
+        """``socket()``: a fresh, unbound TCP socket."""
+        return cls(socket.socket(family, socket.SOCK_STREAM))
+
+    def bind(self, host: str | None = None, port: int = 0) -> None:
+        """``bind()``: every interface (dual-stack for IPv6) unless ``host`` is given."""
+        if self.sock.family == socket.AF_INET6 and host is None:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        default = "::" if self.sock.family == socket.AF_INET6 else "0.0.0.0"
+        try:
+            self.sock.bind((host or default, port))
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host or ''}:{port}: {_reason(exc)}") from None
+
+    def connect_to(self, host: str, port: int, timeout: float | None = None) -> None:
+        """``connect()`` this socket to ``host``:``port`` (raises ConnectError)."""
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect((host, port))
+        except OSError as exc:
+            shown = format_address(host, port)
+            raise ConnectError(f"cannot connect to {shown}: {_reason(exc)}") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def listen(self, backlog: int = DEFAULT_BACKLOG) -> None:
+        """``listen()``: start accepting connections."""
+        self.sock.listen(backlog)
+
+    def accept(self) -> INETSocket:
+        """Wait for a client; return its connected socket (same kind of object)."""
+        sock, _ = self.sock.accept()
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return INETSocket(sock)
+
+    # -- addresses ---------------------------------------------------------
+
+    @property
+    def peerhost(self) -> str:
+        """The peer's IP address as text (IPv4-mapped addresses shown as IPv4)."""
+        return peer_text(self.sock.getpeername())[0]
+
+    @property
+    def peerport(self) -> int:
+        return peer_text(self.sock.getpeername())[1]
+
+    @property
+    def peeraddr(self) -> bytes:
+        """The peer's address in packed binary form, as Perl's ``peeraddr``."""
+        host = self.peerhost
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.inet_pton(family, host)
+
+    @property
+    def sockhost(self) -> str:
+        return peer_text(self.sock.getsockname())[0]
+
+    @property
+    def sockport(self) -> int:
+        return peer_text(self.sock.getsockname())[1]
+
+    # -- line I/O ----------------------------------------------------------
+
+    def readline(self) -> bytes:
+        """The next line with its terminator; ``b""`` at end of stream."""
+        return self._reader.readline()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def recv(self, size: int = 65536) -> bytes:
+        """Whatever bytes are available (reads through the line buffer)."""
+        return self._reader.read1(size)
+
+    def write(self, data: bytes | str) -> None:
+        """Send all of ``data``."""
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def print(self, *lines: bytes | str) -> None:
+        """Send each argument as a line (LF added), like Perl's ``print $sock``."""
+        self.write(b"".join((x.encode() if isinstance(x, str) else x) + b"\n" for x in lines))
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def shutdown_write(self) -> None:
+        """Half-close: tell the peer we are done sending, keep reading its replies."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self._reader.close()
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return f"INETSocket(fd={self.sock.fileno()})"
+
+    def __repr__(self) -> str:
+        try:
+            where = f" peer={format_address(self.peerhost, self.peerport)}"
+        except OSError:
+            where = ""
+        return f"<INETSocket fd={self.sock.fileno()}{where}>"
