@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
+from typing import NoReturn
 
 from tcpkit import logs, registry
 from tcpkit.endpoints import EndpointError, format_address, resolve_port
@@ -101,7 +102,7 @@ def _port_argument(argv: Sequence[str], default: int, usage: str) -> int:
         _usage(usage, str(exc))
 
 
-def _usage(usage: str, problem: str | None = None) -> None:
+def _usage(usage: str, problem: str | None = None) -> NoReturn:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
     print(f"usage: {usage}", file=sys.stderr)

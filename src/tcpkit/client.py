@@ -168,7 +168,8 @@ class LineClient:
 
     default_port = 0
 
-    def __init__(self, endpoint: str | Endpoint = "localhost", timeout: float | None = 30.0) -> None:
+    def __init__(self, endpoint: str | Endpoint = "localhost",
+                 timeout: float | None = 30.0) -> None:
         if isinstance(endpoint, str):
             endpoint = parse_endpoint(endpoint, default_port=self.default_port)
         self.endpoint = endpoint

@@ -44,7 +44,7 @@ class LineFramer:
     because the stream can no longer be framed reliably.
     """
 
-    __slots__ = ("_parts", "_partial_len", "max_line", "overflowed")
+    __slots__ = ("_partial_len", "_parts", "max_line", "overflowed")
 
     def __init__(self, max_line: int = 1 << 20) -> None:
         if max_line < 1:

@@ -94,7 +94,11 @@ class INETSocket:
 
     @classmethod
     def new(cls, **args: Any) -> Self:
-        """IO::Socket::INET->new with Perl's names: PeerAddr, PeerPort, LocalPort, Listen, Timeout."""
+        """IO::Socket::INET->new with Perl's argument names.
+
+        PeerAddr, PeerPort and Timeout make a client; LocalAddr, LocalPort and
+        Listen a server.
+        """
         if "PeerAddr" in args:
             return cls.connect(str(args["PeerAddr"]), args.get("PeerPort"), args.get("Timeout"))
         local = args.get("LocalPort", 0)

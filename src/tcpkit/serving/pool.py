@@ -75,6 +75,16 @@ class _Worker:
         self.process.join(timeout=5)
 
 
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    for worker in workers:
+        worker.stop()
+
+
 class WorkerPool:
     """Run :class:`Offload` jobs in worker processes, each bounded by ``time_limit``."""
 
@@ -116,7 +126,7 @@ class WorkerPool:
         workers, self._all = list(self._all), set()
         if workers:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, lambda: [w.stop() for w in workers])
+            await loop.run_in_executor(None, _stop_all, workers)
 
     async def _started(self) -> asyncio.Queue[_Worker]:
         if self._idle is None:
@@ -132,7 +142,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         fd = worker.conn.fileno()
-        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        loop.add_reader(fd, _set_once, done)
         try:
             worker.conn.send(work)
             await done
