@@ -1,0 +1,833 @@
+"""The benchmark of SPEC §8: tcpkit in every mode against C and the usual peers.
+
+One command builds the C load generator and the C epoll server from the shared
+bench directory, starts each server in turn pinned to CPU 0 (the load generator
+runs on CPU 1), drives it through the cells below, and writes:
+
+* a JSON-lines file with every measurement (one line per server, cell and
+  repetition),
+* the tables between the ``bench`` markers of ``BENCHMARKS.md`` (medians, p99,
+  RSS, and every figure as a ratio to C epoll from the same run),
+* a PNG plot of requests per second per server and cell.
+
+Everything stays on 127.0.0.1, every step is bounded in time, and servers are
+started and stopped by PID only.  Repetitions are interleaved (each repetition
+visits every server, in a rotated order) so that a noisy neighbour slows all
+servers alike rather than one of them.
+
+Cells and servers are tables (:data:`CELLS`, :data:`SERVERS`): a new cell is
+one more row, e.g. a factor cell with ``--payload-file`` and ``--expect factor``
+and ``service="factor"`` (servers that do not speak that service are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SERVER_CPUS = "0"
+LOADGEN_CPUS = "1"
+MARK_BEGIN = "<!-- bench:begin -->"
+MARK_END = "<!-- bench:end -->"
+
+
+# --------------------------------------------------------------------------
+# The tables: cells and servers.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One load pattern.  ``loadgen`` is loadgen's arguments, with placeholders:
+    ``{seconds}`` (the run's seconds per cell), ``{hold}`` (connections held),
+    ``{idle}`` (hold's idle period), ``{shared}`` (the shared bench directory) and
+    ``{here}`` (this directory)."""
+
+    name: str
+    label: str
+    loadgen: tuple[str, ...]
+    service: str = "reverse"
+    # hold cells: fresh server, all connections must be served before and after
+    # the idle period, and the RSS growth per connection is reported.
+    hold: bool = False
+    baseline: str = "c_epoll"
+
+
+LINE = ("-l", "32")
+CELLS: list[Cell] = [
+    Cell("rr-c1", "rr C=1", ("--mode", "rr", "-c", "1", *LINE, "-d", "{seconds}")),
+    Cell("rr-c100", "rr C=100", ("--mode", "rr", "-c", "100", *LINE, "-d", "{seconds}")),
+    Cell("rr-c1000", "rr C=1000", ("--mode", "rr", "-c", "1000", *LINE, "-d", "{seconds}")),
+    Cell("conn-c10", "conn C=10", ("--mode", "conn", "-c", "10", *LINE, "-d", "{seconds}")),
+    Cell("stream-w64", "stream W=64",
+         ("--mode", "stream", "-c", "1", "-w", "64", *LINE, "-d", "{seconds}")),
+    Cell("hold", "hold C={hold}", ("--mode", "hold", "-c", "{hold}", *LINE, "-d", "{idle}"),
+         hold=True),
+]
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server under test.  ``argv(ctx, port, service)`` is its command line."""
+
+    name: str
+    argv: Callable[[Context, int, str], list[str]]
+    services: tuple[str, ...] = ("reverse",)
+    cpus: str = SERVER_CPUS
+    needs: tuple[str, ...] = ()  # executables, or "py:module" for Python modules
+    no_hold: str = ""  # why the hold cell does not apply, if it does not
+    optional: bool = False  # only with --servers all or by name
+
+
+@dataclass
+class Context:
+    """Paths and options every step needs."""
+
+    shared: Path
+    build: Path
+    python: str
+    tcpkit: list[str]
+    seconds: float
+    idle: float
+    hold: int
+
+    def anchor(self, name: str) -> str:
+        return str(self.shared / "anchors" / name)
+
+
+ONE_AT_A_TIME = "serves one client at a time: the others would wait forever"
+PROCESS_EACH = "a process per client: 10,000 processes would swamp a shared machine"
+
+
+def tcpkit(mode: str, *extra: str) -> Callable[[Context, int, str], list[str]]:
+    def argv(ctx: Context, port: int, service: str) -> list[str]:
+        return [*ctx.tcpkit, "serve", service, "--mode", mode, "--listen", f"127.0.0.1:{port}",
+                "--log-level", "warning", *extra]
+    return argv
+
+
+def python_anchor(script: str, *extra: str) -> Callable[[Context, int, str], list[str]]:
+    def argv(ctx: Context, port: int, service: str) -> list[str]:
+        return [ctx.python, ctx.anchor(script), str(port), *extra]
+    return argv
+
+
+SERVERS: list[Server] = [
+    Server("c_epoll", lambda ctx, port, _: [str(ctx.build / "c_epoll_reverse"), str(port)]),
+    Server("tcpkit-async", tcpkit("async"), services=("reverse", "factor")),
+    Server("tcpkit-thread", tcpkit("thread"), services=("reverse", "factor")),
+    Server("tcpkit-fork", tcpkit("fork"), services=("reverse", "factor"), no_hold=PROCESS_EACH),
+    Server("tcpkit-iterative", tcpkit("iterative"), services=("reverse", "factor"),
+           no_hold=ONE_AT_A_TIME),
+    # Two worker processes on two cores: the load generator shares them.
+    Server("tcpkit-async-w2", tcpkit("async", "--workers", "2"), services=("reverse", "factor"),
+           cpus="0-1"),
+    Server("asyncio-streams", python_anchor("py_asyncio_streams.py")),
+    Server("uvloop-streams", python_anchor("py_asyncio_streams.py", "--uvloop"),
+           needs=("py:uvloop",)),
+    Server("uvloop-protocol", python_anchor("py_asyncio_protocol.py", "--uvloop"),
+           needs=("py:uvloop",)),
+    Server("socketserver-thread", python_anchor("py_socketserver.py", "thread")),
+    Server("socketserver-fork", python_anchor("py_socketserver.py", "fork"),
+           no_hold=PROCESS_EACH),
+    Server("perl-iterative",
+           lambda ctx, port, _: ["perl", ctx.anchor("perl_server.pl"), str(port), "iterative"],
+           needs=("perl",), no_hold=ONE_AT_A_TIME),
+    Server("perl-fork",
+           lambda ctx, port, _: ["perl", ctx.anchor("perl_server.pl"), str(port), "fork"],
+           needs=("perl",), no_hold=PROCESS_EACH),
+    Server("node-net", lambda ctx, port, _: ["node", ctx.anchor("node_net.js"), str(port)],
+           needs=("node",)),
+    Server("twisted", python_anchor("py_twisted.py"), needs=("py:twisted",), optional=True),
+    Server("trio", python_anchor("py_trio.py"), needs=("py:trio",), optional=True),
+    Server("gevent", python_anchor("py_gevent.py"), needs=("py:gevent",), optional=True),
+]
+
+# tcpkit's targets (issue 3): median ratio to C epoll in the same run.
+ASYNC_TARGETS = {"rr-c100": 0.90, "rr-c1000": 0.70, "conn-c10": 0.90, "stream-w64": 0.96}
+HOLD_TARGET_KB = 2.0
+# Each tcpkit mode must match or beat its peer on every cell.
+PEERS = {
+    "tcpkit-thread": "socketserver-thread",
+    "tcpkit-fork": "perl-fork",
+    "tcpkit-iterative": "perl-iterative",
+}
+
+
+# --------------------------------------------------------------------------
+# Processes: build, start, watch, stop.
+# --------------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def build(shared: Path, out: Path) -> None:
+    """Compile loadgen and the C epoll server (again only when a source changed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, source in (("loadgen", "loadgen.c"), ("c_epoll_reverse", "c_epoll_reverse.c")):
+        src, binary = shared / source, out / name
+        if binary.exists() and binary.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        progress(f"building {binary}")
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(src)], check=True, timeout=120)
+
+
+def available(server: Server) -> str:
+    """Empty if the server can run here, else why not."""
+    for need in server.needs:
+        if need.startswith("py:"):
+            if importlib.util.find_spec(need[3:]) is None:
+                return f"Python module {need[3:]} not installed"
+        elif shutil.which(need) is None:
+            return f"{need} not installed"
+    return ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children of all its threads)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.append(child)
+            found.extend(descendants(child))
+    return found
+
+
+def rss_kb(pids: Iterable[int]) -> int:
+    """Total resident memory of ``pids`` (shared pages are counted in each)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def tree_rss_kb(pid: int) -> int:
+    return rss_kb([pid, *descendants(pid)])
+
+
+class RssSampler:
+    """Samples the RSS of a process tree in the background; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_rss_kb(self.pid))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, tree_rss_kb(self.pid))
+
+
+class Rejected(Exception):
+    """The server refused to start (e.g. a mode this tcpkit does not have)."""
+
+
+@dataclass
+class Running:
+    """A started server process."""
+
+    server: Server
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def tail(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+
+def start(ctx: Context, server: Server, service: str, logs: Path) -> Running:
+    """Start ``server`` pinned to its CPUs; return once it accepts connections."""
+    port = free_port()
+    log = logs / f"{server.name}.log"
+    argv = ["taskset", "-c", server.cpus, *server.argv(ctx, port, service)]
+    with open(log, "ab") as err:
+        err.write(f"$ {shlex.join(argv)}\n".encode())
+        err.flush()
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=err)
+    running = Running(server, process, port, log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise Rejected(f"exited with status {process.returncode}: {running.tail()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return running
+        except OSError:
+            time.sleep(0.05)
+    stop(running)
+    raise Rejected("did not accept connections within 20 s")
+
+
+def stop(running: Running) -> None:
+    """SIGTERM the server (its children after it), SIGKILL what is left: by PID only."""
+    process = running.process
+    children = descendants(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    for pid in children:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def run_loadgen(ctx: Context, cell: Cell, port: int) -> dict[str, Any]:
+    """One loadgen run against ``port``; its JSON line as a dict."""
+    values = {"seconds": ctx.seconds, "hold": ctx.hold, "idle": ctx.idle,
+              "shared": ctx.shared, "here": HERE}
+    args = [arg.format(**values) for arg in cell.loadgen]
+    argv = ["taskset", "-c", LOADGEN_CPUS, str(ctx.build / "loadgen"),
+            "--host", "127.0.0.1", "--port", str(port), *args]
+    # hold waits up to 60 s for each of its two rounds when a server is stuck.
+    limit = ctx.seconds + (150 if cell.hold else 30)
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"loadgen did not finish within {limit:.0f} s"}
+    try:
+        result: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        return {"failed": f"loadgen: {done.stderr.decode(errors='replace').strip()[-200:]}"}
+    return result
+
+
+# --------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    servers: list[Server]
+    cells: list[Cell]
+    repeat: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def measure(ctx: Context, plan: Plan, raw: Path, logs: Path, stamp: str) -> None:
+    """Every repetition visits every server (in a rotated order) and every cell."""
+    total = plan.repeat * sum(1 for s in plan.servers for c in plan.cells
+                              if c.service in s.services)
+    done = 0
+    rejected: dict[str, str] = {}
+    with open(raw, "a") as out:
+        def record(entry: dict[str, Any]) -> None:
+            entry = {"run": stamp, **entry}
+            plan.records.append(entry)
+            out.write(json.dumps(entry) + "\n")
+            out.flush()
+
+        for rep in range(plan.repeat):
+            shift = rep % len(plan.servers)
+            order = plan.servers[shift:] + plan.servers[:shift]
+            for server in order:
+                for group in cell_groups(plan.cells, server):
+                    for cell, result in serve_cells(ctx, server, group, logs, rejected):
+                        done += 1
+                        record({"rep": rep + 1, "server": server.name, "cell": cell.name,
+                                "cpus": server.cpus, **result})
+                        progress(f"[{done}/{total}] rep {rep + 1} {server.name:<20} "
+                                 f"{label(cell, ctx):<13} {describe(result)}")
+
+
+def cell_groups(cells: Sequence[Cell], server: Server) -> Iterator[list[Cell]]:
+    """Cells that share one server process: each service's timed cells; each hold alone."""
+    timed: dict[str, list[Cell]] = {}
+    holds: list[Cell] = []
+    for cell in cells:
+        if cell.service not in server.services:
+            continue
+        if cell.hold:
+            holds.append(cell)
+        else:
+            timed.setdefault(cell.service, []).append(cell)
+    yield from timed.values()
+    for cell in holds:
+        yield [cell]
+
+
+def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
+                rejected: dict[str, str]) -> Iterator[tuple[Cell, dict[str, Any]]]:
+    """Start ``server`` once for ``cells`` and measure each in turn."""
+    if server.name in rejected:
+        for cell in cells:
+            yield cell, {"skipped": rejected[server.name]}
+        return
+    if cells[0].hold and server.no_hold:
+        yield cells[0], {"skipped": server.no_hold}
+        return
+    try:
+        running = start(ctx, server, cells[0].service, logs)
+    except Rejected as exc:
+        rejected[server.name] = f"server rejected: {exc}"
+        for cell in cells:
+            yield cell, {"skipped": rejected[server.name]}
+        return
+    try:
+        for cell in cells:
+            before = tree_rss_kb(running.process.pid)
+            with RssSampler(running.process.pid) as sampler:
+                result = run_loadgen(ctx, cell, running.port)
+            result.update(rss_kb_before=before, rss_kb=sampler.peak)
+            if cell.hold and "failed" not in result:
+                conns = result.get("connections") or 1
+                result["rss_growth_kb_per_conn"] = round((sampler.peak - before) / conns, 3)
+            if running.process.poll() is not None:
+                result["failed"] = f"server died: {running.tail()}"
+            yield cell, result
+            if "failed" in result and running.process.poll() is not None:
+                break
+    finally:
+        stop(running)
+
+
+def label(cell: Cell, ctx: Context) -> str:
+    return cell.label.format(hold=ctx.hold)
+
+
+def describe(result: dict[str, Any]) -> str:
+    if "skipped" in result:
+        return f"skipped: {result['skipped']}"
+    if "failed" in result:
+        return f"FAILED: {result['failed']}"
+    text = (f"{result['rps']:>11,.0f} req/s  p99 {result['p99_us'] / 1000:7.2f} ms  "
+            f"RSS {result['rss_kb'] / 1024:7.1f} MB")
+    if "held_ok" in result:
+        text = (f"held {result['held_first']}/{result['held_ok']} of {result['connections']}  "
+                f"RSS {result['rss_kb_before'] / 1024:.1f} -> {result['rss_kb'] / 1024:.1f} MB "
+                f"({result['rss_growth_kb_per_conn']:.2f} KB/conn)")
+    if result.get("errors") or result.get("connect_errors"):
+        text += f"  errors {result['errors']} connect_errors {result['connect_errors']}"
+    return text
+
+
+# --------------------------------------------------------------------------
+# Summary: medians and ratios.
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """Medians of one server in one cell."""
+
+    rps: float = 0.0
+    p99_ms: float = 0.0
+    rss_mb: float = 0.0
+    growth_kb: float = 0.0
+    held: str = ""
+    runs: int = 0
+    errors: int = 0
+    note: str = ""
+    skipped: bool = False
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], Figure]:
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for entry in records:
+        grouped.setdefault((entry["server"], entry["cell"]), []).append(entry)
+    figures: dict[tuple[str, str], Figure] = {}
+    for key, entries in grouped.items():
+        good = [e for e in entries if "rps" in e and "failed" not in e]
+        if not good:
+            first = entries[0]
+            if "skipped" in first:
+                figures[key] = Figure(note=first["skipped"], skipped=True)
+            else:
+                figures[key] = Figure(note=f"failed: {first.get('failed')}")
+            continue
+        failed = [e["failed"] for e in entries if "failed" in e]
+        figure = Figure(
+            rps=statistics.median(e["rps"] for e in good),
+            p99_ms=statistics.median(e["p99_us"] for e in good) / 1000,
+            rss_mb=statistics.median(e["rss_kb"] for e in good) / 1024,
+            runs=len(good),
+            errors=sum(e["errors"] + e["connect_errors"] for e in good),
+            note=f"{len(failed)} run(s) failed: {failed[0]}" if failed else "",
+        )
+        if "held_ok" in good[0]:
+            figure.growth_kb = statistics.median(e["rss_growth_kb_per_conn"] for e in good)
+            figure.held = ", ".join(f"{e['held_first']}/{e['held_ok']}" for e in good)
+        figures[key] = figure
+    return figures
+
+
+def ratio(value: float, base: float) -> float | None:
+    return value / base if base else None
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# --------------------------------------------------------------------------
+# Reports: markdown and plot.
+# --------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    def out(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                                  check=False).stdout.strip()
+        except OSError:
+            return "absent"
+
+    model = re.search(r"Model name:\s*(.+)", out("lscpu"))
+    uvloop = "absent"
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        uvloop = importlib.metadata.version("uvloop")
+    return {
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cores": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": uvloop,
+        "perl": out("perl", "-e", "print $^V"),
+        "node": out("node", "--version"),
+        "gcc": out("gcc", "-dumpfullversion"),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def markdown(plan: Plan, ctx: Context, info: dict[str, str], command: str, stamp: str,
+             plot: Path | None, raw: Path, notes: Sequence[str]) -> str:
+    figures = summarize(plan.records)
+    names = [s.name for s in plan.servers]
+    timed = [c for c in plan.cells if not c.hold]
+    holds = [c for c in plan.cells if c.hold]
+    lines = [
+        f"## Run of {stamp}",
+        "",
+        f"- Machine: {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}; "
+        f"load average at start {info['load']}",
+        f"- Versions: Python {info['python']}, uvloop {info['uvloop']}, perl {info['perl']}, "
+        f"node {info['node']}, gcc {info['gcc']}",
+        f"- Command: `{command}`",
+        f"- {ctx.seconds:g} s per cell, {plan.repeat} repetition(s), medians shown; "
+        f"hold: {ctx.hold} connections idle {ctx.idle:g} s. Servers pinned to CPU "
+        f"{SERVER_CPUS} (`tcpkit-async-w2`: CPUs 0-1, shared with the load generator), "
+        f"loadgen to CPU {LOADGEN_CPUS}; 32-byte lines on 127.0.0.1.",
+        f"- Raw measurements: `{rel(raw)}`",
+        *(f"- {note}" for note in notes),
+    ]
+    if timed:
+        lines += metric_table("Requests per second (ratio to C epoll)", figures, names, timed,
+                              ctx, lambda f: f.rps, lambda v: f"{v:,.0f}", mark_problems=True)
+        lines += metric_table("p99 latency, ms (ratio to C epoll; lower is better)", figures,
+                              names, timed, ctx, lambda f: f.p99_ms, lambda v: f"{v:.2f}")
+        lines += metric_table("Peak RSS, MB, server and its children (ratio to C epoll)",
+                              figures, names, timed, ctx, lambda f: f.rss_mb,
+                              lambda v: f"{v:.1f}")
+    for cell in holds:
+        lines += ["", f"### {label(cell, ctx)}: idle connections "
+                  f"(served before/after the idle period, per repetition)", "",
+                  "| server | served before/after | peak RSS MB | RSS growth KB/conn "
+                  "| ratio to C epoll |", "|---|---|---:|---:|---:|"]
+        ref = figures.get((cell.baseline, cell.name))
+        for name in names:
+            fig = figures.get((name, cell.name))
+            if fig is None:
+                continue
+            if not fig.runs:
+                lines.append(f"| {name} | {'skipped' if fig.skipped else fig.note} | | | |")
+                continue
+            r = ratio(fig.growth_kb, ref.growth_kb) if ref and ref.runs else None
+            lines.append(f"| {name} | {fig.held} | {fig.rss_mb:.1f} | {fig.growth_kb:.2f} "
+                         f"| {fmt_ratio(r)} |")
+    lines += targets(figures, plan, ctx)
+    errors = [f"{name} {cell}: {fig.errors} errors" for (name, cell), fig in figures.items()
+              if fig.errors]
+    failures = [f"{name} {cell}: {fig.note}" for (name, cell), fig in figures.items()
+                if fig.note and not fig.skipped]
+    if errors or failures:
+        lines += ["", "### Problems seen (⚠)", "", *(f"- {p}" for p in errors + failures)]
+    skipped = sorted({f"{name}: {fig.note}" for (name, _), fig in figures.items()
+                      if fig.skipped})
+    if skipped:
+        lines += ["", "### Skipped", "", *(f"- {s}" for s in skipped)]
+    if plot is not None:
+        lines += ["", f"![requests per second per server and cell]({rel(plot)})"]
+    return "\n".join(lines) + "\n"
+
+
+def metric_table(title: str, figures: dict[tuple[str, str], Figure], names: Sequence[str],
+                 cells: Sequence[Cell], ctx: Context, value: Callable[[Figure], float],
+                 fmt: Callable[[float], str], mark_problems: bool = False) -> list[str]:
+    """Servers by cells: each median with its ratio to the cell's baseline server."""
+    lines = ["", f"### {title}", "",
+             "| server | " + " | ".join(label(c, ctx) for c in cells) + " |",
+             "|---|" + "---:|" * len(cells)]
+    for name in names:
+        row = []
+        for cell in cells:
+            fig, ref = figures.get((name, cell.name)), figures.get((cell.baseline, cell.name))
+            if fig is None or not fig.runs:
+                row.append("n/a" if fig is None else "skipped" if fig.skipped else "failed")
+                continue
+            r = ratio(value(fig), value(ref)) if ref and ref.runs else None
+            mark = " ⚠" if mark_problems and (fig.errors or fig.note) else ""
+            row.append(f"{fmt(value(fig))} ({fmt_ratio(r)}){mark}")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return lines
+
+
+def targets(figures: dict[tuple[str, str], Figure], plan: Plan, ctx: Context) -> list[str]:
+    """The issue's targets, checked against this run's medians."""
+    rows: list[str] = []
+
+    def get(server: str, cell: str) -> Figure | None:
+        fig = figures.get((server, cell))
+        return fig if fig is not None and fig.runs else None
+
+    for cell, goal in ASYNC_TARGETS.items():
+        fig, ref = get("tcpkit-async", cell), get("c_epoll", cell)
+        if fig and ref:
+            r = fig.rps / ref.rps
+            rows.append(f"| tcpkit-async {cell} ≥ {goal:.2f} x C | {r:.2f} | "
+                        f"{'yes' if r >= goal else '**no**'} |")
+    hold = get("tcpkit-async", "hold")
+    if hold:
+        ok = hold.growth_kb <= HOLD_TARGET_KB and all(
+            f == str(ctx.hold) for pair in hold.held.split(", ") for f in pair.split("/"))
+        rows.append(f"| tcpkit-async hold: all {ctx.hold} served, ≤ {HOLD_TARGET_KB:g} KB/conn "
+                    f"| {hold.held}; {hold.growth_kb:.2f} KB | {'yes' if ok else '**no**'} |")
+    for mine, peer in PEERS.items():
+        for each in plan.cells:
+            fig, other = get(mine, each.name), get(peer, each.name)
+            if fig and other and not each.hold:
+                r = fig.rps / other.rps
+                rows.append(f"| {mine} ≥ {peer}, {each.name} | {r:.2f} | "
+                            f"{'yes' if r >= 1 else '**no**'} |")
+    if not rows:
+        return []
+    return ["", "### Targets (medians of this run)", "", "| target | measured | met |",
+            "|---|---:|---|", *rows]
+
+
+def rel(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(REPO))
+    return str(path)
+
+
+def write_markdown(path: Path, section: str) -> None:
+    """Replace the generated section of ``path``; keep everything written by hand."""
+    text = path.read_text() if path.exists() else (
+        "# Benchmarks\n\nGenerated by `python bench/run.py` between the markers below; "
+        "the rest of this file is written by hand.\n\n" + MARK_BEGIN + "\n" + MARK_END + "\n")
+    if MARK_BEGIN not in text:
+        text += "\n" + MARK_BEGIN + "\n" + MARK_END + "\n"
+    head, rest = text.split(MARK_BEGIN, 1)
+    _, tail = rest.split(MARK_END, 1) if MARK_END in rest else ("", "\n")
+    path.write_text(head + MARK_BEGIN + "\n" + section + MARK_END + tail)
+
+
+def write_plot(path: Path, plan: Plan, ctx: Context) -> bool:
+    """One panel per timed cell: requests per second of each server (ratio to C)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        progress("matplotlib is not installed: no plot (pip install -e '.[bench]')")
+        return False
+    figures = summarize(plan.records)
+    cells = [c for c in plan.cells if not c.hold]
+    names = [s.name for s in plan.servers]
+    if not cells:
+        return False
+    fig, axes = plt.subplots(len(cells), 1, figsize=(9, 1.2 + 0.28 * len(names) * len(cells)),
+                             squeeze=False)
+    for ax, cell in zip(axes[:, 0], cells, strict=True):
+        ref = figures.get((cell.baseline, cell.name))
+        values = [figures[(n, cell.name)].rps if (n, cell.name) in figures else 0.0
+                  for n in names]
+        colours = ["#444444" if n == cell.baseline else "#1f77b4" if n.startswith("tcpkit")
+                   else "#aaaaaa" for n in names]
+        bars = ax.barh(names, values, color=colours)
+        ax.invert_yaxis()
+        ax.set_title(label(cell, ctx), fontsize=10, loc="left")
+        ax.tick_params(labelsize=8)
+        top = max(values) if any(values) else 1.0
+        ax.set_xlim(0, top * 1.22)
+        for bar, value in zip(bars, values, strict=True):
+            text = "n/a" if not value else f"{value:,.0f}"
+            if value and ref and ref.runs:
+                text += f" ({value / ref.rps:.2f})"
+            ax.text(bar.get_width() + top * 0.01, bar.get_y() + bar.get_height() / 2, text,
+                    va="center", fontsize=7)
+    axes[-1, 0].set_xlabel("requests per second (ratio to C epoll); server on one core")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+
+
+def pick(items: Sequence[Any], names: str | None, kind: str,
+         default: Callable[[Any], bool]) -> list[Any]:
+    if not names:
+        return [item for item in items if default(item)]
+    if names == "all":
+        return list(items)
+    by_name = {item.name: item for item in items}
+    unknown = [n for n in names.split(",") if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown {kind}: {', '.join(unknown)} "
+                         f"(known: {', '.join(by_name)})")
+    return [by_name[n] for n in names.split(",")]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark tcpkit in every mode against C epoll and the usual peers.")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="seconds per timed cell (default 3; --quick: 1)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="repetitions of every cell (default 3; --quick: 1)")
+    parser.add_argument("--servers", help="comma-separated server names, or 'all' "
+                        f"(default: all but optional ones) — {', '.join(s.name for s in SERVERS)}")
+    parser.add_argument("--cells", help="comma-separated cell names, or 'all' "
+                        f"(default all) — {', '.join(c.name for c in CELLS)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="a fast smoke run: 1 s per cell, 1 repetition, hold 1000")
+    parser.add_argument("--hold", type=int, default=None,
+                        help="connections in the hold cell (default 10000; --quick: 1000)")
+    parser.add_argument("--idle", type=float, default=2.0, help="hold cell's idle seconds")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "bench",
+                        help="the shared bench directory (loadgen.c, anchors/)")
+    parser.add_argument("--build", type=Path, default=HERE / "build")
+    parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--plot", type=Path, default=HERE / "benchmarks.png")
+    parser.add_argument("--raw", type=Path, default=None,
+                        help="JSON-lines output (default bench/results/run-STAMP.jsonl)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line to add to the report (e.g. machine conditions)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.seconds = args.seconds or (1.0 if quick else 3.0)
+    args.repeat = args.repeat or (1 if quick else 3)
+    args.hold = args.hold or (1000 if quick else 10_000)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
+    servers = pick(SERVERS, args.servers, "server", lambda s: not s.optional or not available(s))
+    cells = pick(CELLS, args.cells, "cell", lambda c: True)
+    shared = args.shared.resolve()
+    if not (shared / "loadgen.c").exists():
+        raise SystemExit(f"no loadgen.c in {shared} (give --shared)")
+    build(shared, args.build)
+    tcpkit_bin = Path(sys.executable).parent / "tcpkit"
+    ctx = Context(shared=shared, build=args.build, python=sys.executable,
+                  tcpkit=[str(tcpkit_bin)] if tcpkit_bin.exists() else
+                  [sys.executable, "-c", "from tcpkit.cli import main; main()"],
+                  seconds=args.seconds, idle=args.idle, hold=args.hold)
+    usable = []
+    for server in servers:
+        reason = available(server)
+        if reason:
+            progress(f"skipping {server.name}: {reason}")
+        else:
+            usable.append(server)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    raw = args.raw or HERE / "results" / f"run-{stamp.replace(':', '')}.jsonl"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    logs = args.build / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    # The driver (and the RSS sampler) share CPU 1 with the load generator,
+    # never the server's CPU 0.
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {int(LOADGEN_CPUS)})
+    plan = Plan(usable, cells, args.repeat)
+    started = time.monotonic()
+    progress(f"{len(usable)} servers x {len(cells)} cells x {args.repeat} repetitions, "
+             f"{args.seconds:g} s per cell; raw results in {raw}")
+    try:
+        measure(ctx, plan, raw, logs, stamp)
+    except KeyboardInterrupt:
+        progress("interrupted: reporting what was measured")
+    minutes = (time.monotonic() - started) / 60
+    plot = args.plot if write_plot(args.plot, plan, ctx) else None
+    notes = [f"Took {minutes:.1f} minutes.", *args.note]
+    write_markdown(args.markdown, markdown(plan, ctx, info, command, stamp, plot, raw, notes))
+    progress(f"done in {minutes:.1f} min: {args.markdown}, {raw}"
+             + (f", {plot}" if plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark command (SPEC §8): it builds, runs, and reports.
+
+Runs ``bench/run.py`` in its quickest form — C epoll and tcpkit's async mode,
+one cell, one second — and checks that the raw JSON lines, the markdown table
+and the plot come out.  It asserts what was measured (every reply checked by
+the load generator, nothing failed), never how fast: speed is the benchmark's
+business, not the test suite's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "bench"
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed"),
+    pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset not installed"),
+    pytest.mark.skipif(not (SHARED / "loadgen.c").exists(), reason=f"no {SHARED}/loadgen.c"),
+]
+
+
+def test_quickest_run_writes_raw_table_and_plot(tmp_path: Path) -> None:
+    markdown, raw, plot = tmp_path / "BENCH.md", tmp_path / "raw.jsonl", tmp_path / "plot.png"
+    markdown.write_text("# Benchmarks\n\nKept by hand.\n")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--seconds", "1",
+         "--servers", "c_epoll,tcpkit-async", "--cells", "rr-c100",
+         "--build", str(tmp_path / "build"), "--markdown", str(markdown),
+         "--raw", str(raw), "--plot", str(plot)],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+    records = [json.loads(line) for line in raw.read_text().splitlines()]
+    assert {(r["server"], r["cell"]) for r in records} == {
+        ("c_epoll", "rr-c100"), ("tcpkit-async", "rr-c100")}
+    for record in records:
+        assert "failed" not in record, record
+        assert record["requests"] > 0 and record["errors"] == 0, record
+        assert record["rss_kb"] > 0, record
+    assert "tcpkit-async" in done.stderr  # progress went to stderr
+
+    text = markdown.read_text()
+    assert text.startswith("# Benchmarks\n\nKept by hand.\n")  # hand-written part kept
+    row = next(line for line in text.splitlines() if line.startswith("| tcpkit-async |"))
+    assert "(" in row and "failed" not in row  # a figure with its ratio to C epoll
+    assert "| c_epoll | " in text and "(1.00)" in text
+    if plot.exists():  # matplotlib is in the bench extra, not the test extra
+        assert plot.read_bytes().startswith(b"\x89PNG")
