@@ -251,6 +251,27 @@ def tree_rss_kb(pid: int) -> int:
     return rss_kb([pid, *descendants(pid)])
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a server: itself, its reaped children, and its live descendants.
+
+    On a shared machine the CPU a server spends per request is a steadier
+    measure of its efficiency than requests per second.
+    """
+    total = 0
+    for index, each in enumerate([pid, *descendants(pid)]):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if index == 0:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped children
+    return total / TICKS
+
+
 class RssSampler:
     """Samples the RSS of a process tree in the background; keeps the peak."""
 
@@ -429,10 +450,14 @@ def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
         return
     try:
         for cell in cells:
-            before = tree_rss_kb(running.process.pid)
-            with RssSampler(running.process.pid) as sampler:
+            pid = running.process.pid
+            before, cpu = tree_rss_kb(pid), tree_cpu_seconds(pid)
+            with RssSampler(pid) as sampler:
                 result = run_loadgen(ctx, cell, running.port)
-            result.update(rss_kb_before=before, rss_kb=sampler.peak)
+            cpu = tree_cpu_seconds(pid) - cpu
+            result.update(rss_kb_before=before, rss_kb=sampler.peak, cpu_s=round(cpu, 3))
+            if result.get("requests"):
+                result["cpu_us_per_req"] = round(cpu * 1e6 / result["requests"], 2)
             if cell.hold and "failed" not in result:
                 conns = result.get("connections") or 1
                 result["rss_growth_kb_per_conn"] = round((sampler.peak - before) / conns, 3)
@@ -455,7 +480,8 @@ def describe(result: dict[str, Any]) -> str:
     if "failed" in result:
         return f"FAILED: {result['failed']}"
     text = (f"{result['rps']:>11,.0f} req/s  p99 {result['p99_us'] / 1000:7.2f} ms  "
-            f"RSS {result['rss_kb'] / 1024:7.1f} MB")
+            f"RSS {result['rss_kb'] / 1024:7.1f} MB  CPU {result.get('cpu_us_per_req', 0):6.2f} "
+            "us/req")
     if "held_ok" in result:
         text = (f"held {result['held_first']}/{result['held_ok']} of {result['connections']}  "
                 f"RSS {result['rss_kb_before'] / 1024:.1f} -> {result['rss_kb'] / 1024:.1f} MB "
@@ -477,6 +503,7 @@ class Figure:
     rps: float = 0.0
     p99_ms: float = 0.0
     rss_mb: float = 0.0
+    cpu_us: float = 0.0
     growth_kb: float = 0.0
     held: str = ""
     runs: int = 0
@@ -504,6 +531,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], Figure
             rps=statistics.median(e["rps"] for e in good),
             p99_ms=statistics.median(e["p99_us"] for e in good) / 1000,
             rss_mb=statistics.median(e["rss_kb"] for e in good) / 1024,
+            cpu_us=statistics.median(e.get("cpu_us_per_req", 0.0) for e in good),
             runs=len(good),
             errors=sum(e["errors"] + e["connect_errors"] for e in good),
             note=f"{len(failed)} run(s) failed: {failed[0]}" if failed else "",
@@ -579,6 +607,9 @@ def markdown(plan: Plan, ctx: Context, info: dict[str, str], command: str, stamp
                               ctx, lambda f: f.rps, lambda v: f"{v:,.0f}", mark_problems=True)
         lines += metric_table("p99 latency, ms (ratio to C epoll; lower is better)", figures,
                               names, timed, ctx, lambda f: f.p99_ms, lambda v: f"{v:.2f}")
+        lines += metric_table("Server CPU time per request, µs (ratio to C epoll; lower is "
+                              "better; steadier than req/s on a busy machine)", figures, names,
+                              timed, ctx, lambda f: f.cpu_us, lambda v: f"{v:.2f}")
         lines += metric_table("Peak RSS, MB, server and its children (ratio to C epoll)",
                               figures, names, timed, ctx, lambda f: f.rss_mb,
                               lambda v: f"{v:.1f}")

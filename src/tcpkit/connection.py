@@ -53,27 +53,43 @@ class ServiceConnection:
         "eof",
         "errors",
         "lines",
+        "settled",
     )
 
     def __init__(self, service: Service, max_line: int = 1 << 20) -> None:
         self._answer = service.answer
         self._block = service.answer_block
         self._framer = LineFramer(max_line)
-        self._pending: deque[Job | bytes] = deque()  # replies held behind a job
-        self._new_jobs: list[Job] = []
+        # Created on first use: most connections never hold a reply or start a
+        # job, and 10,000 idle clients should not cost 10,000 empty deques.
+        self._pending: deque[Job | bytes] | None = None  # replies held behind a job
+        self._new_jobs: list[Job] | None = None
         self.lines = 0  # requests answered or queued
         self.errors = 0  # error replies sent
         self.eof = False  # the client sent EOF
         self.closing = False  # a protocol error: close once replies are out
+        # True while the serving layer has nothing to do but write the replies:
+        # input open, no job started, no reply held.  A plain attribute, so the
+        # hot path checks one flag instead of four conditions.
+        self.settled = True
 
     # -- input ------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> bytes:
         """Feed received bytes; return the replies that are ready now."""
-        if self.closing or self.eof:
+        if not self.settled and (self.closing or self.eof):
             return b""
         block = self._framer.feed(data)
-        out = self._answer_block(block) if block else b""
+        if block:
+            block_handler = self._block
+            if block_handler is not None and not self._pending:
+                reply = block_handler(block)
+                if reply is not None:
+                    self.lines += block.count(LF)
+                    return reply
+            out = self._answer_lines(block)
+        else:
+            out = b""
         if self._framer.overflowed:
             out += self._fail(f"line too long (max {self._framer.max_line} bytes)")
         return out
@@ -83,6 +99,7 @@ class ServiceConnection:
         if self.eof:
             return b""
         self.eof = True
+        self.settled = False
         line = None if self.closing else self._framer.feed_eof()
         if line is None:
             return b""
@@ -93,13 +110,14 @@ class ServiceConnection:
     def stop_input(self) -> None:
         """Take no more requests (the server is draining); answer those already read."""
         self.eof = True
+        self.settled = False
 
     # -- offloaded work ---------------------------------------------------
 
     def take_jobs(self) -> list[Job]:
         """Jobs created since the last call; the serving layer must run each."""
-        jobs, self._new_jobs = self._new_jobs, []
-        return jobs
+        jobs, self._new_jobs = self._new_jobs, None
+        return jobs or []
 
     def job_done(self, job: Job, reply: bytes) -> bytes:
         """A job's work returned ``reply``; return whatever replies are now in order."""
@@ -113,14 +131,15 @@ class ServiceConnection:
 
     def pending_jobs(self) -> list[Job]:
         """Jobs still waiting for their work (to cancel when the client leaves)."""
-        return [item for item in self._pending if isinstance(item, Job) and item.reply is None]
+        return [item for item in self._pending or () if isinstance(item, Job)
+                and item.reply is None]
 
     # -- state ------------------------------------------------------------
 
     @property
     def waiting(self) -> int:
         """Replies held back behind unfinished jobs."""
-        return len(self._pending)
+        return len(self._pending) if self._pending else 0
 
     @property
     def finished(self) -> bool:
@@ -134,12 +153,7 @@ class ServiceConnection:
 
     # -- internals --------------------------------------------------------
 
-    def _answer_block(self, block: bytes) -> bytes:
-        if self._block is not None and not self._pending:
-            reply = self._block(block)
-            if reply is not None:
-                self.lines += block.count(LF)
-                return reply
+    def _answer_lines(self, block: bytes) -> bytes:
         out: list[bytes] = []
         for line in split_lines(block):
             content, terminator = split_terminator(line)
@@ -160,7 +174,9 @@ class ServiceConnection:
             reply = ERROR + b"internal error"
         if isinstance(reply, Offload):
             job = Job(reply, terminator)
-            self._pending.append(job)
+            self._hold(job)
+            if self._new_jobs is None:
+                self._new_jobs = []
             self._new_jobs.append(job)
         elif self._pending:
             self._pending.append(reply + terminator)
@@ -168,8 +184,15 @@ class ServiceConnection:
             out.append(reply)
             out.append(terminator)
 
+    def _hold(self, item: Job | bytes) -> None:
+        if self._pending is None:
+            self._pending = deque()
+        self._pending.append(item)
+        self.settled = False
+
     def _fail(self, message: str) -> bytes:
         self.closing = True
+        self.settled = False
         self.errors += 1
         reply = ERROR + message.encode() + LF
         if self._pending:
@@ -180,6 +203,8 @@ class ServiceConnection:
     def _release(self) -> bytes:
         out: list[bytes] = []
         pending = self._pending
+        if pending is None:
+            return b""
         while pending:
             head = pending[0]
             if isinstance(head, Job):
@@ -189,4 +214,6 @@ class ServiceConnection:
             else:
                 out.append(head)
             pending.popleft()
+        if not pending and not (self.eof or self.closing):
+            self.settled = True
         return b"".join(out)

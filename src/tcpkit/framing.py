@@ -51,7 +51,9 @@ class LineFramer:
             raise ValueError("max_line must be at least 1")
         self.max_line = max_line
         self.overflowed = False
-        self._parts: list[bytes] = []  # the unfinished line, in arrival order
+        # The unfinished line, in arrival order; None (no list at all) while
+        # there is none, which is almost always: idle connections cost less.
+        self._parts: list[bytes] | None = None
         self._partial_len = 0
 
     @property
@@ -61,6 +63,11 @@ class LineFramer:
 
     def feed(self, data: bytes) -> bytes:
         """Take newly received bytes; return the complete lines they finish."""
+        # The common case first, in a handful of cheap operations: a chunk of
+        # whole lines, nothing buffered, too short to hold an over-long line.
+        if (data and data[-1] == 0x0A and not self._parts and not self.overflowed
+                and len(data) <= self.max_line + 1):
+            return data
         if self.overflowed or not data:
             return b""
         cut = data.rfind(LF) + 1
@@ -74,7 +81,7 @@ class LineFramer:
         if self._parts:
             self._parts.append(block)
             block = b"".join(self._parts)
-            self._parts.clear()
+            self._parts = None
             self._partial_len = 0
         # A block no longer than max_line + LF cannot hold an over-long line, so
         # it needs no per-line check (the common case).
@@ -95,11 +102,13 @@ class LineFramer:
         if self.overflowed or not self._parts:
             return None
         line = b"".join(self._parts)
-        self._parts.clear()
+        self._parts = None
         self._partial_len = 0
         return line
 
     def _keep(self, piece: bytes) -> None:
+        if self._parts is None:
+            self._parts = []
         self._parts.append(piece)
         self._partial_len += len(piece)
         # +1: a trailing CR may still turn out to be part of a CRLF terminator.
@@ -121,7 +130,7 @@ class LineFramer:
 
     def _overflow(self) -> None:
         self.overflowed = True
-        self._parts.clear()
+        self._parts = None
         self._partial_len = 0
 
 
