@@ -98,7 +98,10 @@ class Server:
     cpus: str = SERVER_CPUS
     needs: tuple[str, ...] = ()  # executables, or "py:module" for Python modules
     no_hold: str = ""  # why the hold cell does not apply, if it does not
-    optional: bool = False  # only with --servers all or by name
+    # A process per client: CPU per request is not measured (children that exit
+    # unreaped take their CPU time with them); RSS sums every process.
+    forks: bool = False
+    optional: bool = False  # only with --servers all (or by name): keeps the default run short
 
 
 @dataclass
@@ -138,7 +141,8 @@ SERVERS: list[Server] = [
     Server("c_epoll", lambda ctx, port, _: [str(ctx.build / "c_epoll_reverse"), str(port)]),
     Server("tcpkit-async", tcpkit("async"), services=("reverse", "factor")),
     Server("tcpkit-thread", tcpkit("thread"), services=("reverse", "factor")),
-    Server("tcpkit-fork", tcpkit("fork"), services=("reverse", "factor"), no_hold=PROCESS_EACH),
+    Server("tcpkit-fork", tcpkit("fork"), services=("reverse", "factor"), no_hold=PROCESS_EACH,
+           forks=True),
     Server("tcpkit-iterative", tcpkit("iterative"), services=("reverse", "factor"),
            no_hold=ONE_AT_A_TIME),
     # Two worker processes on two cores: the load generator shares them.
@@ -151,13 +155,13 @@ SERVERS: list[Server] = [
            needs=("py:uvloop",)),
     Server("socketserver-thread", python_anchor("py_socketserver.py", "thread")),
     Server("socketserver-fork", python_anchor("py_socketserver.py", "fork"),
-           no_hold=PROCESS_EACH),
+           no_hold=PROCESS_EACH, forks=True),
     Server("perl-iterative",
            lambda ctx, port, _: ["perl", ctx.anchor("perl_server.pl"), str(port), "iterative"],
            needs=("perl",), no_hold=ONE_AT_A_TIME),
     Server("perl-fork",
            lambda ctx, port, _: ["perl", ctx.anchor("perl_server.pl"), str(port), "fork"],
-           needs=("perl",), no_hold=PROCESS_EACH),
+           needs=("perl",), no_hold=PROCESS_EACH, forks=True),
     Server("node-net", lambda ctx, port, _: ["node", ctx.anchor("node_net.js"), str(port)],
            needs=("node",)),
     Server("twisted", python_anchor("py_twisted.py"), needs=("py:twisted",), optional=True),
@@ -389,6 +393,19 @@ class Plan:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
+def estimate(plan: Plan, ctx: Context) -> float:
+    """Seconds the run should take (measured overheads: server start, loadgen set-up)."""
+    total = 0.0
+    for server in plan.servers:
+        for cell in plan.cells:
+            if cell.hold:
+                total += 0 if server.no_hold else ctx.idle + 2.5 + ctx.hold / 4000
+            else:
+                total += ctx.seconds + 0.4
+        total += 1.0
+    return total * plan.repeat
+
+
 def measure(ctx: Context, plan: Plan, raw: Path, logs: Path, stamp: str) -> None:
     """Every repetition visits every server (in a rotated order) and every cell."""
     total = plan.repeat * sum(1 for s in plan.servers for c in plan.cells
@@ -410,7 +427,8 @@ def measure(ctx: Context, plan: Plan, raw: Path, logs: Path, stamp: str) -> None
                     for cell, result in serve_cells(ctx, server, group, logs, rejected):
                         done += 1
                         record({"rep": rep + 1, "server": server.name, "cell": cell.name,
-                                "cpus": server.cpus, **result})
+                                "cpus": server.cpus, "load1": round(os.getloadavg()[0], 2),
+                                **result})
                         progress(f"[{done}/{total}] rep {rep + 1} {server.name:<20} "
                                  f"{label(cell, ctx):<13} {describe(result)}")
 
@@ -448,6 +466,7 @@ def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
         for cell in cells:
             yield cell, {"skipped": rejected[server.name]}
         return
+    children = len(descendants(running.process.pid))
     try:
         for cell in cells:
             pid = running.process.pid
@@ -463,11 +482,22 @@ def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
                 result["rss_growth_kb_per_conn"] = round((sampler.peak - before) / conns, 3)
             if running.process.poll() is not None:
                 result["failed"] = f"server died: {running.tail()}"
+            if server.forks:
+                result.pop("cpu_us_per_req", None)
             yield cell, result
             if "failed" in result and running.process.poll() is not None:
                 break
+            settle(running.process.pid, children)
     finally:
         stop(running)
+
+
+def settle(pid: int, children: int, limit: float = 15.0) -> None:
+    """Wait (boundedly) until a forking server's children from the last cell are gone,
+    so that one cell's leftovers do not slow the next."""
+    deadline = time.monotonic() + limit
+    while len(descendants(pid)) > children and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def label(cell: Cell, ctx: Context) -> str:
@@ -480,8 +510,9 @@ def describe(result: dict[str, Any]) -> str:
     if "failed" in result:
         return f"FAILED: {result['failed']}"
     text = (f"{result['rps']:>11,.0f} req/s  p99 {result['p99_us'] / 1000:7.2f} ms  "
-            f"RSS {result['rss_kb'] / 1024:7.1f} MB  CPU {result.get('cpu_us_per_req', 0):6.2f} "
-            "us/req")
+            f"RSS {result['rss_kb'] / 1024:7.1f} MB")
+    if "cpu_us_per_req" in result:
+        text += f"  CPU {result['cpu_us_per_req']:6.2f} us/req"
     if "held_ok" in result:
         text = (f"held {result['held_first']}/{result['held_ok']} of {result['connections']}  "
                 f"RSS {result['rss_kb_before'] / 1024:.1f} -> {result['rss_kb'] / 1024:.1f} MB "
@@ -504,6 +535,7 @@ class Figure:
     p99_ms: float = 0.0
     rss_mb: float = 0.0
     cpu_us: float = 0.0
+    has_cpu: bool = True
     growth_kb: float = 0.0
     held: str = ""
     runs: int = 0
@@ -532,6 +564,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], Figure
             p99_ms=statistics.median(e["p99_us"] for e in good) / 1000,
             rss_mb=statistics.median(e["rss_kb"] for e in good) / 1024,
             cpu_us=statistics.median(e.get("cpu_us_per_req", 0.0) for e in good),
+            has_cpu=all("cpu_us_per_req" in e for e in good),
             runs=len(good),
             errors=sum(e["errors"] + e["connect_errors"] for e in good),
             note=f"{len(failed)} run(s) failed: {failed[0]}" if failed else "",
@@ -608,9 +641,11 @@ def markdown(plan: Plan, ctx: Context, info: dict[str, str], command: str, stamp
         lines += metric_table("p99 latency, ms (ratio to C epoll; lower is better)", figures,
                               names, timed, ctx, lambda f: f.p99_ms, lambda v: f"{v:.2f}")
         lines += metric_table("Server CPU time per request, µs (ratio to C epoll; lower is "
-                              "better; steadier than req/s on a busy machine)", figures, names,
-                              timed, ctx, lambda f: f.cpu_us, lambda v: f"{v:.2f}")
-        lines += metric_table("Peak RSS, MB, server and its children (ratio to C epoll)",
+                              "better; steadier than req/s on a busy machine; not measured for "
+                              "servers that fork per client)", figures, names, timed, ctx,
+                              lambda f: f.cpu_us if f.has_cpu else None, lambda v: f"{v:.2f}")
+        lines += metric_table("Peak RSS, MB, server and its children (ratio to C epoll; a "
+                              "process per client counts shared pages in every process)",
                               figures, names, timed, ctx, lambda f: f.rss_mb,
                               lambda v: f"{v:.1f}")
     for cell in holds:
@@ -646,7 +681,7 @@ def markdown(plan: Plan, ctx: Context, info: dict[str, str], command: str, stamp
 
 
 def metric_table(title: str, figures: dict[tuple[str, str], Figure], names: Sequence[str],
-                 cells: Sequence[Cell], ctx: Context, value: Callable[[Figure], float],
+                 cells: Sequence[Cell], ctx: Context, value: Callable[[Figure], float | None],
                  fmt: Callable[[float], str], mark_problems: bool = False) -> list[str]:
     """Servers by cells: each median with its ratio to the cell's baseline server."""
     lines = ["", f"### {title}", "",
@@ -659,9 +694,13 @@ def metric_table(title: str, figures: dict[tuple[str, str], Figure], names: Sequ
             if fig is None or not fig.runs:
                 row.append("n/a" if fig is None else "skipped" if fig.skipped else "failed")
                 continue
-            r = ratio(value(fig), value(ref)) if ref and ref.runs else None
+            mine, base = value(fig), value(ref) if ref and ref.runs else None
+            if mine is None:
+                row.append("-")
+                continue
+            r = ratio(mine, base) if base is not None else None
             mark = " ⚠" if mark_problems and (fig.errors or fig.note) else ""
-            row.append(f"{fmt(value(fig))} ({fmt_ratio(r)}){mark}")
+            row.append(f"{fmt(mine)} ({fmt_ratio(r)}){mark}")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     return lines
 
@@ -783,11 +822,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark tcpkit in every mode against C epoll and the usual peers.")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="seconds per timed cell (default 3; --quick: 1)")
+                        help="seconds per timed cell (default 2.5, a full run in about "
+                             "16 minutes; --quick: 1)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="repetitions of every cell (default 3; --quick: 1)")
-    parser.add_argument("--servers", help="comma-separated server names, or 'all' "
-                        f"(default: all but optional ones) — {', '.join(s.name for s in SERVERS)}")
+    parser.add_argument("--servers", help="comma-separated server names, or 'all' (default: "
+                        "all but twisted, trio, gevent) — "
+                        + ", ".join(s.name for s in SERVERS))
     parser.add_argument("--cells", help="comma-separated cell names, or 'all' "
                         f"(default all) — {', '.join(c.name for c in CELLS)}")
     parser.add_argument("--quick", action="store_true",
@@ -797,8 +838,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle", type=float, default=2.0, help="hold cell's idle seconds")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "bench",
                         help="the shared bench directory (loadgen.c, anchors/)")
-    parser.add_argument("--build", type=Path, default=HERE / "build")
-    parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--build", type=Path, default=HERE / "build",
+                        help="where the C programs are built (default bench/build)")
+    parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md",
+                        help="report whose generated section is replaced")
     parser.add_argument("--plot", type=Path, default=HERE / "benchmarks.png")
     parser.add_argument("--raw", type=Path, default=None,
                         help="JSON-lines output (default bench/results/run-STAMP.jsonl)")
@@ -806,7 +849,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a line to add to the report (e.g. machine conditions)")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.seconds = args.seconds or (1.0 if quick else 3.0)
+    args.seconds = args.seconds or (1.0 if quick else 2.5)
     args.repeat = args.repeat or (1 if quick else 3)
     args.hold = args.hold or (1000 if quick else 10_000)
     return args
@@ -815,7 +858,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
-    servers = pick(SERVERS, args.servers, "server", lambda s: not s.optional or not available(s))
+    servers = pick(SERVERS, args.servers, "server", lambda s: not s.optional)
     cells = pick(CELLS, args.cells, "cell", lambda c: True)
     shared = args.shared.resolve()
     if not (shared / "loadgen.c").exists():
@@ -846,14 +889,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan(usable, cells, args.repeat)
     started = time.monotonic()
     progress(f"{len(usable)} servers x {len(cells)} cells x {args.repeat} repetitions, "
-             f"{args.seconds:g} s per cell; raw results in {raw}")
+             f"{args.seconds:g} s per cell, about {estimate(plan, ctx) / 60:.0f} min; "
+             f"raw results in {raw}")
     try:
         measure(ctx, plan, raw, logs, stamp)
     except KeyboardInterrupt:
         progress("interrupted: reporting what was measured")
     minutes = (time.monotonic() - started) / 60
     plot = args.plot if write_plot(args.plot, plan, ctx) else None
-    notes = [f"Took {minutes:.1f} minutes.", *args.note]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    notes = [f"Took {minutes:.1f} minutes; load average at the end {load}.", *args.note]
     write_markdown(args.markdown, markdown(plan, ctx, info, command, stamp, plot, raw, notes))
     progress(f"done in {minutes:.1f} min: {args.markdown}, {raw}"
              + (f", {plot}" if plot else ""))
