@@ -219,20 +219,28 @@ def free_port() -> int:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (children of all its threads)."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-        except OSError:
+    """Every live descendant of ``pid``.
+
+    One pass over /proc's processes (a parent map) rather than a walk of every
+    thread's ``children`` file: a thread-per-client server holding 10,000
+    connections would make the latter 10,000 reads per sample.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
-        for child in map(int, children):
-            found.append(child)
-            found.extend(descendants(child))
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found.extend(kids)
+        todo.extend(kids)
     return found
 
 
@@ -279,7 +287,7 @@ def tree_cpu_seconds(pid: int) -> float:
 class RssSampler:
     """Samples the RSS of a process tree in the background; keeps the peak."""
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.pid, self.interval = pid, interval
         self.peak = 0
         self._stop = threading.Event()
