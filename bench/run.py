@@ -765,7 +765,8 @@ def write_markdown(path: Path, section: str) -> None:
 
 
 def write_plot(path: Path, plan: Plan, ctx: Context) -> bool:
-    """One panel per timed cell: requests per second of each server (ratio to C)."""
+    """A panel per timed cell (requests per second, ratio to C epoll) and one for
+    the hold cell's RSS growth per connection; two panels a row."""
     try:
         import matplotlib
 
@@ -775,34 +776,43 @@ def write_plot(path: Path, plan: Plan, ctx: Context) -> bool:
         progress("matplotlib is not installed: no plot (pip install -e '.[bench]')")
         return False
     figures = summarize(plan.records)
-    cells = [c for c in plan.cells if not c.hold]
     names = [s.name for s in plan.servers]
-    if not cells:
+    panels: list[tuple[str, Cell, Callable[[Figure], float], str]] = [
+        (label(c, ctx), c, lambda f: f.rps, "{:,.0f}") for c in plan.cells if not c.hold]
+    panels += [(f"{label(c, ctx)}: RSS growth, KB per connection (lower is better)", c,
+                lambda f: f.growth_kb, "{:.2f}") for c in plan.cells if c.hold]
+    if not panels:
         return False
-    fig, axes = plt.subplots(len(cells), 1, figsize=(9, 1.2 + 0.28 * len(names) * len(cells)),
+    cols = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, rows * (0.8 + 0.24 * len(names))),
                              squeeze=False)
-    for ax, cell in zip(axes[:, 0], cells, strict=True):
+    for ax, (title, cell, value, fmt) in zip(axes.flat, panels, strict=False):
         ref = figures.get((cell.baseline, cell.name))
-        values = [figures[(n, cell.name)].rps if (n, cell.name) in figures else 0.0
-                  for n in names]
+        values = [value(figures[(n, cell.name)]) if (n, cell.name) in figures
+                  and figures[(n, cell.name)].runs else 0.0 for n in names]
         colours = ["#444444" if n == cell.baseline else "#1f77b4" if n.startswith("tcpkit")
                    else "#aaaaaa" for n in names]
         bars = ax.barh(names, values, color=colours)
         ax.invert_yaxis()
-        ax.set_title(label(cell, ctx), fontsize=10, loc="left")
+        ax.set_title(title, fontsize=10, loc="left")
         ax.tick_params(labelsize=8)
         top = max(values) if any(values) else 1.0
-        ax.set_xlim(0, top * 1.22)
-        for bar, value in zip(bars, values, strict=True):
-            text = "n/a" if not value else f"{value:,.0f}"
-            if value and ref and ref.runs:
-                text += f" ({value / ref.rps:.2f})"
+        ax.set_xlim(0, top * 1.3)
+        for bar, v in zip(bars, values, strict=True):
+            text = "n/a" if not v else fmt.format(v)
+            base = value(ref) if ref and ref.runs else 0.0
+            if v and base:
+                text += f" ({v / base:.2f})"
             ax.text(bar.get_width() + top * 0.01, bar.get_y() + bar.get_height() / 2, text,
                     va="center", fontsize=7)
-    axes[-1, 0].set_xlabel("requests per second (ratio to C epoll); server on one core")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("tcpkit vs C epoll and peers: requests per second (ratio to C epoll), "
+                 f"server on one core; medians of {plan.repeat}", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
