@@ -12,6 +12,10 @@ the same way:
     send(conn.receive_eof())               # the client half-closed
     if conn.finished: close()
 
+While ``conn.settled`` is true (input open, no job started, no reply held) the
+serving layer may skip the job and close checks and just send the replies:
+that is the hot path of every mode.
+
 Replies are released strictly in request order: while an offloaded job is
 pending, later replies wait behind it (only their bytes, a few per line, are
 held; the serving layer stops reading when too many wait).
