@@ -7,6 +7,7 @@ gives back the port; the process is stopped by PID at the end of the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -65,13 +66,20 @@ class Server:
         raise AssertionError(f"{pattern!r} not in server stderr:\n{self.stderr()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        # Children found now: after a SIGKILL the server cannot stop them, and a
+        # factor worker would go on computing (it is not the server's child).
+        tree = descendants(self.pid) if sig == signal.SIGKILL else []
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            tree = descendants(self.pid)
             self.process.kill()
             code = self.process.wait()
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self._reader is not None:
             self._reader.join(timeout=5)
         return code
@@ -187,11 +195,14 @@ def process_cpu_seconds(pid: int) -> float:
 def descendants(pid: int) -> list[int]:
     """PIDs of every live descendant of ``pid``."""
     found: list[int] = []
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    try:
-        direct = [int(p) for p in children.read_text().split()]
-    except OSError:
-        return found
+    # Every thread's children: a process started from a worker thread (as the
+    # factor pool's forkserver is) is listed under that thread only.
+    direct: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            direct.extend(int(p) for p in children.read_text().split())
+        except OSError:
+            continue
     for child in direct:
         found.append(child)
         found.extend(descendants(child))

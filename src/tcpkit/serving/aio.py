@@ -40,6 +40,8 @@ from tcpkit.serving.stats import Stats
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
 TICK = 1.0  # seconds between idle sweeps
+LINGER = 1.0  # seconds to read and discard a closing client's extra bytes
+LINGER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,8 @@ class _Client(asyncio.Protocol):
     """One connection: feeds bytes to its ServiceConnection, writes the replies."""
 
     __slots__ = (
-        "conn", "host", "last_seen", "paused_by_jobs", "paused_by_writes", "port",
-        "server", "service", "started", "transport",
+        "conn", "host", "last_seen", "lingering", "paused_by_jobs", "paused_by_writes",
+        "port", "server", "service", "started", "transport",
     )
 
     def __init__(self, server: AsyncServer, service: Service) -> None:
@@ -65,6 +67,7 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.paused_by_writes = False
         self.paused_by_jobs = False
+        self.lingering: int | None = None  # bytes discarded since the error reply
         self.last_seen = server.tick
         self.started = 0.0
         self.host, self.port = "", 0
@@ -90,10 +93,15 @@ class _Client(asyncio.Protocol):
         server.observer.accepted(self.service.name, self.host, self.port)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:
+            self._discard(len(data))
+            return
         self.last_seen = self.server.tick
         self._send(self.conn.receive_data(data))
 
     def eof_received(self) -> bool:
+        if self.lingering is not None:
+            return False  # the client has read the error and gone: close
         self._send(self.conn.receive_eof())
         return True  # keep the write side open: the replies still have to go out
 
@@ -133,10 +141,29 @@ class _Client(asyncio.Protocol):
         for job in self.conn.take_jobs():
             job.handle = self.server.loop.create_task(self._run(job))
         if self.conn.finished:
-            transport.close()
+            self._close(transport)
         elif self.paused_by_jobs != (self.conn.waiting > self.server.limits.max_waiting):
             self.paused_by_jobs = not self.paused_by_jobs
             self._update_reading()
+
+    def _close(self, transport: asyncio.Transport) -> None:
+        """Close; after an error reply, half-close and discard input for a while first.
+
+        Closing with unread bytes makes the kernel send a reset, and a reset can
+        destroy the error reply before the client reads it.
+        """
+        if not self.conn.closing or self.conn.eof or not transport.can_write_eof():
+            transport.close()
+            return
+        self.lingering = 0
+        transport.write_eof()
+        self.server.loop.call_later(LINGER, self._discard, LINGER_BYTES)
+
+    def _discard(self, size: int) -> None:
+        assert self.lingering is not None
+        self.lingering += size
+        if self.lingering >= LINGER_BYTES and self.transport is not None:
+            self.transport.close()
 
     def _update_reading(self) -> None:
         transport = self.transport
