@@ -93,6 +93,16 @@ def _name(future: Future[str], fallback: str) -> str:
         return fallback
 
 
+def _arguments(argv: Sequence[str] | None, usage: str, summary: str | None) -> list[str]:
+    """The program's arguments; ``-h`` or ``--help`` prints its usage and exits 0."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] in (["-h"], ["--help"]):
+        what = (summary or "").split("``: ", 1)[-1].replace("``", "")  # docstring, sans usage
+        print(f"usage: {usage}\n\n{what[:1].upper()}{what[1:]}".rstrip())
+        raise SystemExit(0)
+    return args
+
+
 def _port_argument(argv: Sequence[str], default: int, usage: str) -> int:
     if len(argv) > 1:
         _usage(usage)
@@ -117,7 +127,8 @@ def _serve(server: INETSocket, name: str, observer: TranscriptObserver) -> None:
 
 def reverse_server_main(argv: Sequence[str] | None = None) -> None:
     """``reverseS [PORT]``: the reverse service with the article's transcript."""
-    port = _port_argument(sys.argv[1:] if argv is None else argv, 7800, "reverseS [PORT]")
+    usage = "reverseS [PORT]"
+    port = _port_argument(_arguments(argv, usage, reverse_server_main.__doc__), 7800, usage)
     try:
         server = INETSocket.socket()
         print("socket", flush=True)
@@ -135,7 +146,8 @@ def reverse_server_main(argv: Sequence[str] | None = None) -> None:
 
 def factor_server_main(argv: Sequence[str] | None = None) -> None:
     """``factorS [PORT]``: the factor service with the article's transcript."""
-    port = _port_argument(sys.argv[1:] if argv is None else argv, 7801, "factorS [PORT]")
+    usage = "factorS [PORT]"
+    port = _port_argument(_arguments(argv, usage, factor_server_main.__doc__), 7801, usage)
     try:
         server = INETSocket.listen_on(port)
     except ListenError as exc:
@@ -166,7 +178,7 @@ def reverse_client_main(argv: Sequence[str] | None = None) -> None:
     """``reverseC HOST PORT``: send stdin's lines, print each reply, then ``close``."""
     from tcpkit.cli_clients import relay_lines
 
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _arguments(argv, "reverseC HOST PORT", reverse_client_main.__doc__)
     if len(args) != 2:
         _usage("reverseC HOST PORT")
     try:
@@ -188,7 +200,7 @@ def factor_client_main(argv: Sequence[str] | None = None) -> None:
     from tcpkit.client import FactorClient
     from tcpkit.endpoints import Endpoint
 
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _arguments(argv, "factorC HOST PORT N", factor_client_main.__doc__)
     if len(args) != 3:
         _usage("factorC HOST PORT N")
     host, port_text, number = args
