@@ -130,6 +130,30 @@ def test_factor_many_numbers_pipelined_in_order(server: Server) -> None:
     assert result.stderr == b""  # no progress bar when stderr is not a terminal
 
 
+@pytest.mark.parametrize(("size", "tail"), [
+    (300_000, b" 43"), (3_000_000, b" 43"), (3_000_000, b""),
+], ids=["300k-then-more", "3M-then-more", "3M-last"])
+def test_factor_reports_a_server_that_hangs_up(size: int, tail: bytes) -> None:
+    """An over-long number closes the connection; the client says so in one line.
+
+    3 MB is more than the server discards after its error reply, so the client
+    cannot even finish sending it.
+    """
+    cut = start_server([*TCPKIT, "serve", "factor", "--listen", "127.0.0.1:0",
+                        "--max-line", "100"])
+    try:
+        result = run([*TCPKIT, "factor", "-s", f"127.0.0.1:{cut.port}"],
+                     b"42 " + b"1" * size + tail + b"\n")
+    finally:
+        cut.stop()
+    assert result.returncode == 1
+    assert result.stdout == b"2 3 7\n"
+    lines = no_traceback(result).splitlines()
+    assert lines[0].endswith("1: error: line too long (max 100 bytes)")
+    assert lines[1].startswith("error: connection closed by the server")
+    assert len(lines) == 2
+
+
 # -- connection trouble ----------------------------------------------------------------
 
 

@@ -104,7 +104,9 @@ def pipeline(sock: INETSocket, requests: Iterable[T], encode: Callable[[T], byte
             raise ConnectionClosed(_closed_reason(failure))
         yield item[0], reply
     sender.join()
-    if failure:
+    if failure:  # every request sent so far was answered, but not all could be sent
+        if isinstance(failure[0], OSError):
+            raise ConnectionClosed(_closed_reason(failure))
         raise failure[0]
 
 
@@ -130,7 +132,9 @@ def _send_all(sock: INETSocket, requests: Iterable[T], encode: Callable[[T], byt
 
 def _closed_reason(failure: list[BaseException]) -> str:
     if failure:
-        return f"connection closed by the server ({failure[0]})"
+        reason = failure[0]
+        shown = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
+        return f"connection closed by the server ({shown})"
     return "connection closed by the server before all replies arrived"
 
 
