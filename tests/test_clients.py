@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -152,6 +155,27 @@ def test_factor_reports_a_server_that_hangs_up(size: int, tail: bytes) -> None:
     assert lines[0].endswith("1: error: line too long (max 100 bytes)")
     assert lines[1].startswith("error: connection closed by the server")
     assert len(lines) == 2
+
+
+def test_factor_progress_bar_only_on_a_terminal(server: Server) -> None:
+    numbers = [str(n) for n in range(2, 152)]
+    command = [*TCPKIT, "factor", "-s", f"127.0.0.1:{server.ports['factor']}", *numbers]
+    main, terminal = pty.openpty()
+    try:
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=terminal,
+                                timeout=60, check=False)
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once everything is read
+            while chunk := os.read(main, 65536):
+                shown += chunk
+    finally:
+        os.close(main)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[:3] == [b"2", b"3", b"2 2"]
+    assert b"150/150" in shown and b"#" * 30 in shown
+    piped = run(command)  # the same with stderr on a pipe: no progress
+    assert (piped.stdout, piped.stderr) == (result.stdout, b"")
 
 
 # -- connection trouble ----------------------------------------------------------------

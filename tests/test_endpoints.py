@@ -95,3 +95,12 @@ def test_peer_text_shows_ipv4_mapped_addresses_as_ipv4() -> None:
     assert peer_text(("::1", 1, 0, 0)) == ("::1", 1)
     assert peer_text(("10.1.2.3", 80)) == ("10.1.2.3", 80)
     assert peer_text("") == ("unix", 0)
+
+
+def test_serve_without_services_plans_both_on_their_default_ports() -> None:
+    from tcpkit.cli import plan_listeners
+
+    assert plan_listeners([], []) == [("reverse", Endpoint(port=7800)),
+                                      ("factor", Endpoint(port=7801))]
+    assert plan_listeners([], ["factor=[::1]:0"]) == [("reverse", Endpoint(port=7800)),
+                                                      ("factor", Endpoint("::1", 0))]
