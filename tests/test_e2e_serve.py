@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import struct
@@ -17,6 +19,7 @@ from conftest import (
     LISTENING,
     Server,
     connect,
+    descendants,
     exchange,
     recv_lines,
     recv_until_closed,
@@ -223,6 +226,34 @@ def test_long_factorization_is_cancelled_when_its_client_leaves(serve: Serve, le
     server.wait_for_stderr(r"close 127\.0\.0\.1:\d+ \(2 lines")
     # The pool replaced its worker: the next big number is served.
     assert exchange(server.port, b"%d\n" % semiprime(40)) == factor_line(semiprime(40))
+
+
+def test_workers_of_a_killed_server_stop_by_themselves(serve: Serve) -> None:
+    """SIGKILL leaves no one to stop a long job: the kernel's CPU limit must."""
+    server = serve("factor", "--time-limit", "1", "--factor-workers", "1")
+    with connect(server.port) as sock:
+        sock.sendall(b"%d\n" % semiprime(76))
+        assert wait_for_cpu(server.pid, busy=True), "the factorization never started"
+        orphans = descendants(server.pid)
+        server.process.kill()  # the server alone: its workers are on their own
+        server.process.wait(10)
+    try:
+        deadline = time.monotonic() + 20
+        while alive := [pid for pid in orphans if is_running(pid)]:
+            assert time.monotonic() < deadline, f"workers still running: {alive}"
+            time.sleep(0.2)
+    finally:  # whatever happened, leave nothing running
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 # -- stopping -----------------------------------------------------------------
