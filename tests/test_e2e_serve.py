@@ -163,6 +163,28 @@ def test_factor_examples_and_errors_keep_the_connection(serve: Serve) -> None:
     assert "Traceback" not in server.stderr()
 
 
+def test_bad_input_costs_nothing_else(serve: Serve) -> None:
+    """Binary junk, mid-request disconnects and resets: answered or ignored, never fatal."""
+    server = serve("reverse", "factor", services=2)
+    junk = bytes(range(256)) * 4
+    for service in ("reverse", "factor"):
+        port = server.ports[service]
+        reply = exchange(port, junk.replace(b"\n", b"") + b"\n\x00\n\xc3\n")
+        assert reply.count(b"\n") == 3
+        with connect(port) as sock:  # leaves mid-line
+            sock.sendall(b"12345")
+        with connect(port) as sock:  # resets mid-line
+            sock.sendall(b"6789")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert exchange(server.ports["reverse"], b"\x00a\xffb\n") == b"b\xffa\x00\n"
+    assert exchange(server.ports["factor"], b"\x00\n42\n") == (
+        b'error: not an integer: "\\x00"\n2 3 7\n')
+    server.wait_for_stderr(r"(?s)(close .*){8}")
+    stderr = server.stderr()
+    assert "Traceback" not in stderr and "error:" not in stderr
+    assert "unix:" not in stderr  # a peer that reset early is not a unix socket
+
+
 def test_max_digits_option(serve: Serve) -> None:
     server = serve("factor", "--max-digits", "5")
     assert exchange(server.port, b"123456\n99999\n") == (

@@ -95,6 +95,7 @@ def test_peer_text_shows_ipv4_mapped_addresses_as_ipv4() -> None:
     assert peer_text(("::1", 1, 0, 0)) == ("::1", 1)
     assert peer_text(("10.1.2.3", 80)) == ("10.1.2.3", 80)
     assert peer_text("") == ("unix", 0)
+    assert peer_text(None) == ("unknown", 0)  # getpeername failed: reset already
 
 
 def test_serve_without_services_plans_both_on_their_default_ports() -> None:

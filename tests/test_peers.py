@@ -43,28 +43,26 @@ def perl_servers() -> Iterator[dict[str, int]]:
 # -- peers talking to tcpkit ----------------------------------------------------------
 
 
-@NC
-def test_nc_reverse(tcpkit_servers: Server) -> None:
-    port = tcpkit_servers.ports["reverse"]
-    result = run(["nc", "-N", "127.0.0.1", str(port)], b"hello\r\nnc\n\nlast")
+def nc(server: Server, service: str, stdin: bytes) -> bytes:
+    result = run(["nc", "-N", "127.0.0.1", str(server.ports[service])], stdin)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"olleh\r\ncn\n\ntsal\n"
+    return result.stdout
 
 
 @NC
-def test_nc_factor(tcpkit_servers: Server) -> None:
-    port = tcpkit_servers.ports["factor"]
-    result = run(["nc", "-N", "127.0.0.1", str(port)], b"42\nabc\n-42\n1\n")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == b'2 3 7\nerror: not an integer: "abc"\n-1 2 3 7\n\n'
+@pytest.mark.parametrize(("service", "stdin", "stdout"), [
+    ("reverse", b"hello\r\nnc\n\nlast", b"olleh\r\ncn\n\ntsal\n"),
+    ("factor", b"42\nabc\n-42\n1\n", b'2 3 7\nerror: not an integer: "abc"\n-1 2 3 7\n\n'),
+])
+def test_nc(tcpkit_servers: Server, service: str, stdin: bytes, stdout: bytes) -> None:
+    assert nc(tcpkit_servers, service, stdin) == stdout
 
 
 @NC
 def test_nc_pipelines_10000_lines(tcpkit_servers: Server) -> None:
-    port = tcpkit_servers.ports["reverse"]
     lines = [b"nc line %d" % i for i in range(10_000)]
-    result = run(["nc", "-N", "127.0.0.1", str(port)], b"\n".join(lines) + b"\n")
-    assert result.stdout == b"".join(line[::-1] + b"\n" for line in lines)
+    reply = nc(tcpkit_servers, "reverse", b"\n".join(lines) + b"\n")
+    assert reply == b"".join(line[::-1] + b"\n" for line in lines)
 
 
 @PERL

@@ -115,5 +115,7 @@ def peer_text(address: object) -> tuple[str, int]:
         if host.startswith("::ffff:") and "." in host:
             host = host[len("::ffff:") :]
         return host, port
+    if address is None:  # the client reset the connection before we could ask
+        return "unknown", 0
     return "unix", 0  # unix sockets have no peer address
 
