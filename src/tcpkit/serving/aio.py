@@ -152,6 +152,8 @@ class _Client(asyncio.Protocol):
         Closing with unread bytes makes the kernel send a reset, and a reset can
         destroy the error reply before the client reads it.
         """
+        if self.lingering is not None:
+            return  # already half-closed
         if not self.conn.closing or self.conn.eof or not transport.can_write_eof():
             transport.close()
             return
