@@ -145,6 +145,13 @@ def test_factor_client_error_reply(factor_s: tuple[Server, Transcript]) -> None:
     assert result.stderr.decode().splitlines() == ['abc: error: not an integer: "abc"']
 
 
+def test_factor_client_sends_one_line(factor_s: tuple[Server, Transcript]) -> None:
+    server, _ = factor_s
+    result = run([*script("factorC"), "localhost", str(server.port), "4\n2"])
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr == b'4 2: error: not an integer: "4 2"\n'
+
+
 @pytest.mark.parametrize(("program", "args"), [
     ("reverseC", ["localhost"]),
     ("reverseC", ["localhost", "nosuchport"]),

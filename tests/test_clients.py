@@ -37,7 +37,7 @@ def factor(server: Server, *args: str, stdin: bytes = b"") -> subprocess.Complet
 
 
 def no_traceback(result: subprocess.CompletedProcess[bytes]) -> str:
-    stderr = result.stderr.decode()
+    stderr = result.stderr.decode("utf-8", "replace")
     assert "Traceback" not in stderr
     return stderr
 
@@ -122,6 +122,16 @@ def test_factor_error_lines_go_to_stderr_and_the_rest_continues(server: Server) 
         "9" * 1001 + ": error: too many digits (max 1000)",
         "-0: error: 0 has no prime factorization",
     ]
+
+
+def test_factor_arguments_stay_one_request_each(server: Server) -> None:
+    """A line break inside an argument must not shift every later answer."""
+    result = run([*TCPKIT, "factor", "-s", f"127.0.0.1:{server.ports['factor']}",
+                  "6", "4\n2", "12", os.fsdecode(b"\xff"), "15"])
+    assert result.returncode == 1
+    assert result.stdout == b"2 3\n2 2 3\n3 5\n"
+    assert no_traceback(result).splitlines() == [
+        '4 2: error: not an integer: "4 2"', '\ufffd: error: not an integer: "\\\\xff"']
 
 
 def test_factor_many_numbers_pipelined_in_order(server: Server) -> None:

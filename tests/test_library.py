@@ -169,6 +169,9 @@ def test_reverse_client(reverse_server: RunningServer) -> None:
         assert client.reverse("an\u0303b") == "bn\u0303a"
         assert client.reverse("") == ""
         assert client.reverse("a\udcffb") == "b\udcffa"  # an invalid byte, surrogate-escaped
+        with pytest.raises(ValueError, match="line feed"):
+            client.reverse("two\nlines")  # would be two requests: every reply off by one
+        assert client.reverse("in step") == "pets ni"
 
 
 def test_async_clients(reverse_server: RunningServer, factor_server: RunningServer) -> None:
@@ -178,6 +181,9 @@ def test_async_clients(reverse_server: RunningServer, factor_server: RunningServ
             many = await asyncio.gather(*(client.factor(n) for n in (12, 13, 14)))
             with pytest.raises(ServerError):
                 await client.factor(0)
+            with pytest.raises(ValueError, match="line feed"):
+                await client.request(b"6\n7")
+            assert await client.factor(6) == [2, 3]
         async with await AsyncReverseClient.connect(reverse_server.endpoint) as rev:
             text = await rev.reverse("async")
         return first, list(many), text

@@ -197,6 +197,7 @@ def reverse_client_main(argv: Sequence[str] | None = None) -> None:
 
 def factor_client_main(argv: Sequence[str] | None = None) -> None:
     """``factorC HOST PORT N``: print the prime factors of N."""
+    from tcpkit.cli_clients import one_line
     from tcpkit.client import FactorClient
     from tcpkit.endpoints import Endpoint
 
@@ -207,13 +208,14 @@ def factor_client_main(argv: Sequence[str] | None = None) -> None:
     try:
         endpoint = Endpoint(host=host, port=resolve_port(port_text))
         with FactorClient(endpoint) as client:
-            reply = client.request(number.encode("utf-8", "surrogateescape"))
+            reply = client.request(one_line(number))
     except EndpointError as exc:
         _usage("factorC HOST PORT N", str(exc))
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if reply.startswith(b"error: "):
-        print(f"{number}: {reply.decode('utf-8', 'replace')}", file=sys.stderr)
+        shown = one_line(number).decode("utf-8", "replace")
+        print(f"{shown}: {reply.decode('utf-8', 'replace')}", file=sys.stderr)
         raise SystemExit(1)
     print(reply.decode("ascii"))

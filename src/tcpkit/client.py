@@ -57,6 +57,14 @@ def strip_terminator(line: bytes) -> bytes:
     return line[:-1] if line.endswith(b"\n") else line
 
 
+def request_line(line: bytes) -> bytes:
+    """``line`` with its LF; an LF inside would make it two requests, and every
+    later reply would then be paired with the wrong request."""
+    if b"\n" in line:
+        raise ValueError(f"a request line cannot contain a line feed: {line[:40]!r}")
+    return line + b"\n"
+
+
 def read_blocks(sock: INETSocket) -> Iterator[bytes]:
     """Yield blocks of complete reply lines as they arrive, until the server closes.
 
@@ -181,7 +189,7 @@ class LineClient:
 
     def request(self, line: bytes) -> bytes:
         """Send ``line`` (LF added) and return the reply without its terminator."""
-        self.sock.write(line + b"\n")
+        self.sock.write(request_line(line))
         reply = self.sock.readline()
         if not reply.endswith(b"\n"):
             raise ConnectionClosed("connection closed by the server")
@@ -243,7 +251,7 @@ class _AsyncLineClient:
 
     async def request(self, line: bytes) -> bytes:
         async with self._lock:  # one request at a time keeps replies paired
-            self.writer.write(line + b"\n")
+            self.writer.write(request_line(line))
             reply = await self.reader.readline()
         if not reply.endswith(b"\n"):
             raise ConnectionClosed("connection closed by the server")
