@@ -216,6 +216,20 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def ipv6_loopback() -> bool:
+    """Whether ::1 can be used here (containers often have IPv6 switched off)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+LOOPBACKS = ["127.0.0.1", "::1"] if ipv6_loopback() else ["127.0.0.1"]
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+
+
 def needs(tool: str) -> pytest.MarkDecorator:
     """Skip unless ``tool`` is installed (CI installs them all)."""
     return pytest.mark.skipif(shutil.which(tool) is None and not os.environ.get("CI"),

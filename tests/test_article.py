@@ -11,7 +11,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Server, connect, recv_until_closed, run, script, start_server
+from conftest import (
+    LOOPBACKS,
+    Server,
+    connect,
+    needs_ipv6,
+    recv_until_closed,
+    run,
+    script,
+    start_server,
+)
 
 LINE_TIMEOUT = 10.0
 
@@ -79,7 +88,7 @@ def factor_s() -> Iterator[tuple[Server, Transcript]]:
 def test_reverse_server_transcript(reverse_s: tuple[Server, Transcript]) -> None:
     server, transcript = reverse_s
     assert [transcript.next() for _ in range(3)] == ["socket", "bind", "listen"]
-    for host in ("127.0.0.1", "::1"):
+    for host in LOOPBACKS:
         with socket.create_connection((host, server.port), timeout=10) as sock:
             port = sock.getsockname()[1]
             sock.sendall(b"hello\n")
@@ -116,6 +125,7 @@ def test_reverse_client_transcript(reverse_s: tuple[Server, Transcript]) -> None
         "socket", "bind", "connect", "olleh", "dlrow", "close"]
 
 
+@needs_ipv6
 def test_reverse_client_over_ipv6_without_a_final_lf(reverse_s: tuple[Server, Transcript]) -> None:
     server, _ = reverse_s
     result = run([*script("reverseC"), "::1", str(server.port)], b"abc")  # no final LF

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import struct
@@ -17,6 +18,7 @@ import pytest
 
 from conftest import (
     LISTENING,
+    LOOPBACKS,
     Server,
     connect,
     descendants,
@@ -30,10 +32,6 @@ from longwork import semiprime, wait_for_cpu
 from tcpkit import factorize
 
 Serve = Callable[..., Server]
-
-
-def reply_lines(port: int, payload: bytes) -> list[bytes]:
-    return exchange(port, payload).splitlines(keepends=True)
 
 
 def factor_line(n: int) -> bytes:
@@ -61,13 +59,13 @@ def test_no_service_named_runs_both(serve: Serve) -> None:
 def test_default_bind_is_dual_stack(serve: Serve) -> None:
     server = serve("reverse", "--listen", "0")
     found = LISTENING.search(server.stderr())
-    assert found is not None and found.group(1) == "[::]"
-    for host in ("::1", "127.0.0.1"):
+    assert found is not None and found.group(1) == ("[::]" if socket.has_ipv6 else "0.0.0.0")
+    for host in LOOPBACKS:
         with socket.create_connection((host, server.port), timeout=10) as sock:
             sock.sendall(b"dual\n")
             assert recv_lines(sock, 1) == [b"laud\n"]
-    server.wait_for_stderr(r"accept 127\.0\.0\.1:\d+ \(reverse\)")  # not ::ffff:127.0.0.1
-    server.wait_for_stderr(r"accept \[::1\]:\d+ \(reverse\)")
+        shown = re.escape(f"[{host}]" if ":" in host else host)  # not ::ffff:127.0.0.1
+        server.wait_for_stderr(rf"accept {shown}:\d+ \(reverse\)")
 
 
 def test_unix_socket_endpoint(tmp_path: Path) -> None:

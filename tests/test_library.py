@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from conftest import needs_ipv6
 from tcpkit import (
     AsyncFactorClient,
     AsyncReverseClient,
@@ -115,7 +116,8 @@ def test_listen_accept_and_peer_addresses(make: Callable[[], INETSocket]) -> Non
         thread.join(10)
 
 
-def test_ipv6_peer(reverse_server: RunningServer) -> None:
+@needs_ipv6
+def test_ipv6_peer() -> None:
     with INETSocket.listen_on("[::1]:0") as server:
         thread = accept_one(server, lambda client: client.print(client.peerhost))
         with INETSocket.connect(f"[::1]:{server.sockport}", timeout=10) as sock:
