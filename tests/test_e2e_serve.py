@@ -218,6 +218,26 @@ def test_an_endless_line_is_cut_off_with_bounded_memory(serve: Serve) -> None:
     assert exchange(server.port, b"still\n") == b"llits\n"
 
 
+def test_max_connections_refuses_with_server_busy(serve: Serve) -> None:
+    server = serve("reverse", "--max-connections", "1")
+    with connect(server.port) as holder:
+        holder.sendall(b"first\n")
+        assert recv_lines(holder, 1) == [b"tsrif\n"]
+        with connect(server.port) as refused:
+            assert recv_until_closed(refused) == b"error: server busy\n"
+    server.wait_for_stderr(r"close 127\.0\.0\.1")  # the holder is gone: room again
+    assert exchange(server.port, b"next\n") == b"txen\n"
+    server.wait_for_stderr(r"refused 127\.0\.0\.1:\d+ \(reverse\): server busy")
+
+
+def test_idle_client_is_closed(serve: Serve) -> None:
+    server = serve("reverse", "--idle-timeout", "1")
+    with connect(server.port, timeout=15) as sock:
+        sock.sendall(b"hi\n")
+        assert recv_until_closed(sock) == b"ih\n"  # then silence: the server hangs up
+    server.wait_for_stderr(r"close 127\.0\.0\.1:\d+ \(1 lines")
+
+
 def test_time_limit_error_and_the_connection_continues(serve: Serve) -> None:
     server = serve("factor", "--time-limit", "1")
     with connect(server.port) as sock:
