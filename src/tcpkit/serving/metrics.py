@@ -59,8 +59,15 @@ class Metrics(Observer):
     measures_traffic = True
 
     def __init__(self, mode: str, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            disable_created_metrics,
+        )
 
+        disable_created_metrics()  # no *_created series: they double a scrape's size
         self.mode = mode
         self.registry = registry if registry is not None else CollectorRegistry()
         labels = ("service", "mode")
