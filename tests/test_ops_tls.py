@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import needs, run, script
 
+from conftest import needs, run, script
 from tcpkit.client import AsyncReverseClient, FactorClient, ReverseClient
 from tcpkit.sockets import ConnectError, INETSocket
 

@@ -86,7 +86,7 @@ class _Client(asyncio.Protocol):
             server.refuse(self, refusal.message, refusal.kind)
             transport.write(BUSY if refusal is BUSY_REFUSAL
                             else b"error: %s\n" % refusal.message.encode())
-            transport.close()
+            _Refused.close(server, transport)
             self.transport = None
             return
         transport.set_write_buffer_limits(server.limits.write_high, server.limits.write_low)
@@ -222,6 +222,48 @@ class _Client(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+class _Refused(asyncio.Protocol):
+    """A refused client after its ``error:`` line: read and drop what it sends.
+
+    Closing a socket with unread input makes the kernel reset the connection,
+    and the reset can overtake the error line.  So the line is followed by a
+    FIN, and the connection lingers (at most LINGER seconds, at most
+    MAX_LINGERING at once) until the client closes its side.
+    """
+
+    LINGER = 2.0
+    MAX_LINGERING = 1000
+    lingering = 0
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def close(cls, server: AsyncServer, transport: asyncio.Transport) -> None:
+        if cls.lingering >= cls.MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        refused = cls(transport)
+        transport.set_protocol(refused)
+        transport.write_eof()
+        refused.timer = server.loop.call_later(cls.LINGER, transport.close)
+        cls.lingering += 1
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        self.transport.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            _Refused.lingering -= 1
 
 
 class AsyncServer:
