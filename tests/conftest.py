@@ -78,10 +78,11 @@ class Server:
 
 
 def start_server(args: list[str], services: int = 1, env: dict[str, str] | None = None,
-                 stdout: int | None = subprocess.DEVNULL) -> Server:
+                 stdout: int | None = subprocess.DEVNULL, pass_fds: tuple[int, ...] = (),
+                 ) -> Server:
     """Start a server command and wait until it logs every ``Listening on`` line."""
     process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE,
-                               env={**os.environ, **(env or {})})
+                               env={**os.environ, **(env or {})}, pass_fds=pass_fds)
     server = Server(process)
     ready = threading.Event()
 
