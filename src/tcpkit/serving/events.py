@@ -25,6 +25,11 @@ from tcpkit.endpoints import format_address
 log = logging.getLogger("tcpkit")
 
 
+def _peer(host: str, port: int) -> str:
+    """``HOST:PORT`` for TCP clients; ``unix`` for unix-socket ones (they have no address)."""
+    return host if port == 0 and host == "unix" else format_address(host, port)
+
+
 class Observer:
     """Receives connection events; the default writes the access log."""
 
@@ -37,19 +42,19 @@ class Observer:
 
     def accepted(self, service: str, host: str, port: int) -> None:
         if log.isEnabledFor(logging.INFO):
-            peer = format_address(host, port)
+            peer = _peer(host, port)
             log.info("accept %s (%s)", peer, service,
                      extra={"event": "accept", "peer": peer, "service": service})
 
     def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
         if log.isEnabledFor(logging.INFO):
-            peer = format_address(host, port)
+            peer = _peer(host, port)
             log.info("close %s (%d lines, %.3f s)", peer, lines, seconds,
                      extra={"event": "close", "peer": peer, "service": service,
                             "lines": lines, "duration": round(seconds, 6)})
 
     def refused(self, service: str, host: str, port: int, reason: str) -> None:
-        peer = format_address(host, port)
+        peer = _peer(host, port)
         log.warning("refused %s (%s): %s", peer, service, reason,
                      extra={"event": "refused", "peer": peer, "service": service,
                             "reason": reason})
