@@ -97,18 +97,29 @@ def test_listen_with_activation_is_a_usage_error() -> None:
 
 
 @needs("systemd-socket-activate")
-def test_systemd_socket_activate(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def test_systemd_socket_activate_with_named_sockets() -> None:
+    factor_port, reverse_port = free_ports(2)
     activator = subprocess.Popen(
-        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", *script("tcpkit"), "serve",
-         "reverse"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        assert exchange_when_up(port, b"systemd\n") == b"dmetsys\n"
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{factor_port}", "-l",
+         f"127.0.0.1:{reverse_port}", "--fdname=factor:reverse", *script("tcpkit"), "serve",
+         "reverse", "factor"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # the first client starts tcpkit, which gets both sockets by name
+        assert exchange_when_up(factor_port, b"42\n") == b"2 3 7\n"
+        assert exchange_when_up(reverse_port, b"42\n") == b"24\n"
     finally:
         activator.terminate()
         activator.wait(15)
+
+
+def free_ports(count: int) -> list[int]:
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def exchange_when_up(port: int, payload: bytes) -> bytes:
@@ -160,9 +171,7 @@ def test_inetd_with_stderr_on_the_socket_keeps_logs_out_of_the_stream() -> None:
 
 @needs("socat")
 def test_inetd_under_socat(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_ports(1)[0]
     command = " ".join([*script("tcpkit"), "serve", "--inetd", "reverse"])
     socat = subprocess.Popen(
         ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"EXEC:{command}"],
