@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -174,3 +175,45 @@ def test_parse_rate(text: str, rate: float) -> None:
 def test_parse_rate_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_rate(text)
+
+
+MULTIPROCESS = """
+import os, sys, urllib.request
+from tcpkit.serving import metrics
+metrics.use_multiprocess_dir()  # before prometheus_client is imported
+collector = metrics.Metrics("fork")
+address = metrics.serve_metrics(metrics.Endpoint(host="127.0.0.1", port=0),
+                                metrics.exposition_registry(collector))
+children = []
+for worker in range(3):
+    pid = os.fork()
+    if pid == 0:  # a worker process serving one connection of 5 lines
+        collector.accepted("reverse", "127.0.0.1", 1000 + worker)
+        collector.traffic("reverse", 30, 30, 5, 5, 5, 0.001)
+        if worker:
+            collector.closed("reverse", "127.0.0.1", 1000 + worker, 5, 0.1)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+sys.stdout.write(urllib.request.urlopen(f"http://{address}/metrics").read().decode())
+metrics.worker_exited(children[0])
+sys.stdout.write(urllib.request.urlopen(f"http://{address}/metrics").read().decode())
+"""
+
+
+def test_worker_processes_are_merged_in_one_scrape() -> None:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", MULTIPROCESS], capture_output=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    labels = '{mode="fork",service="reverse"}'
+    text = done.stdout.decode()
+    assert f"tcpkit_connections_total{labels} 3.0" in text
+    assert f"tcpkit_lines_total{labels} 15.0" in text
+    assert f"tcpkit_request_duration_seconds_count{labels} 15.0" in text
+    opened = re.findall(rf"^tcpkit_connections_open{re.escape(labels)} (\S+)$", text, re.M)
+    assert opened == ["1.0", "0.0"]  # worker 0 left one open; then it was marked dead

@@ -161,10 +161,10 @@ def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Serv
             sock = take_stdin_socket()
         except InetdError as exc:
             raise UsageError(str(exc)) from None
-        serve_inetd(sock, services[0], limits, ops.observer(args.mode), ops.tls)
+        serve_inetd(sock, services[0], limits, ops.observer("inetd"), ops.tls)
         return EXIT_OK
     inherited = ops.inherited_listeners(services)
-    observer = ops.observer(args.mode)
+    observer = ops.observer(args.mode, getattr(args, "workers", 1))
     if inherited is not None:
         serve_listeners(inherited, args.mode, limits, observer)
     else:

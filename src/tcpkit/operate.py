@@ -94,10 +94,12 @@ class Operation:
 
     # -- what the serving mode gets -------------------------------------------------
 
-    def observer(self, mode: str, workers: int = 1) -> Observer:
+    def observer(self, mode: str, workers: int | str | None = 1) -> Observer:
         """The access log (with names if asked) and the metrics; starts the metrics server.
 
-        Raises ListenError when the metrics port cannot be bound.
+        With several ``workers`` (processes forked after this call) the metrics
+        of all of them are merged.  Raises ListenError when the metrics port
+        cannot be bound.
         """
         from tcpkit.serving.names import ResolvingObserver
 
@@ -106,7 +108,7 @@ class Operation:
             return base
         from tcpkit.serving import metrics
 
-        if workers > 1:
+        if workers == "auto" or (workers is not None and int(workers) > 1):
             metrics.use_multiprocess_dir()
         collector = metrics.Metrics(mode)
         try:
