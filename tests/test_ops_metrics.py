@@ -103,11 +103,14 @@ def test_rate_per_ip_refuses_with_a_clear_line(serve) -> None:
     port = metrics_port(server)
     assert exchange(server.port, b"first\n") == b"tsrif\n"
     assert exchange(server.port, b"second\n") == b"error: connection rate exceeded\n"
+    done = run([*script("tcpkit"), "reverse", f"127.0.0.1:{server.port}"], stdin=b"third\n")
+    assert (done.returncode, done.stdout) == (1, b"")  # the client says it was refused
+    assert done.stderr == b"error: connection rate exceeded\n"
     got = scrape(port)
     assert value(got, "tcpkit_connections_refused_total", reason="rate", service="reverse",
-                 mode="async") == 1
+                 mode="async") == 2
     server.stop()
-    assert "1 refused by per-client limits" in server.stderr()
+    assert "2 refused by per-client limits" in server.stderr()
 
 
 def test_busy_refusals_are_counted(serve) -> None:

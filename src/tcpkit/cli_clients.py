@@ -102,17 +102,40 @@ def relay_lines(sock: INETSocket, source: int, sink: BinaryIO) -> int:
     """Send ``source``'s bytes, write every reply to ``sink``; the exit status."""
     sender = StreamSender(sock, source)
     received = 0
+    refusal = None  # a first reply that may be the server turning us away
     for block in read_blocks(sock):
-        sink.write(block)
-        sink.flush()  # replies show up as they arrive, also through a pipe
+        if received == 0 and is_refusal(block):
+            refusal = block
+        else:
+            if refusal is not None:
+                sink.write(refusal)
+                refusal = None
+            sink.write(block)
+            sink.flush()  # replies show up as they arrive, also through a pipe
         received += block.count(b"\n") or 1
     sender.join()
+    if refusal is not None:  # the server's only words: it refused the connection
+        return fail(refusal[len(b"error: "):].decode("utf-8", "replace").strip())
     if sender.error is not None:
         return fail(f"cannot send to the server: {sender.error}")
     if received < sender.lines:
         return fail(f"connection closed by the server after {received} of "
                     f"{sender.lines} replies")
     return EXIT_OK
+
+
+REFUSALS = (b"error: server busy\n", b"error: connection rate exceeded\n",
+            b"error: too many connections from ")
+
+
+def is_refusal(block: bytes) -> bool:
+    """Whether a first reply block is one of the server's refusals (SPEC §2.1).
+
+    It counts only when it is the only reply before the server closes.  (A
+    single input line whose reverse reads exactly like a refusal cannot be
+    told apart; any longer exchange is never mistaken for one.)
+    """
+    return block.startswith(REFUSALS) and block.count(b"\n") == 1 and block.endswith(b"\n")
 
 
 # -- factor ---------------------------------------------------------------------
