@@ -169,3 +169,12 @@ def test_bad_tls_files_are_one_line_and_exit_2(certs, problem, expected) -> None
     assert done.returncode == 2
     lines = done.stderr.decode().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_sighup_without_tls_keeps_serving(serve) -> None:
+    server = serve("reverse")  # systemctl reload must never stop a plain server
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for_stderr("SIGHUP: nothing to reload")
+    assert server.process.poll() is None
+    with ReverseClient(f"127.0.0.1:{server.port}") as client:
+        assert client.reverse("alive") == "evila"

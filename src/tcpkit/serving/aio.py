@@ -299,6 +299,7 @@ class AsyncServer:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._drained = asyncio.Event()
+        self._install_signals()  # before "Listening on": a signal from then on is handled
         for listener in self.listeners:
             tls = listener.tls
             server = await self.loop.create_server(
@@ -310,7 +311,6 @@ class AsyncServer:
             )
             self._servers.append(server)
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
-        self._install_signals()
         self.loop.set_exception_handler(_log_loop_error)
         ticker = self.loop.create_task(self._tick())
         try:
@@ -403,11 +403,16 @@ class AsyncServer:
             # Outside the main thread (tcpkit.testing) the caller drives stop().
             with contextlib.suppress(RuntimeError, ValueError):
                 self.loop.add_signal_handler(sig, self.stop)
+        # SIGHUP (systemctl reload) re-reads certificates; it never stops the server.
+        with contextlib.suppress(RuntimeError, ValueError):
+            self.loop.add_signal_handler(signal.SIGHUP, self._reload)
+
+    def _reload(self) -> None:
         certificates = {id(lst.tls): lst.tls for lst in self.listeners if lst.tls is not None}
-        if certificates:
-            with contextlib.suppress(RuntimeError, ValueError):
-                self.loop.add_signal_handler(
-                    signal.SIGHUP, lambda: [tls.reload() for tls in certificates.values()])
+        for tls in certificates.values():
+            tls.reload()
+        if not certificates:
+            log.info("SIGHUP: nothing to reload (no TLS certificate)")
 
     async def _tick(self) -> None:
         idle_ticks = self.limits.idle_timeout / TICK

@@ -12,6 +12,9 @@ The article's ``reverseS``/``factorS`` transcripts use the same resolver.
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
@@ -31,25 +34,46 @@ def host_name(ip: str) -> str:
 
 
 class NameResolver:
-    """Reverse lookups on a thread pool, and an ordered printer thread to use them."""
+    """Reverse lookups on a thread pool, and an ordered printer thread to use them.
 
-    def __init__(self, timeout: float = LOOKUP_TIMEOUT, threads: int = 4) -> None:
+    Each address is looked up once (its future is shared and remembered), and
+    a name is waited for at most ``timeout`` seconds after *its lookup
+    started*: behind a dead DNS server the log falls back to addresses at
+    once instead of waiting ``timeout`` again for every line.
+    """
+
+    def __init__(self, timeout: float = LOOKUP_TIMEOUT, threads: int = 4,
+                 remembered: int = 4096) -> None:
         self.timeout = timeout
+        self.remembered = remembered
         self._lookups = ThreadPoolExecutor(threads, thread_name_prefix="resolve")
         self._printer = ThreadPoolExecutor(1, thread_name_prefix="print")
+        self._started: OrderedDict[str, tuple[Future[str], float]] = OrderedDict()
+        self._lock = threading.Lock()  # lookup() runs on the loop, name() on the printer
 
     def lookup(self, ip: str) -> Future[str]:
-        """Start looking ``ip`` up; the future holds its name (or ``ip``)."""
-        if ip == "unix":  # unix-socket peers have no address to look up
-            done: Future[str] = Future()
-            done.set_result(ip)
-            return done
-        return self._lookups.submit(host_name, ip)
+        """Start looking ``ip`` up (once); the future holds its name (or ``ip``)."""
+        with self._lock:
+            found = self._started.get(ip)
+            if found is not None:
+                self._started.move_to_end(ip)
+                return found[0]
+            if ip == "unix":  # unix-socket peers have no address to look up
+                future: Future[str] = Future()
+                future.set_result(ip)
+            else:
+                future = self._lookups.submit(host_name, ip)
+            self._started[ip] = (future, time.monotonic())
+            if len(self._started) > self.remembered:
+                self._started.popitem(last=False)
+            return future
 
     def name(self, future: Future[str], fallback: str) -> str:
         """The looked-up name, or ``fallback`` after a failure or the timeout."""
+        with self._lock:
+            started = self._started.get(fallback, (future, time.monotonic()))[1]
         try:
-            return future.result(timeout=self.timeout)
+            return future.result(timeout=max(0.0, started + self.timeout - time.monotonic()))
         except Exception:
             return fallback
 
