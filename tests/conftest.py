@@ -206,6 +206,18 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def free_ports(count: int = 1) -> list[int]:
+    """Loopback ports free right now, for programs that cannot be given port 0."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def needs(tool: str) -> pytest.MarkDecorator:
     """Skip unless ``tool`` is installed (CI installs them all)."""
     return pytest.mark.skipif(shutil.which(tool) is None and not os.environ.get("CI"),

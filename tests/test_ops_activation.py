@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import exchange, needs, recv_until_closed, run, script, start_server
+from conftest import exchange, free_ports, needs, recv_until_closed, run, script, start_server
 
 
 def listening_socket() -> socket.socket:
@@ -109,17 +109,6 @@ def test_systemd_socket_activate_with_named_sockets() -> None:
     finally:
         activator.terminate()
         activator.wait(15)
-
-
-def free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def exchange_when_up(port: int, payload: bytes) -> bytes:

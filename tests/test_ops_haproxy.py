@@ -6,25 +6,13 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from conftest import exchange, needs
+from conftest import exchange, free_ports, needs
 
 CONFIG = Path(__file__).parent.parent / "contrib" / "haproxy" / "haproxy.cfg"
-
-
-def free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 @needs("haproxy")

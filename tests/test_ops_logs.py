@@ -11,13 +11,7 @@ import time
 
 import pytest
 
-from conftest import exchange, script
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from conftest import exchange, free_ports, script
 
 
 def test_json_log_lines(serve) -> None:
@@ -39,7 +33,7 @@ def test_json_log_lines(serve) -> None:
 
 
 def test_log_level_warning_hides_the_access_log() -> None:
-    port = free_port()
+    port = free_ports()[0]
     process = subprocess.Popen([*script("tcpkit"), "serve", "reverse", "--listen",
                                 f"127.0.0.1:{port}", "--log-level", "warning",
                                 "--max-connections", "1"], stderr=subprocess.PIPE)
