@@ -97,9 +97,9 @@ class Operation:
     def observer(self, mode: str, workers: int | str | None = 1) -> Observer:
         """The access log (with names if asked) and the metrics; starts the metrics server.
 
-        With several ``workers`` (processes forked after this call) the metrics
-        of all of them are merged.  Raises ListenError when the metrics port
-        cannot be bound.
+        With several ``workers``, or a child process per client (``fork`` mode),
+        all the processes forked after this call count into one set of figures.
+        Raises ListenError when the metrics port cannot be bound.
         """
         from tcpkit.serving.names import ResolvingObserver
 
@@ -108,7 +108,8 @@ class Operation:
             return base
         from tcpkit.serving import metrics
 
-        if workers == "auto" or (workers is not None and int(workers) > 1):
+        several = mode == "fork" or workers == "auto" or (workers is not None and int(workers) > 1)
+        if several:  # processes forked later count into shared files
             metrics.use_multiprocess_dir()
         collector = metrics.Metrics(mode)
         try:
