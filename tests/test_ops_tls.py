@@ -178,3 +178,36 @@ def test_sighup_without_tls_keeps_serving(serve) -> None:
     assert server.process.poll() is None
     with ReverseClient(f"127.0.0.1:{server.port}") as client:
         assert client.reverse("alive") == "evila"
+
+
+def test_refusal_reaches_a_tls_client(serve, certs) -> None:
+    server = serve("reverse", *tls_args(certs), "--max-per-ip", "1")
+    ca = certs.path("one-ca.pem")
+    with ReverseClient(f"127.0.0.1:{server.port}", ca=ca) as first:
+        assert first.reverse("in") == "ni"
+        done = run([*script("tcpkit"), "reverse", "--ca", ca, f"127.0.0.1:{server.port}"],
+                   stdin=b"x\n")
+        assert (done.returncode, done.stderr) == (1, b"error: too many connections from "
+                                                     b"127.0.0.1\n")
+
+
+def test_inetd_over_tls(certs) -> None:
+    cert, key = certs.install("one")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        raw = socket.create_connection(listener.getsockname(), timeout=20)
+        passed, _ = listener.accept()
+    with passed:
+        process = subprocess.Popen(
+            [*script("tcpkit"), "serve", "--inetd", "reverse", "--tls-cert", cert,
+             "--tls-key", key], stdin=passed, stdout=passed, stderr=subprocess.PIPE)
+    from tcpkit.tlsclient import TLSChannel, client_context
+
+    channel = TLSChannel(raw, client_context(certs.path("one-ca.pem")), "127.0.0.1", 20)
+    with INETSocket(raw, tls=channel) as sock:
+        channel.handshake()
+        sock.print("secret", "inetd")
+        assert [sock.readline(), sock.readline()] == [b"terces\n", b"dteni\n"]
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0 and b"(2 lines" in stderr
