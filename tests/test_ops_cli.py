@@ -82,3 +82,21 @@ def test_check_config_does_not_bind(pem) -> None:
     # The same port twice would fail to serve, but checking never opens a socket.
     status, _, out = serve("reverse", "--listen", "127.0.0.1:1", "--check-config")
     assert (status, out) == (0, "config ok\n")
+
+
+@pytest.mark.parametrize("fds, expected", [
+    ("1", "inherited fd 3 is not a socket"),
+    ("abc", "LISTEN_FDS is not a number: 'abc'"),
+])
+def test_broken_socket_activation_is_one_line(fds: str, expected: str) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, "LISTEN_FDS": fds}
+    env.pop("LISTEN_PID", None)
+    done = subprocess.run([*script("tcpkit"), "serve", "reverse"], env=env,
+                          capture_output=True, timeout=30)
+    assert done.returncode == 2
+    errors = done.stderr.decode().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("tcpkit serve: error: ")
+    assert expected in errors[0]
