@@ -97,8 +97,14 @@ def test_reverse_server_transcript(reverse_s: tuple[Server, Transcript]) -> None
         handle = shown(host_name(host), port)
         assert transcript.next() == f"accept {handle}"
         assert transcript.next() == f"close {handle}"
-    assert server.stop(signal.SIGINT) == 0  # ^C ends it cleanly
-    assert transcript.rest() == []
+    with connect(server.port) as still_there:  # ^C with a client connected
+        still_there.sendall(b"bye\n")
+        assert recv_until_closed(still_there, limit=4) == b"eyb\n"
+        handle = shown(host_name("127.0.0.1"), still_there.getsockname()[1])
+        assert transcript.next() == f"accept {handle}"
+        assert server.stop(signal.SIGINT) == 0  # ^C ends it cleanly
+        assert recv_until_closed(still_there) == b""  # the server closed it
+    assert transcript.rest() == [f"close {handle}"]
     assert "Traceback" not in server.stderr()
     assert "stopped after" in server.stderr()
 
