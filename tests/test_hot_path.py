@@ -59,6 +59,13 @@ def test_eof_error_and_drain_unsettle() -> None:
         assert conn.receive_data(b"ab\n") == b""  # nothing is read after the end
 
 
+def test_block_answer_is_followed_by_the_overflow_error() -> None:
+    conn = ServiceConnection(REVERSE, max_line=8)
+    out = conn.receive_data(b"ok\n" + b"x" * 100 + b"\nnever\n")
+    assert out == b"ko\nerror: line too long (max 8 bytes)\n"
+    assert conn.finished and not conn.settled
+
+
 def test_framer_fast_path_respects_partial_lines_and_the_limit() -> None:
     framer = LineFramer(max_line=8)
     chunk = b"abc\n"

@@ -30,8 +30,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
+from concurrent.futures import Future
 from typing import NoReturn
 
 from tcpkit import logs, registry
@@ -39,58 +38,51 @@ from tcpkit.endpoints import EndpointError, format_address, resolve_port
 from tcpkit.serving.aio import Listener
 from tcpkit.serving.events import Observer
 from tcpkit.serving.listeners import ListenError
+from tcpkit.serving.names import NameResolver
+from tcpkit.serving.names import host_name as host_name  # re-exported: its old home
 from tcpkit.serving.run import serve_listeners
 from tcpkit.sockets import ConnectError, INETSocket
-
-LOOKUP_TIMEOUT = 2.0
-
-
-@lru_cache(maxsize=4096)
-def host_name(ip: str) -> str:
-    """The reverse-DNS name of ``ip``, or ``ip`` itself when the lookup fails."""
-    try:
-        return socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)[0]
-    except OSError:
-        return ip
 
 
 class TranscriptObserver(Observer):
     """Prints ``accept``/``close`` lines on stdout, with reverse-DNS names.
 
-    Lookups run on a small thread pool so a slow DNS server never stalls other
-    clients; a single printer thread keeps each client's lines in order (its
-    ``close`` waits for its ``accept``).
+    Lookups run off the event loop (:class:`~tcpkit.serving.names.NameResolver`)
+    so a slow DNS server never stalls other clients; its single printer thread
+    keeps each client's lines in order (its ``close`` waits for its ``accept``).
     """
 
     def __init__(self, accept_line: Callable[[str, int], str],
                  close_line: Callable[[str, int], str] | None) -> None:
         self.accept_line, self.close_line = accept_line, close_line
-        self._lookups = ThreadPoolExecutor(4, thread_name_prefix="resolve")
-        self._printer = ThreadPoolExecutor(1, thread_name_prefix="print")
+        self.resolver = NameResolver()
         self._names: dict[tuple[str, int], Future[str]] = {}
 
     def accepted(self, service: str, host: str, port: int) -> None:
-        name = self._lookups.submit(host_name, host)
+        name = self.resolver.lookup(host)
         self._names[host, port] = name
-        self._printer.submit(self._print, lambda: self.accept_line(_name(name, host), port))
+        self.resolver.later(lambda: _print(self.accept_line(self.resolver.name(name, host), port)))
 
     def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
         name = self._names.pop((host, port), None)
         if self.close_line is None or name is None:
             return
         close_line = self.close_line
-        self._printer.submit(self._print, lambda: close_line(_name(name, host), port))
-
-    @staticmethod
-    def _print(make: Callable[[], str]) -> None:
-        print(make(), flush=True)
+        self.resolver.later(lambda: _print(close_line(self.resolver.name(name, host), port)))
 
 
-def _name(future: Future[str], fallback: str) -> str:
-    try:
-        return future.result(timeout=LOOKUP_TIMEOUT)
-    except Exception:
-        return fallback
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _arguments(argv: Sequence[str] | None, usage: str, summary: str | None) -> list[str]:
+    """The program's arguments; ``-h`` or ``--help`` prints its usage and exits 0."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] in (["-h"], ["--help"]):
+        what = (summary or "").split("``: ", 1)[-1].replace("``", "")  # docstring, sans usage
+        print(f"usage: {usage}\n\n{what[:1].upper()}{what[1:]}".rstrip())
+        raise SystemExit(0)
+    return args
 
 
 def _port_argument(argv: Sequence[str], default: int, usage: str) -> int:
@@ -117,7 +109,8 @@ def _serve(server: INETSocket, name: str, observer: TranscriptObserver) -> None:
 
 def reverse_server_main(argv: Sequence[str] | None = None) -> None:
     """``reverseS [PORT]``: the reverse service with the article's transcript."""
-    port = _port_argument(sys.argv[1:] if argv is None else argv, 7800, "reverseS [PORT]")
+    usage = "reverseS [PORT]"
+    port = _port_argument(_arguments(argv, usage, reverse_server_main.__doc__), 7800, usage)
     try:
         server = INETSocket.socket()
         print("socket", flush=True)
@@ -135,7 +128,8 @@ def reverse_server_main(argv: Sequence[str] | None = None) -> None:
 
 def factor_server_main(argv: Sequence[str] | None = None) -> None:
     """``factorS [PORT]``: the factor service with the article's transcript."""
-    port = _port_argument(sys.argv[1:] if argv is None else argv, 7801, "factorS [PORT]")
+    usage = "factorS [PORT]"
+    port = _port_argument(_arguments(argv, usage, factor_server_main.__doc__), 7801, usage)
     try:
         server = INETSocket.listen_on(port)
     except ListenError as exc:
@@ -166,7 +160,7 @@ def reverse_client_main(argv: Sequence[str] | None = None) -> None:
     """``reverseC HOST PORT``: send stdin's lines, print each reply, then ``close``."""
     from tcpkit.cli_clients import relay_lines
 
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _arguments(argv, "reverseC HOST PORT", reverse_client_main.__doc__)
     if len(args) != 2:
         _usage("reverseC HOST PORT")
     try:
@@ -185,23 +179,25 @@ def reverse_client_main(argv: Sequence[str] | None = None) -> None:
 
 def factor_client_main(argv: Sequence[str] | None = None) -> None:
     """``factorC HOST PORT N``: print the prime factors of N."""
+    from tcpkit.cli_clients import one_line
     from tcpkit.client import FactorClient
     from tcpkit.endpoints import Endpoint
 
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _arguments(argv, "factorC HOST PORT N", factor_client_main.__doc__)
     if len(args) != 3:
         _usage("factorC HOST PORT N")
     host, port_text, number = args
     try:
         endpoint = Endpoint(host=host, port=resolve_port(port_text))
         with FactorClient(endpoint) as client:
-            reply = client.request(number.encode("utf-8", "surrogateescape"))
+            reply = client.request(one_line(number))
     except EndpointError as exc:
         _usage("factorC HOST PORT N", str(exc))
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if reply.startswith(b"error: "):
-        print(f"{number}: {reply.decode('utf-8', 'replace')}", file=sys.stderr)
+        shown = one_line(number).decode("utf-8", "replace")
+        print(f"{shown}: {reply.decode('utf-8', 'replace')}", file=sys.stderr)
         raise SystemExit(1)
     print(reply.decode("ascii"))

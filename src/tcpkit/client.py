@@ -29,6 +29,7 @@ from typing import Self, TypeVar
 from tcpkit.endpoints import Endpoint, parse_endpoint
 from tcpkit.framing import LineFramer, split_lines
 from tcpkit.sockets import INETSocket
+from tcpkit.tlsclient import client_context
 
 T = TypeVar("T")
 MAX_REPLY = 1 << 28  # a reply line longer than this is a broken server, not an answer
@@ -55,6 +56,14 @@ def strip_terminator(line: bytes) -> bytes:
     if line.endswith(b"\r\n"):
         return line[:-2]
     return line[:-1] if line.endswith(b"\n") else line
+
+
+def request_line(line: bytes) -> bytes:
+    """``line`` with its LF; an LF inside would make it two requests, and every
+    later reply would then be paired with the wrong request."""
+    if b"\n" in line:
+        raise ValueError(f"a request line cannot contain a line feed: {line[:40]!r}")
+    return line + b"\n"
 
 
 def read_blocks(sock: INETSocket) -> Iterator[bytes]:
@@ -104,7 +113,9 @@ def pipeline(sock: INETSocket, requests: Iterable[T], encode: Callable[[T], byte
             raise ConnectionClosed(_closed_reason(failure))
         yield item[0], reply
     sender.join()
-    if failure:
+    if failure:  # every request sent so far was answered, but not all could be sent
+        if isinstance(failure[0], OSError):
+            raise ConnectionClosed(_closed_reason(failure))
         raise failure[0]
 
 
@@ -119,7 +130,8 @@ def _send_all(sock: INETSocket, requests: Iterable[T], encode: Callable[[T], byt
                 sock.write(b"".join(batch))
                 batch.clear()
         sock.write(b"".join(batch))
-        sock.shutdown_write()
+        if not sock.is_tls:  # a TLS close_notify would end the connection: count instead
+            sock.shutdown_write()
     except OSError as exc:  # the server went away; the reader reports it
         failure.append(exc)
     except BaseException as exc:  # a bad request (e.g. encode failed)
@@ -130,7 +142,9 @@ def _send_all(sock: INETSocket, requests: Iterable[T], encode: Callable[[T], byt
 
 def _closed_reason(failure: list[BaseException]) -> str:
     if failure:
-        return f"connection closed by the server ({failure[0]})"
+        reason = failure[0]
+        shown = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
+        return f"connection closed by the server ({shown})"
     return "connection closed by the server before all replies arrived"
 
 
@@ -169,15 +183,16 @@ class LineClient:
     default_port = 0
 
     def __init__(self, endpoint: str | Endpoint = "localhost",
-                 timeout: float | None = 30.0) -> None:
+                 timeout: float | None = 30.0, tls: bool = False,
+                 ca: str | None = None) -> None:
         if isinstance(endpoint, str):
             endpoint = parse_endpoint(endpoint, default_port=self.default_port)
         self.endpoint = endpoint
-        self.sock = INETSocket.connect(endpoint, timeout=timeout)
+        self.sock = INETSocket.connect(endpoint, timeout=timeout, tls=tls, ca=ca)
 
     def request(self, line: bytes) -> bytes:
         """Send ``line`` (LF added) and return the reply without its terminator."""
-        self.sock.write(line + b"\n")
+        self.sock.write(request_line(line))
         reply = self.sock.readline()
         if not reply.endswith(b"\n"):
             raise ConnectionClosed("connection closed by the server")
@@ -227,19 +242,24 @@ class _AsyncLineClient:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, endpoint: str = "localhost", timeout: float | None = 30.0) -> Self:
+    async def connect(cls, endpoint: str = "localhost", timeout: float | None = 30.0,
+                      tls: bool = False, ca: str | None = None) -> Self:
         target = parse_endpoint(endpoint, default_port=cls.default_port)
+        context = client_context(ca) if tls or ca else None
+        name = (target.host or "localhost") if context else None
         if target.path is not None:
-            opening = asyncio.open_unix_connection(target.path, limit=MAX_REPLY)
+            opening = asyncio.open_unix_connection(target.path, limit=MAX_REPLY, ssl=context,
+                                                   server_hostname=name)
         else:
             opening = asyncio.open_connection(target.host or "localhost", target.port,
-                                              limit=MAX_REPLY)
+                                              limit=MAX_REPLY, ssl=context,
+                                              server_hostname=name)
         reader, writer = await asyncio.wait_for(opening, timeout)
         return cls(reader, writer)
 
     async def request(self, line: bytes) -> bytes:
         async with self._lock:  # one request at a time keeps replies paired
-            self.writer.write(line + b"\n")
+            self.writer.write(request_line(line))
             reply = await self.reader.readline()
         if not reply.endswith(b"\n"):
             raise ConnectionClosed("connection closed by the server")

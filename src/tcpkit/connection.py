@@ -83,19 +83,21 @@ class ServiceConnection:
         """Feed received bytes; return the replies that are ready now."""
         if not self.settled and (self.closing or self.eof):
             return b""
-        block = self._framer.feed(data)
+        framer = self._framer
+        block = framer.feed(data)
+        out = b""
         if block:
             block_handler = self._block
+            reply = None
             if block_handler is not None and not self._pending:
                 reply = block_handler(block)
-                if reply is not None:
-                    self.lines += block.count(LF)
-                    return reply
-            out = self._answer_lines(block)
-        else:
-            out = b""
-        if self._framer.overflowed:
-            out += self._fail(f"line too long (max {self._framer.max_line} bytes)")
+            if reply is not None:
+                self.lines += block.count(LF)
+                out = reply
+            else:
+                out = self._answer_lines(block)
+        if framer.overflowed:
+            out += self._fail(f"line too long (max {framer.max_line} bytes)")
         return out
 
     def receive_eof(self) -> bytes:
