@@ -18,6 +18,15 @@ class Stats:
     errors: int = 0
     idle_closed: int = 0
 
+    def add(self, other: Stats) -> None:
+        """Count ``other``'s totals too (a child's or a worker's report)."""
+        self.connections += other.connections
+        self.open += other.open
+        self.busy += other.busy
+        self.lines += other.lines
+        self.errors += other.errors
+        self.idle_closed += other.idle_closed
+
     def summary(self) -> str:
         elapsed = time.monotonic() - self.started
         return (
