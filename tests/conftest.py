@@ -187,11 +187,14 @@ def process_cpu_seconds(pid: int) -> float:
 def descendants(pid: int) -> list[int]:
     """PIDs of every live descendant of ``pid``."""
     found: list[int] = []
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    try:
-        direct = [int(p) for p in children.read_text().split()]
-    except OSError:
-        return found
+    direct: list[int] = []
+    # Each thread lists the children it forked: a pool started from a helper
+    # thread has its processes under that thread's task, not the main one.
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            direct.extend(int(p) for p in children.read_text().split())
+        except OSError:
+            continue
     for child in direct:
         found.append(child)
         found.extend(descendants(child))

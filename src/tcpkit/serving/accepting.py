@@ -216,7 +216,12 @@ class BlockingServer:
         self._refused_unlogged += 1
         with contextlib.suppress(OSError):
             sock.setblocking(False)
+            # Unread bytes at close() make the kernel send a reset, which can
+            # destroy the reply: take what the client already sent first.
+            with contextlib.suppress(BlockingIOError):
+                sock.recv(1 << 16)
             sock.send(BUSY)
+            sock.shutdown(socket.SHUT_WR)
         sock.close()
 
     def _housekeeping(self) -> None:
