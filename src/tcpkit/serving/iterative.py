@@ -8,6 +8,7 @@ fair only for short visits — which is the article's point.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 
 from tcpkit.service import Service
@@ -29,6 +30,10 @@ class IterativeServer(BlockingServer):
         finally:
             self._current = None
             self.stats.open = 0
+        # A stop that arrived while this client was served (by signal or by a
+        # supervisor's pipe) must end the accept batch before another client.
+        if select.select(self.stop_fds(), [], [], 0)[0]:
+            self.stopping = True
 
     def abort_clients(self) -> None:
         # Called from a signal handler while serve_client blocks in poll():

@@ -17,7 +17,7 @@ import time
 from tcpkit.service import Service
 from tcpkit.serving.accepting import BlockingServer
 
-THREAD_STACK = 512 * 1024  # the driver's frames are shallow; 8 MB stacks are not needed
+THREAD_STACK = 1 << 20  # the driver's frames are shallow: 8 MB stacks only waste memory
 
 
 class ThreadedServer(BlockingServer):
@@ -47,6 +47,7 @@ class ThreadedServer(BlockingServer):
         except RuntimeError:  # can't start new thread: out of memory or a ulimit
             with self._lock:
                 self.stats.open -= 1
+                self.stats.connections -= 1
                 del self._clients[thread]
             self.refuse(service, sock, peer)
 
