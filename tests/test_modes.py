@@ -343,6 +343,25 @@ def test_cancel_on_disconnect_then_drain(mode: str, servers: list[Server]) -> No
     assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in family), 10)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_drain_timeout_cuts_off_a_client_that_never_reads(mode: str,
+                                                         servers: list[Server]) -> None:
+    server = tcpkit_serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
+                          "--drain-timeout", "1")
+    servers.append(server)
+    with connect(server.port) as sock:
+        server.wait_for_stderr("accept ")
+        sock.settimeout(0.5)
+        chunk, sent = b"x" * 99 + b"\n", 0
+        with contextlib.suppress(TimeoutError):
+            while sent < 64 << 20:  # until the server stops reading us
+                sent += sock.send(chunk * 1000)
+        assert sent < 64 << 20
+        assert server.stop(signal.SIGTERM) == 0
+    assert "drain timeout" in server.stderr()
+    assert re.search(r"stopped after .*: 1 connections", server.stderr())
+
+
 # -- workers -----------------------------------------------------------------
 
 

@@ -96,9 +96,9 @@ class BlockingServer:
 
     def serve(self) -> None:
         """Serve until SIGINT/SIGTERM (or :meth:`stop`), then drain and return."""
+        restore = self._install_signals()  # before "Listening on": clients may act on it
         for listener in self.listeners:
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
-        restore = self._install_signals()
         try:
             self._accept_loop()
             self._drain()

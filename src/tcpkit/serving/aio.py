@@ -204,6 +204,7 @@ class AsyncServer:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._drained = asyncio.Event()
+        self._install_signals()  # before "Listening on": clients may act on it at once
         for listener in self.listeners:
             server = await self.loop.create_server(
                 lambda svc=listener.service: _Client(self, svc),  # type: ignore[misc]
@@ -212,7 +213,6 @@ class AsyncServer:
             )
             self._servers.append(server)
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
-        self._install_signals()
         self.loop.set_exception_handler(_log_loop_error)
         ticker = self.loop.create_task(self._tick())
         try:

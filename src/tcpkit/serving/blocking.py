@@ -56,6 +56,18 @@ _OUT = select.POLLOUT
 _GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
+_last_drain_warning = 0.0
+
+
+def _warn_drain_timeout() -> None:
+    """One line per second at most, however many connections hit the deadline."""
+    global _last_drain_warning
+    now = time.monotonic()
+    if now - _last_drain_warning >= 1.0:
+        _last_drain_warning = now
+        log.warning("drain timeout: closing connections with replies unsent")
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a connection ended, for the server's counters and access log."""
@@ -120,7 +132,9 @@ class _Driver:
                 self._timed_out()
                 continue
             stop = False
-            for fd, flags in sorted(events, key=lambda e: e[0] != self.fd):
+            # The socket was registered first, so poll lists it first: its
+            # requests are read before a stop in the same wake-up is acted on.
+            for fd, flags in events:
                 if fd == self.fd:
                     self._socket_ready(flags)
                 elif self.wake is not None and fd == self.wake[0]:
@@ -156,7 +170,7 @@ class _Driver:
         now = time.monotonic()
         if self.deadline is not None:
             if now >= self.deadline:
-                log.warning("drain timeout: closing a connection with replies unsent")
+                _warn_drain_timeout()
                 self.gone = True
         elif not self.conn.waiting and now >= self.last_seen + self.limits.idle_timeout:
             self.idle_closed = True

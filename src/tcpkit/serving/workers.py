@@ -80,12 +80,12 @@ class Supervisor:
 
     def serve(self) -> Stats:
         """Run the workers until SIGINT/SIGTERM; return the totals they reported."""
-        for listener in self.listeners:
-            self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
         self._stop, self._exited, self._reports = Wakeup(), Wakeup(), StatsChannel()
         restore = {sig: signal.signal(sig, self._on_signal)
                    for sig in (signal.SIGINT, signal.SIGTERM)}
         restore[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child_exit)
+        for listener in self.listeners:
+            self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
         try:
             for _ in range(self.count):
                 self._start()
