@@ -38,8 +38,8 @@ from tcpkit.serving.run import MODES
 # 100 digits, two 50-digit primes: far beyond any time limit used here.
 HARD = (100000000000000000000000000000000000000000000000151
         * 300000000000000000000000000000000000000000000000073)
-# 55 digits: most of a CPU second of factoring (enough to be "in flight" at a signal).
-MEDIUM_FACTORS = (1000000000000000000000000103, 7000000000000000000000000019)
+# 53 digits: about 0.4 CPU seconds of factoring (enough to be "in flight" at a signal).
+MEDIUM_FACTORS = (100000000000000000000000067, 700000000000000000000000039)
 MEDIUM = MEDIUM_FACTORS[0] * MEDIUM_FACTORS[1]
 
 
@@ -330,7 +330,7 @@ def test_cancel_on_disconnect_then_drain(mode: str, servers: list[Server]) -> No
 
     stayer = connect(server.port, timeout=30)
     stayer.sendall(f"{MEDIUM}\n".encode())
-    wait_cpu_busy(server.pid, 0.15)
+    wait_cpu_busy(server.pid, 0.1)
     assert wait_for(lambda: not zombies(server.pid), 5), zombies(server.pid)
     family = [server.pid, *descendants(server.pid)]
     server.process.send_signal(signal.SIGTERM)

@@ -18,6 +18,7 @@ fork, with one worker: the cap on children is then also the cap on workers.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -47,6 +48,10 @@ class ForkingServer(BlockingServer):
         self._exited = Wakeup()
         self._reports = StatsChannel()
         self._fork_failed = False
+        # Objects that exist now are never collected in a child: without this,
+        # the child's first GC pass writes to every object's header and copies
+        # most of the parent's heap page by page (copy-on-write).
+        gc.freeze()
         previous = signal.signal(signal.SIGCHLD, self._on_child_exit)
         try:
             super().serve()
