@@ -195,7 +195,26 @@ class _Driver:
             self._lost()
             return
         self.last_seen = time.monotonic()
-        self._send(self.conn.receive_data(data) if data else self.conn.receive_eof())
+        conn = self.conn
+        if not data:
+            self._send(conn.receive_eof())
+            return
+        replies = conn.receive_data(data)
+        if not conn.settled or self.out:
+            self._send(replies)
+        elif replies:
+            # The hot path (nothing held, no job, nothing unsent): send straight
+            # from the reply bytes; only what the kernel does not take now is
+            # copied into the output buffer.
+            try:
+                sent = self.sock.send(replies)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._lost()
+                return
+            if sent < len(replies):
+                self.out += replies[sent:]
 
     def _send(self, replies: bytes) -> None:
         """Queue replies, start any new jobs, and try to write at once."""
