@@ -474,10 +474,10 @@ def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
         for cell in cells:
             yield cell, {"skipped": rejected[server.name]}
         return
-    children = len(descendants(running.process.pid))
     try:
         for cell in cells:
             pid = running.process.pid
+            children = len(descendants(pid))
             before, cpu = tree_rss_kb(pid), tree_cpu_seconds(pid)
             with RssSampler(pid) as sampler:
                 result = run_loadgen(ctx, cell, running.port)
@@ -495,7 +495,8 @@ def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
             yield cell, result
             if "failed" in result and running.process.poll() is not None:
                 break
-            settle(running.process.pid, children)
+            if server.forks:
+                settle(pid, children)
     finally:
         stop(running)
 
@@ -714,36 +715,43 @@ def metric_table(title: str, figures: dict[tuple[str, str], Figure], names: Sequ
 
 
 def targets(figures: dict[tuple[str, str], Figure], plan: Plan, ctx: Context) -> list[str]:
-    """The issue's targets, checked against this run's medians."""
+    """The issue's targets, checked against this run's medians.
+
+    Each comparison also shows the CPU-time ratio (the other server's CPU per
+    request over this one's): on a busy machine it says more than requests/s.
+    """
     rows: list[str] = []
 
     def get(server: str, cell: str) -> Figure | None:
         fig = figures.get((server, cell))
         return fig if fig is not None and fig.runs else None
 
+    def compare(name: str, fig: Figure, other: Figure, goal: float) -> str:
+        r = fig.rps / other.rps
+        cpu = (f"{other.cpu_us / fig.cpu_us:.2f}" if fig.has_cpu and other.has_cpu
+               and fig.cpu_us and other.cpu_us else "-")
+        return f"| {name} | {r:.2f} | {cpu} | {'yes' if r >= goal else '**no**'} |"
+
     for cell, goal in ASYNC_TARGETS.items():
         fig, ref = get("tcpkit-async", cell), get("c_epoll", cell)
         if fig and ref:
-            r = fig.rps / ref.rps
-            rows.append(f"| tcpkit-async {cell} ≥ {goal:.2f} x C | {r:.2f} | "
-                        f"{'yes' if r >= goal else '**no**'} |")
+            rows.append(compare(f"tcpkit-async {cell} ≥ {goal:.2f} x C", fig, ref, goal))
     hold = get("tcpkit-async", "hold")
     if hold:
         ok = hold.growth_kb <= HOLD_TARGET_KB and all(
             f == str(ctx.hold) for pair in hold.held.split(", ") for f in pair.split("/"))
         rows.append(f"| tcpkit-async hold: all {ctx.hold} served, ≤ {HOLD_TARGET_KB:g} KB/conn "
-                    f"| {hold.held}; {hold.growth_kb:.2f} KB | {'yes' if ok else '**no**'} |")
+                    f"| {hold.held}; {hold.growth_kb:.2f} KB | | {'yes' if ok else '**no**'} |")
     for mine, peer in PEERS.items():
         for each in plan.cells:
             fig, other = get(mine, each.name), get(peer, each.name)
             if fig and other and not each.hold:
-                r = fig.rps / other.rps
-                rows.append(f"| {mine} ≥ {peer}, {each.name} | {r:.2f} | "
-                            f"{'yes' if r >= 1 else '**no**'} |")
+                rows.append(compare(f"{mine} ≥ {peer}, {each.name}", fig, other, 1.0))
     if not rows:
         return []
-    return ["", "### Targets (medians of this run)", "", "| target | measured | met |",
-            "|---|---:|---|", *rows]
+    return ["", "### Targets (medians of this run)", "",
+            "| target | req/s ratio | CPU-per-request ratio | met (req/s) |",
+            "|---|---:|---:|---|", *rows]
 
 
 def rel(path: Path) -> str:
@@ -863,6 +871,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=HERE / "benchmarks.png")
     parser.add_argument("--raw", type=Path, default=None,
                         help="JSON-lines output (default bench/results/run-STAMP.jsonl)")
+    parser.add_argument("--report", type=Path, metavar="RAW",
+                        help="measure nothing: rebuild the report and plot from a raw file")
     parser.add_argument("--note", action="append", default=[],
                         help="a line to add to the report (e.g. machine conditions)")
     args = parser.parse_args(argv)
@@ -875,6 +885,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        return report_again(args)
     command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     servers = pick(SERVERS, args.servers, "server", lambda s: not s.optional)
     cells = pick(CELLS, args.cells, "cell", lambda c: True)
@@ -905,6 +917,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {int(LOADGEN_CPUS)})
     plan = Plan(usable, cells, args.repeat)
+    meta = {"command": command, "stamp": stamp, "machine": info, "seconds": args.seconds,
+            "repeat": args.repeat, "hold": args.hold, "idle": args.idle, "notes": args.note,
+            "servers": [s.name for s in usable], "cells": [c.name for c in cells]}
+    with open(raw, "a") as out:
+        out.write(json.dumps({"meta": meta}) + "\n")
     started = time.monotonic()
     progress(f"{len(usable)} servers x {len(cells)} cells x {args.repeat} repetitions, "
              f"{args.seconds:g} s per cell, about {estimate(plan, ctx) / 60:.0f} min; "
@@ -914,12 +931,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress("interrupted: reporting what was measured")
     minutes = (time.monotonic() - started) / 60
-    plot = args.plot if write_plot(args.plot, plan, ctx) else None
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    notes = [f"Took {minutes:.1f} minutes; load average at the end {load}.", *args.note]
-    write_markdown(args.markdown, markdown(plan, ctx, info, command, stamp, plot, raw, notes))
-    progress(f"done in {minutes:.1f} min: {args.markdown}, {raw}"
-             + (f", {plot}" if plot else ""))
+    meta["notes"] = [f"Took {minutes:.1f} minutes; load average at the end {load}.", *args.note]
+    with open(raw, "a") as out:
+        out.write(json.dumps({"meta": meta}) + "\n")
+    write_reports(args, plan, ctx, meta, raw)
+    progress(f"done in {minutes:.1f} min: {args.markdown}, {raw}")
+    return 0
+
+
+def write_reports(args: argparse.Namespace, plan: Plan, ctx: Context, meta: dict[str, Any],
+                  raw: Path) -> None:
+    plot = args.plot if write_plot(args.plot, plan, ctx) else None
+    write_markdown(args.markdown, markdown(plan, ctx, meta["machine"], meta["command"],
+                                           meta["stamp"], plot, raw, meta["notes"]))
+
+
+def report_again(args: argparse.Namespace) -> int:
+    """Rebuild BENCHMARKS.md's section and the plot from a raw file (--report)."""
+    meta: dict[str, Any] = {}
+    records = []
+    for line in args.report.read_text().splitlines():
+        entry = json.loads(line)
+        if "meta" in entry:
+            meta = entry["meta"]  # the last one wins: it has the run's duration
+        else:
+            records.append(entry)
+    if not meta:
+        raise SystemExit(f"{args.report}: no meta line (not written by bench/run.py?)")
+    by_name = {s.name: s for s in SERVERS}
+    servers = [by_name[n] for n in meta["servers"] if n in by_name]
+    cells = [c for c in CELLS if c.name in meta["cells"]]
+    ctx = Context(shared=args.shared, build=args.build, python=sys.executable, tcpkit=[],
+                  seconds=meta["seconds"], idle=meta["idle"], hold=meta["hold"])
+    write_reports(args, Plan(servers, cells, meta["repeat"], records), ctx, meta, args.report)
+    progress(f"rewrote {args.markdown} and {args.plot} from {args.report}")
     return 0
 
 

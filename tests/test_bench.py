@@ -38,7 +38,9 @@ def test_quickest_run_writes_raw_table_and_plot(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
 
-    records = [json.loads(line) for line in raw.read_text().splitlines()]
+    entries = [json.loads(line) for line in raw.read_text().splitlines()]
+    assert "meta" in entries[0] and "meta" in entries[-1]  # what --report rebuilds from
+    records = [entry for entry in entries if "meta" not in entry]
     assert {(r["server"], r["cell"]) for r in records} == {
         ("c_epoll", "rr-c100"), ("tcpkit-async", "rr-c100")}
     for record in records:
@@ -54,3 +56,12 @@ def test_quickest_run_writes_raw_table_and_plot(tmp_path: Path) -> None:
     assert "| c_epoll | " in text and "(1.00)" in text
     if plot.exists():  # matplotlib is in the bench extra, not the test extra
         assert plot.read_bytes().startswith(b"\x89PNG")
+
+    # --report rebuilds the same table from the raw file, measuring nothing.
+    again = tmp_path / "AGAIN.md"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--report", str(raw),
+         "--markdown", str(again), "--plot", str(tmp_path / "again.png")],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert row in again.read_text()
