@@ -780,6 +780,7 @@ def write_plot(path: Path, plan: Plan, ctx: Context) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         progress("matplotlib is not installed: no plot (pip install -e '.[bench]')")
         return False
@@ -805,6 +806,8 @@ def write_plot(path: Path, plan: Plan, ctx: Context) -> bool:
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10, loc="left")
         ax.tick_params(labelsize=8)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 10
+                                                   else f"{x:g}"))
         top = max(values) if any(values) else 1.0
         ax.set_xlim(0, top * 1.3)
         for bar, v in zip(bars, values, strict=True):
@@ -816,8 +819,9 @@ def write_plot(path: Path, plan: Plan, ctx: Context) -> bool:
                     va="center", fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("tcpkit vs C epoll and peers: requests per second (ratio to C epoll), "
-                 f"server on one core; medians of {plan.repeat}", fontsize=11)
+    fig.suptitle("tcpkit vs C epoll and peers: requests per second (ratio to C epoll), server "
+                 f"on CPU 0 (tcpkit-async-w2: CPUs 0-1, shared with the load generator); "
+                 f"medians of {plan.repeat}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
