@@ -81,6 +81,9 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
                        help="longest number the factor service accepts")
     serve.add_argument("--factor-workers", type=positive(int), default=None, metavar="N",
                        help="worker processes for large factorizations (default: CPUs)")
+    serve.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
+                       help="where large factorizations run: local worker processes "
+                            "(default) or a Dask cluster's scheduler (needs tcpkit[dask])")
     add_log_options(serve)
     serve.set_defaults(run=run_serve)
 
@@ -120,6 +123,12 @@ def run_serve(args: argparse.Namespace) -> int:
         plan = plan_listeners(args.services, args.listen)
     except (EndpointError, registry.UnknownService) as exc:
         raise UsageError(str(exc)) from None
+    from tcpkit.serving.executors import check_executor
+
+    try:
+        check_executor(args.executor)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     options = Options(max_digits=args.max_digits)
     services: dict[str, Service] = {}
     for name, _ in plan:
@@ -128,6 +137,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         max_line=args.max_line, drain_timeout=args.drain_timeout,
         time_limit=args.time_limit, pool_size=args.factor_workers,
+        executor=None if args.executor == "local" else args.executor,
     )
     try:
         run([(services[name], endpoint) for name, endpoint in plan], args.mode, limits)

@@ -33,8 +33,9 @@ from tcpkit.endpoints import peer_text
 from tcpkit.service import RequestError, Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.events import Observer
+from tcpkit.serving.executors import make_executor
 from tcpkit.serving.listeners import BACKLOG, describe
-from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed, WorkerPool
+from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed
 from tcpkit.serving.stats import Stats
 
 log = logging.getLogger("tcpkit")
@@ -150,7 +151,8 @@ class _Client(asyncio.Protocol):
 
     async def _run(self, job: Job) -> None:
         try:
-            out = self.conn.job_done(job, await self.server.pool.run(job.work))
+            reply = await self.server.pool.run(job.work, owner=self)  # fair share per client
+            out = self.conn.job_done(job, reply)
         except RequestError as exc:
             out = self.conn.job_failed(job, str(exc))
         except (TimeLimitExceeded, WorkerCrashed) as exc:
@@ -190,7 +192,7 @@ class AsyncServer:
         self.observer = observer or Observer()
         self.stats = Stats()
         self.clients: set[_Client] = set()
-        self.pool = WorkerPool(self.limits.pool_size, self.limits.time_limit)
+        self.pool = make_executor(self.limits)
         self.tick = 0
         self.draining = False
         self._refused_unlogged = 0

@@ -1,0 +1,45 @@
+"""Which library factors what: the engine's thresholds, in one table.
+
+Measured on this project's machine (2026-11-25, one core, python-flint 0.9 =
+FLINT 3, cypari2 2.2.0 = PARI 2.15) with ``bench/factor_bands.py`` over the
+fixed-seed sets of ``bench/factor_numbers.py``; median time per number:
+
+    set         flint fmpz.factor   pari.factor   flint trial division (1000 primes)
+    random64         11.7 us          128 us
+    semi18           0.11 ms          0.59 ms
+    semi20           0.30 ms          0.61 ms
+    semi22           1.48 ms          0.60 ms
+    semi24           2.94 ms          0.74 ms
+    semi28           2.43 ms          1.31 ms
+    semi30           3.47 ms          1.87 ms
+    semi36           9.56 ms          7.21 ms
+    semi48            250 ms           163 ms      (issue 4's table)
+    semi58            1.9 s            0.96 s
+    smooth256        6.22 ms          6.40 ms          8 us
+    smooth512        33.5 ms          17.9 ms         12 us
+
+(``semiNN``: two primes of about NN/2 digits each; ``smoothNNN``: primes below
+10**4 times one big prime, NNN bits in all.)
+
+What the data says:
+
+* Below 2**64 FLINT wins by 10x and is cheaper than a trip to a worker
+  process: those numbers are factored inline on the event loop.
+* Any larger number first loses its small prime factors to FLINT's trial
+  division (microseconds, and it also runs FLINT's cheap rho/ECM probes); a
+  cofactor that is a (BPSW probable) prime ends the work.
+* A composite cofactor below ~21 digits goes to FLINT (faster there); from 21
+  digits on PARI's MPQS/ECM beats FLINT's quadratic sieve by 1.3-4x, so PARI
+  gets it when cypari2 is installed (FLINT otherwise).
+"""
+
+from __future__ import annotations
+
+INLINE_BELOW = 1 << 64
+"""Numbers below this are factored inline by FLINT (no worker round trip)."""
+
+TRIAL_PRIMES = 1000
+"""Primes FLINT trial-divides by before a large number's cofactor is judged."""
+
+PARI_FROM = 10**20
+"""A composite cofactor at or above this goes to PARI (when installed)."""
