@@ -51,8 +51,8 @@ def factorize(n: int) -> list[int]:
 
 def factor_pairs(n: int) -> Pairs:
     """``[(prime, exponent), ...]`` of ``n >= 1`` in ascending order of primes."""
-    if n < INLINE_BELOW:
-        return [(int(p), e) for p, e in flint.fmpz(n).factor()]
+    if n < INLINE_BELOW:  # FLINT's order is not always ascending (2**38 - 1)
+        return sorted((int(p), e) for p, e in flint.fmpz(n).factor())
     found: dict[int, int] = {}
     for part, exponent in flint.fmpz(n).factor(trial_limit=TRIAL_PRIMES):
         value = int(part)
@@ -68,7 +68,7 @@ def _factor_cofactor(n: int) -> Pairs:
     """A composite without small factors: to PARI if it is large enough and present."""
     pari = _pari() if n >= PARI_FROM else None
     if pari is None:
-        return [(int(p), e) for p, e in flint.fmpz(n).factor()]
+        return sorted((int(p), e) for p, e in flint.fmpz(n).factor())
     table = pari.factor(n)
     return [(int(p), int(e)) for p, e in zip(table[0], table[1], strict=True)]
 

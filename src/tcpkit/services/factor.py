@@ -63,7 +63,7 @@ def factor_digits(negative: bool, digits: bytes) -> bytes:
 def _small_reply(n: int) -> str:
     """Factors of ``1 <= n < 2**64`` as reply text (the inline hot path)."""
     parts = []
-    for prime, exponent in flint.fmpz(n).factor():
+    for prime, exponent in sorted(flint.fmpz(n).factor()):  # not always ascending
         text = str(prime)
         if exponent == 1:
             parts.append(text)

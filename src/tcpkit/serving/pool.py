@@ -269,13 +269,31 @@ class WorkerPool:
                 del self._waiting[owner]
 
     def _release(self, worker: _Worker) -> None:
-        """A worker finished its job: reuse it, or retire it if it was a burst worker."""
+        """A worker finished its job: reuse it, or retire it if it is one too many.
+
+        A burst worker stays only to serve another owner that has nothing running.
+        """
+        while len(self._all) > self.size and not self._closed:
+            starving = next((o for o in self._waiting if not self._running.get(o)), None)
+            if starving is None:
+                break
+            waiter = self._waiting[starving][0]
+            if waiter.done():  # cancelled, not yet forgotten by its task
+                self._forget(starving, waiter)
+                continue
+            self._grant(starving, waiter, worker)
+            return
         if self._closed or len(self._all) > self.size:
             self._all.discard(worker)
             self._stop_later(worker, respawn=False)
             return
         self._idle.append(worker)
         self._dispatch()
+
+    def _grant(self, owner: Hashable, waiter: asyncio.Future[_Worker], worker: _Worker) -> None:
+        self._forget(owner, waiter)
+        self._running[owner] = self._running.get(owner, 0) + 1
+        waiter.set_result(worker)
 
     # -- starting and stopping processes (off the event loop) ------------------
 
@@ -322,8 +340,6 @@ class WorkerPool:
             return
         self._all.add(fresh)
         if waiter is not None and not waiter.done():  # a burst worker, for its job
-            self._forget(owner, waiter)
-            self._running[owner] = self._running.get(owner, 0) + 1
-            waiter.set_result(fresh)
+            self._grant(owner, waiter, fresh)
             return
         self._release(fresh)
