@@ -133,8 +133,9 @@ def _watch(child: Child, work: Offload, time_limit: float, cancelled: Any) -> tu
 def child_main() -> None:
     """``python -m tcpkit.serving.dask_executor --child``: run jobs from stdin."""
     from tcpkit.factoring import engine
-    from tcpkit.serving.pool import limit_memory
+    from tcpkit.serving.pool import die_with_parent, limit_memory
 
+    die_with_parent()
     limit_memory(MEMORY_LIMIT)
     engine.preload()
     requests = Connection(os.dup(0), writable=False)

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import resource
+import signal
 import traceback
 from collections import deque
 from collections.abc import Hashable
@@ -43,6 +45,7 @@ from tcpkit.service import Offload, RequestError
 log = logging.getLogger("tcpkit")
 PRELOAD = ["tcpkit.services.factor", "tcpkit.factoring.preload"]
 MEMORY_LIMIT = 2 << 30  # bytes of address space per worker process
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
 class TimeLimitExceeded(Exception):
@@ -85,8 +88,17 @@ def limit_memory(limit: int | None) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (a server killed by SIGKILL
+    must not leave a worker computing for minutes)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _worker_main(conn: Connection, memory_limit: int | None) -> None:
     """Run jobs from ``conn`` until the parent closes it."""
+    die_with_parent()
     limit_memory(memory_limit)
     while True:
         try:
@@ -245,8 +257,9 @@ class WorkerPool:
             waiter.set_result(self._idle.pop())
 
     def _starving(self, owner: Hashable) -> bool:
-        """Nothing running for ``owner``, and this is its only job waiting."""
-        return not self._running.get(owner) and len(self._waiting.get(owner, ())) == 1
+        """Every regular worker busy, nothing running for ``owner``, this its only job waiting."""
+        return (len(self._all) >= self.size and not self._running.get(owner)
+                and len(self._waiting.get(owner, ())) == 1)
 
     def _burst(self, owner: Hashable, waiter: asyncio.Future[_Worker]) -> None:
         """Start an extra worker for ``waiter``, whose owner has nothing running."""
