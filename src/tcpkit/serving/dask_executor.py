@@ -40,7 +40,7 @@ from tcpkit.serving.pool import MEMORY_LIMIT, TimeLimitExceeded, WorkerCrashed, 
 log = logging.getLogger("tcpkit")
 POLL = 0.2  # seconds between a task's checks for cancellation
 SLACK = 30.0  # the front end's own bound beyond the time limit (a lost worker, a stuck queue)
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
 
 
 class DaskUnavailable(RuntimeError):
