@@ -62,8 +62,13 @@ def factor_digits(negative: bool, digits: bytes) -> bytes:
 
 def _small_reply(n: int) -> str:
     """Factors of ``1 <= n < 2**64`` as reply text (the inline hot path)."""
+    pairs = flint.fmpz(n).factor()
+    if len(pairs) == 1:  # a prime or a prime power: the most common shapes
+        prime, exponent = pairs[0]
+        return str(prime) if exponent == 1 else " ".join([str(prime)] * exponent)
+    pairs.sort()  # FLINT's order is not always ascending (2**38 - 1)
     parts = []
-    for prime, exponent in sorted(flint.fmpz(n).factor()):  # not always ascending
+    for prime, exponent in pairs:
         text = str(prime)
         if exponent == 1:
             parts.append(text)
