@@ -24,8 +24,8 @@ from pathlib import Path
 
 import flint
 
-DEFAULT_SETS = ("random64 semi18 semi20 semi22 semi24 semi26 semi28 semi29 semi30 semi32 "
-                "semi34 semi36 semi39 semi40 semi48 smooth256 smooth512").split()
+DEFAULT_SETS = ["random64", "smooth256", "smooth512",
+                *(f"semi{d}" for d in (18, 20, 22, 24, 26, 28, 29, 30, 32, 34, 36, 39, 40, 48))]
 
 
 def methods() -> dict[str, Callable[[int], object]]:

@@ -3,7 +3,7 @@
 Neither library wins every size (see :mod:`tcpkit.factoring.bands` for the
 measurements), so :func:`factorize` routes each number:
 
-1. below 2**64: FLINT's ``fmpz.factor`` outright (about 12 us);
+1. below 10**20: FLINT's ``fmpz.factor`` outright (about 12 us below 2**64);
 2. larger: FLINT's trial division strips the small prime factors (and runs its
    cheap rho/ECM probes); a prime cofactor ends the work;
 3. a composite cofactor goes to PARI's ``factor`` (MPQS and ECM) from
@@ -51,7 +51,7 @@ def factorize(n: int) -> list[int]:
 
 def factor_pairs(n: int) -> Pairs:
     """``[(prime, exponent), ...]`` of ``n >= 1`` in ascending order of primes."""
-    if n < INLINE_BELOW:  # FLINT's order is not always ascending (2**38 - 1)
+    if n < max(INLINE_BELOW, PARI_FROM):  # FLINT's order is not always ascending (2**38-1)
         return sorted((int(p), e) for p, e in flint.fmpz(n).factor())
     found: dict[int, int] = {}
     for part, exponent in flint.fmpz(n).factor(trial_limit=TRIAL_PRIMES):
