@@ -35,7 +35,13 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tcpkit.service import Offload, RequestError
-from tcpkit.serving.pool import MEMORY_LIMIT, TimeLimitExceeded, WorkerCrashed, run_job
+from tcpkit.serving.pool import (
+    MEMORY_LIMIT,
+    TimeLimitExceeded,
+    count_down,
+    reply_from,
+    run_job,
+)
 
 log = logging.getLogger("tcpkit")
 POLL = 0.2  # seconds between a task's checks for cancellation
@@ -175,22 +181,10 @@ class DaskExecutor:
         except TimeoutError:
             raise TimeLimitExceeded(f"time limit exceeded ({self.time_limit:g} s)") from None
         finally:
-            self._finished(key)
+            count_down(self._outstanding, key)
             if not done:
                 self._cancel_later(client, future, token)
-        return self._reply(kind, value)
-
-    def _reply(self, kind: str, value: Any) -> bytes:
-        if kind == "ok":
-            return bytes(value)
-        if kind == "request-error":
-            raise RequestError(value)
-        if kind == "time-limit":
-            raise TimeLimitExceeded(f"time limit exceeded ({self.time_limit:g} s)")
-        if kind == "died":
-            raise WorkerCrashed(value)
-        log.error("a dask task failed on a request:\n%s", value)
-        raise RequestError("internal error")
+        return reply_from(kind, value, self.time_limit)
 
     async def close(self) -> None:
         if self._background:
@@ -224,13 +218,6 @@ class DaskExecutor:
             raise RequestError("factor cluster unavailable") from None
         log.info("offloading to the dask scheduler at %s", self.address)
         return client
-
-    def _finished(self, key: Hashable) -> None:
-        left = self._outstanding.get(key, 1) - 1
-        if left > 0:
-            self._outstanding[key] = left
-        else:
-            self._outstanding.pop(key, None)
 
     def _cancel_later(self, client: Any, future: Any, token: str) -> None:
         """Stop a request nobody waits for any more: tell its task, cancel its future.
