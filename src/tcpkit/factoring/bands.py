@@ -13,13 +13,18 @@ fixed-seed sets of ``bench/factor_numbers.py``; median time per number:
     semi28           2.43 ms          1.31 ms
     semi30           3.47 ms          1.87 ms
     semi36           9.56 ms          7.21 ms
-    semi48            250 ms           163 ms      (issue 4's table)
-    semi58            1.9 s            0.96 s
+    semi39           53.3 ms          22.1 ms
+    semi48           200 ms           214 ms
+    semi58           1.54 s           1.69 s
+    semi67           16.7 s           11.8 s       (one number)
     smooth256        6.22 ms          6.40 ms          8 us
     smooth512        33.5 ms          17.9 ms         12 us (10,000 primes: 82 us)
 
 (``semiNN``: two primes of about NN/2 digits each; ``smoothNNN``: primes below
-10**4 times one big prime, NNN bits in all.)
+10**4 times one big prime, NNN bits in all.)  The engine with the thresholds
+below: semi20 265 us, semi22 617 us, semi29 1.63 ms, semi39 14.6 ms, smooth256
+79 us, smooth512 254 us.  The machine was shared and noisy: rows from different
+runs differ by up to 2x; compare within a row.
 
 What the data says:
 
@@ -31,9 +36,10 @@ What the data says:
   cofactor that is a (BPSW probable) prime ends the work.  PARI is slow to find
   small factors next to a big prime (25-40 ms for 4-digit primes times a
   100-digit prime) -- so trial division goes to 10,000 primes first.
-* A composite cofactor below ~21 digits goes to FLINT (faster there); from 21
-  digits on PARI's MPQS/ECM beats FLINT's quadratic sieve by 1.3-4x, so PARI
-  gets it when cypari2 is installed (FLINT otherwise).
+* A composite cofactor from 21 digits on goes to PARI when cypari2 is
+  installed (FLINT otherwise): PARI's MPQS beats FLINT's quadratic sieve by
+  1.5-8x at 22-39 digits and 1.4x at 67; at 48-58 digits the two are within
+  10% of each other (run to run noise on this machine is larger).
 """
 
 from __future__ import annotations
