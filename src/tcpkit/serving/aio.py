@@ -157,6 +157,9 @@ class _Client(asyncio.Protocol):
             out = self.conn.job_failed(job, str(exc))
         except (TimeLimitExceeded, WorkerCrashed) as exc:
             out = self.conn.job_failed(job, str(exc))
+        except Exception:  # an executor bug must cost one request, never a hung connection
+            log.exception("offloaded work failed")
+            out = self.conn.job_failed(job, "internal error")
         self._send(out)
 
     def idle_for(self, now: int) -> int:

@@ -49,8 +49,8 @@ SLACK = 30.0  # the front end's own bound beyond the time limit (a lost worker, 
 CONNECT_TIMEOUT = 5.0
 
 
-class DaskUnavailable(RuntimeError):
-    """The dask extra is not installed or the scheduler cannot be reached."""
+class DaskUnavailable(RequestError):
+    """The dask extra is not installed (the request gets an error reply)."""
 
 
 def scheduler_address(url: str) -> str:
@@ -180,6 +180,9 @@ class DaskExecutor:
             done = True
         except TimeoutError:
             raise TimeLimitExceeded(f"time limit exceeded ({self.time_limit:g} s)") from None
+        except Exception as exc:  # a lost worker or scheduler: fail this request, not the server
+            log.error("dask task for a request failed: %r", exc)
+            raise RequestError("factor cluster error") from None
         finally:
             count_down(self._outstanding, key)
             if not done:

@@ -8,6 +8,7 @@ cancelling the call stops the work), and ``await executor.close()``.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Hashable
 from typing import Protocol
 
@@ -31,6 +32,8 @@ def check_executor(url: str | None) -> None:
     assert url is not None
     if not url.startswith("dask://") or ":" not in url[len("dask://"):]:
         raise ValueError(f"--executor must be 'local' or dask://HOST:PORT (got {url!r})")
+    if importlib.util.find_spec("distributed") is None:
+        raise ValueError("--executor dask:// needs the dask extra: pip install 'tcpkit[dask]'")
 
 
 def make_executor(limits: Limits) -> Executor:
