@@ -146,6 +146,7 @@ def child_main() -> None:
     engine.preload()
     requests = Connection(os.dup(0), writable=False)
     replies = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)  # anything a library prints must not corrupt the reply pipe
     with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):
         while True:
             replies.send(run_job(requests.recv()))
