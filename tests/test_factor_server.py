@@ -19,10 +19,12 @@ from factor_helpers import (
     HUGE2,
     MID,
     abort,
+    descendants,
     readable,
     reply_for,
     wait_busy,
     wait_idle,
+    wait_until,
 )
 
 
@@ -61,9 +63,12 @@ def test_disconnect_stops_the_work_and_the_pool_stays_full(
     sock = connect(server.port)
     sock.sendall(b"%d\n" % HUGE)
     wait_busy(server.pid)
+    busy = set(descendants(server.pid))  # resource tracker, forkserver, the busy worker
     abort(sock)
     wait_idle(server.pid, timeout=5)  # well inside the 30 s time limit: it was cancelled
-    # The pool replaced its worker: a new request is served.
+    # The busy worker is gone and a fresh one took its place.
+    wait_until(lambda: len(set(descendants(server.pid))) == len(busy), 10, "a new worker")
+    assert set(descendants(server.pid)) != busy
     assert exchange(server.port, b"%d\n" % MID[1]) == reply_for(MID[1])
 
 
