@@ -89,10 +89,10 @@ def test_a_huge_number_does_not_delay_other_clients(serve: Callable[..., Server]
 def test_a_pipelining_client_does_not_starve_another(serve: Callable[..., Server]) -> None:
     """A floods the pool with mid-size numbers; B's one number overtakes A's queue."""
     server = serve("factor", "--factor-workers", "1")
-    semiprimes = [p * q for p, q in zip(_primes(10**15, 200), _primes(10**16, 200), strict=True)]
+    semiprimes = [p * q for p, q in zip(_primes(10**15, 500), _primes(10**16, 500), strict=True)]
     with connect(server.port, timeout=60) as a, connect(server.port, timeout=60) as b:
         a.sendall(b"".join(b"%d\n" % n for n in semiprimes))
-        wait_busy(server.pid, cpu_seconds=0.2)
+        wait_busy(server.pid, cpu_seconds=0.1)
         b.sendall(b"%d\n" % MID[2])
         assert recv_lines(b, 1) == [reply_for(MID[2])]
         time.sleep(0.1)  # let A's replies so far reach its socket
