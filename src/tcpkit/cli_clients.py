@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from tcpkit.client import (
+    WINDOW,
     ConnectionClosed,
     StreamSender,
     pipeline,
@@ -44,8 +45,21 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="print 'N: factors' as GNU factor does")
     factor.add_argument("--no-progress", action="store_true",
                         help="no progress line on stderr, even on a terminal")
+    factor.add_argument("--window", type=_at_least_one, default=WINDOW, metavar="N",
+                        help=f"numbers in flight at most (default {WINDOW}): bounds memory "
+                             "on both ends however long stdin is")
     add_client_options(factor)
     factor.set_defaults(run=run_factor)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +163,7 @@ def run_factor(args: argparse.Namespace) -> int:
     show = Progress(len(args.numbers) or None) if _wants_progress(args) else None
     status = EXIT_OK
     out = sys.stdout.buffer
-    for number, reply in pipeline(sock, numbers, lambda n: n + b"\n"):
+    for number, reply in pipeline(sock, numbers, lambda n: n + b"\n", window=args.window):
         reply = strip_terminator(reply)
         if reply.startswith(b"error: "):
             out.flush()

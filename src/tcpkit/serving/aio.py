@@ -36,8 +36,9 @@ from tcpkit.serving.admission import BUSY as BUSY_REFUSAL
 from tcpkit.serving.admission import Admission, Refusal
 from tcpkit.serving.config import Limits
 from tcpkit.serving.events import Observer
+from tcpkit.serving.executors import make_executor
 from tcpkit.serving.listeners import BACKLOG, describe
-from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed, WorkerPool
+from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed
 from tcpkit.serving.stats import Stats
 from tcpkit.serving.tls import ServerTLS
 
@@ -221,13 +222,17 @@ class _Client(asyncio.Protocol):
         start = time.perf_counter()
         failure = None
         try:
-            out = self.conn.job_done(job, await self.server.pool.run(job.work))
+            reply = await self.server.pool.run(job.work, owner=self)  # fair share per client
+            out = self.conn.job_done(job, reply)
         except RequestError as exc:
             out, failure = self.conn.job_failed(job, str(exc)), "request"
         except TimeLimitExceeded as exc:
             out, failure = self.conn.job_failed(job, str(exc)), "time_limit"
         except WorkerCrashed as exc:
             out, failure = self.conn.job_failed(job, str(exc)), "worker_crashed"
+        except Exception:  # an executor bug must cost one request, never a hung connection
+            log.exception("offloaded work failed")
+            out, failure = self.conn.job_failed(job, "internal error"), "internal"
         observer = self.server.observer
         if self.server.metered and self.transport is not None:
             observer.traffic(self.service.name, 0, len(out), 0, out.count(b"\n"), 1,
@@ -314,7 +319,7 @@ class AsyncServer:
         self.one_shot = False  # serving a single connection (inetd): stop when it closes
         self.stats = Stats()
         self.clients: set[_Client] = set()
-        self.pool = WorkerPool(self.limits.pool_size, self.limits.time_limit)
+        self.pool = make_executor(self.limits)
         self.tick = 0
         self.draining = False
         self._refused_unlogged = 0
