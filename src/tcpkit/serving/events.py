@@ -70,6 +70,9 @@ class Observer:
     def limit_refused(self, service: str, kind: str) -> None:
         """A connection refused by a limit: ``busy``, ``per_ip`` or ``rate``."""
 
+    def flush(self) -> None:
+        """Finish writing every event reported so far (a forked child, before it exits)."""
+
 
 class ObserverGroup(Observer):
     """Several observers as one (e.g. the access log and the metrics)."""
@@ -106,3 +109,7 @@ class ObserverGroup(Observer):
     def limit_refused(self, service: str, kind: str) -> None:
         for observer in self.observers:
             observer.limit_refused(service, kind)
+
+    def flush(self) -> None:
+        for observer in self.observers:
+            observer.flush()
