@@ -55,6 +55,11 @@ ACCEPT_PAUSE = 0.1  # seconds to stop accepting when out of descriptors or memor
 ACCEPT_BATCH = 64  # clients accepted per wake-up, so signals are seen promptly
 TICK = 1.0
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# A refused client's socket stays open this long (at most MAX_LINGERING at once),
+# its input read and dropped: closing with unread input would reset the
+# connection, and the reset can destroy the ``error:`` line before it is read.
+LINGER = 2.0
+MAX_LINGERING = 256
 CLIENT_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 
 
@@ -77,6 +82,8 @@ class BlockingServer:
         self._bridge: OffloadBridge | None = None
         self._bridge_lock = threading.Lock()
         self._refused_unlogged = 0
+        self._poller: select.poll | None = None  # the accept loop's
+        self._lingering: dict[int, tuple[socket.socket, float]] = {}  # fd -> (sock, until)
         self._accept_pauses = 0  # consecutive out-of-resources pauses
         self._paused_until = 0.0
         self._next_tick = 0.0
@@ -203,7 +210,7 @@ class BlockingServer:
     # -- the accept loop --------------------------------------------------
 
     def _accept_loop(self) -> None:
-        poller = select.poll()
+        poller = self._poller = select.poll()
         by_fd = {listener.sock.fileno(): listener for listener in self.listeners}
         for fd in (*self.stop_fds(), *self.extra_fds()):
             poller.register(fd, select.POLLIN)
@@ -222,6 +229,8 @@ class BlockingServer:
             for fd, _ in events:
                 if fd in by_fd:
                     self._accept_from(by_fd[fd])
+                elif fd in self._lingering:
+                    self._drop_input(fd)
                 elif fd in self.stop_fds():
                     self.stopping = True
             if time.monotonic() >= self._next_tick or events:
@@ -279,6 +288,28 @@ class BlockingServer:
             sock.send(BUSY if refusal is BUSY_REFUSAL
                       else b"error: %s\n" % refusal.message.encode())
             sock.shutdown(socket.SHUT_WR)
+            if self._poller is not None and len(self._lingering) < MAX_LINGERING:
+                self._poller.register(sock.fileno(), select.POLLIN)
+                self._lingering[sock.fileno()] = (sock, time.monotonic() + LINGER)
+                return
+        sock.close()
+
+    def _drop_input(self, fd: int) -> None:
+        """Read and drop what a refused client sends; close at its EOF."""
+        sock = self._lingering[fd][0]
+        try:
+            if sock.recv(1 << 16):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._stop_lingering(fd)
+
+    def _stop_lingering(self, fd: int) -> None:
+        sock, _ = self._lingering.pop(fd)
+        if self._poller is not None:
+            self._poller.unregister(fd)
         sock.close()
 
     def _housekeeping(self) -> None:
@@ -289,6 +320,9 @@ class BlockingServer:
                 log.warning("refused %d more connections in the last second (server busy "
                             "or per-client limits)", self._refused_unlogged - 1)
             self._refused_unlogged = 0
+            for fd, (_, until) in list(self._lingering.items()):
+                if now >= until:
+                    self._stop_lingering(fd)
         self.tick()
 
     # -- stopping ---------------------------------------------------------
@@ -310,6 +344,8 @@ class BlockingServer:
     def _close_listeners(self) -> None:
         for listener in self.listeners:
             listener.sock.close()
+        for fd in list(self._lingering):
+            self._stop_lingering(fd)
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():

@@ -121,6 +121,10 @@ class ForkingServer(BlockingServer):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the parent's business
         for listener in self.listeners:
             listener.sock.close()
+        for refused, _ in self._lingering.values():
+            refused.close()
+        self._lingering.clear()
+        self._poller = None
         self.stop_signal.close_writer()
         self._exited.close()
         self._reports.close_reader()
