@@ -222,3 +222,77 @@ def test_fork_children_fold_into_one_archive(tmp_path) -> None:
                                 f"histogram_archive{server.pid}.db"]), names
     finally:
         assert server.stop() == 0
+
+
+def test_sighup_reaches_every_worker(serve, certs) -> None:
+    cert, key = certs.install("one")
+    server = serve("reverse", "--mode", "thread", "--workers", "2", "--tls-cert", cert,
+                   "--tls-key", key)
+    endpoint = f"127.0.0.1:{server.port}"
+    with ReverseClient(endpoint, ca=certs.path("one-ca.pem")) as before:
+        assert before.reverse("one") == "eno"
+        certs.install("two")
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while server.stderr().count("TLS certificate reloaded") < 2:
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.05)
+        assert before.reverse("kept") == "tpek"
+    for _ in range(4):  # whichever worker takes it
+        with ReverseClient(endpoint, ca=certs.path("two-ca.pem")) as after:
+            assert after.reverse("two") == "owt"
+    assert "was killed" not in server.stderr()
+    assert server.stop() == 0
+
+
+# -- async: a listener closed by the event loop is served again ---------------------
+
+RELISTEN = """
+import asyncio, logging, socket, sys
+from tcpkit.endpoints import Endpoint
+from tcpkit.registry import get
+from tcpkit.serving.aio import AsyncServer, install_uvloop
+from tcpkit.serving.run import open_listeners
+
+logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+listeners = open_listeners([(get("reverse"), Endpoint(host="127.0.0.1", port=0))])
+port = listeners[0].sock.getsockname()[1]
+
+async def talk(text: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(text); writer.write_eof()
+    data = await reader.read()
+    writer.close()
+    return data
+
+async def main() -> None:
+    server = AsyncServer(listeners)
+    task = asyncio.create_task(server.serve())
+    await asyncio.sleep(0.2)
+    print("before", await talk(b"abc\\n"))
+    server._servers[0].close()  # what uvloop does to the listener after a fatal accept error
+    await asyncio.sleep(0.05)
+    print("closed dup fileno", server._serving_socks[0].fileno())
+    await asyncio.sleep(1.5)
+    print("after", await asyncio.wait_for(talk(b"xyz\\n"), 5))
+    server.stop()
+    await task
+
+install_uvloop()
+asyncio.run(main())
+"""
+
+
+def test_async_listens_again_after_the_loop_closes_its_socket() -> None:
+    """uvloop closes a listening handle for good after an accept error it deems
+    fatal (ENOMEM, ENOBUFS, EMFILE without libuv's reserve descriptor); the server
+    notices within a tick and serves the same port again."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", RELISTEN], capture_output=True, timeout=60)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "before b'cba\\n'" in out and "closed dup fileno -1" in out
+    assert "after b'zyx\\n'" in out
+    assert err.count("listening on it again") == 1
