@@ -50,7 +50,7 @@ from functools import partial
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.service import RequestError, Service
 from tcpkit.serving.config import Limits
-from tcpkit.serving.events import Observer
+from tcpkit.serving.events import Observer, receive_measured
 from tcpkit.serving.offload import OffloadBridge
 from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed
 
@@ -215,27 +215,9 @@ class _Driver:
             return
         self.last_seen = time.monotonic()
         if self.metered is not None:
-            self._measured(data, self.metered)
+            receive_measured(self.conn, data or None, self.metered, self.service, self._send)
         else:
             self._send(self.conn.receive_data(data) if data else self.conn.receive_eof())
-
-    def _measured(self, data: bytes, observer: Observer) -> None:
-        """Receive ``data`` (empty: EOF) and report the figures (as the async mode does)."""
-        conn, name = self.conn, self.service
-        lines, errors, closing = conn.lines, conn.errors, conn.closing
-        start = time.perf_counter()
-        out = conn.receive_data(data) if data else conn.receive_eof()
-        seconds = time.perf_counter() - start
-        lines = conn.lines - lines
-        jobs = self._send(out)
-        observer.traffic(name, len(data), len(out), lines, out.count(b"\n"), lines - jobs,
-                         seconds)
-        errors = conn.errors - errors
-        if conn.closing and not closing:
-            observer.failed(name, "line_too_long")
-            errors -= 1
-        if errors > 0:
-            observer.failed(name, "request", errors)
 
     def _send(self, replies: bytes) -> int:
         """Queue replies, start any new jobs, and try to write at once; the jobs started."""
