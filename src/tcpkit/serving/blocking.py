@@ -339,9 +339,11 @@ class _Driver:
             self.sock.shutdown(socket.SHUT_WR)
             end = time.monotonic() + LINGER
             discarded = 0
+            waiter = select.poll()  # not select(): fds above 1024 are usual after raise_nofile
+            waiter.register(self.fd, _IN)
             while discarded < LINGER_BYTES:
                 left = end - time.monotonic()
-                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                if left <= 0 or not waiter.poll(math.ceil(left * 1000)):
                     break
                 data = self.sock.recv(READ_SIZE)
                 if not data:
