@@ -63,8 +63,10 @@ def _at_least_one(text: str) -> int:
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="for connecting and for each reply (default 30)")
+    # Longer than the server's default --time-limit (30 s), so a number that
+    # passes it ends with the server's own "time limit exceeded" reply.
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="for connecting and for each reply (default 60)")
     parser.add_argument("--tls", action="store_true",
                         help="speak TLS, checking the server's certificate")
     parser.add_argument("--ca", metavar="FILE",
