@@ -630,7 +630,7 @@ def markdown(plan: Plan, ctx: Context, info: dict[str, str], command: str, stamp
     timed = [c for c in plan.cells if not c.hold]
     holds = [c for c in plan.cells if c.hold]
     lines = [
-        f"## Run of {stamp}",
+        f"## Reverse service, every server: `bench/run.py` run of {stamp}",
         "",
         f"- Machine: {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}; "
         f"load average at start {info['load']}",
