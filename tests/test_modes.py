@@ -112,10 +112,18 @@ def wait_cpu_busy(pid: int, seconds: float, timeout: float = 30.0) -> None:
 
 
 def busiest_descendant(pid: int) -> int:
-    """The descendant using the most CPU right now (the factor worker, when one runs)."""
-    before = {each: own_cpu_ticks(each) for each in descendants(pid)}
-    time.sleep(0.3)
-    return max(before, key=lambda each: own_cpu_ticks(each) - before[each])
+    """The descendant using the most CPU right now (the factor worker, when one runs).
+
+    On a loaded machine a 0.3 s sample may show no ticks at all, and then any
+    process would "win": sample again until one has clearly worked.
+    """
+    for _ in range(30):
+        before = {each: own_cpu_ticks(each) for each in descendants(pid)}
+        time.sleep(0.3)
+        used = {each: own_cpu_ticks(each) - ticks for each, ticks in before.items()}
+        if used and max(used.values()) >= 5:
+            return max(used, key=lambda each: used[each])
+    raise AssertionError("no descendant of the server is working")
 
 
 def own_cpu_ticks(pid: int) -> int:
