@@ -11,6 +11,8 @@ The pieces, from the bottom up:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from tcpkit.client import (
     AsyncFactorClient,
     AsyncReverseClient,
@@ -19,8 +21,10 @@ from tcpkit.client import (
     ServerError,
 )
 from tcpkit.service import Offload, RequestError, Service
-from tcpkit.services.factor import factorize
 from tcpkit.sockets import INETSocket
+
+if TYPE_CHECKING:
+    from tcpkit.factoring.engine import factorize
 
 __version__ = "0.1.0"
 
@@ -37,3 +41,13 @@ __all__ = [
     "__version__",
     "factorize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The factor engine (FLINT, ~10 MB) loads on first use, so a server that
+    # only reverses lines, and each process it forks, never carries it.
+    if name == "factorize":
+        from tcpkit.factoring.engine import factorize
+
+        return factorize
+    raise AttributeError(f"module 'tcpkit' has no attribute {name!r}")
