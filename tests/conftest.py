@@ -187,11 +187,14 @@ def process_cpu_seconds(pid: int) -> float:
 def descendants(pid: int) -> list[int]:
     """PIDs of every live descendant of ``pid``."""
     found: list[int] = []
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    try:
-        direct = [int(p) for p in children.read_text().split()]
-    except OSError:
-        return found
+    direct: list[int] = []
+    # Every thread's children: a process started from a worker thread (the
+    # factor pool starts its forkserver that way) is that thread's child.
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            direct += [int(p) for p in children.read_text().split()]
+        except OSError:
+            continue
     for child in direct:
         found.append(child)
         found.extend(descendants(child))

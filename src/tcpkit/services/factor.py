@@ -54,9 +54,16 @@ def parse_request(line: bytes, max_digits: int) -> tuple[bool, bytes]:
 
 def quote(line: bytes) -> str:
     """Show a bad request in an error message: bounded, printable, one line."""
-    text = line[:_SHOWN].decode("utf-8", "backslashreplace")
-    text = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    text = "".join(map(_show, line[:_SHOWN].decode("utf-8", "surrogateescape")))
     return f'"{text}..."' if len(line) > _SHOWN else f'"{text}"'
+
+
+def _show(char: str) -> str:
+    """One character of a quoted request, escaped unless it is printable ASCII."""
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (from surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
 def factor_digits(negative: bool, digits: bytes) -> bytes:

@@ -90,8 +90,13 @@ class _Client(asyncio.Protocol):
         server.observer.accepted(self.service.name, self.host, self.port)
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = self.server.tick
+        # Progress is a request begun or finished: bytes that only lengthen an
+        # unfinished line (slowloris) do not keep the connection alive, so a
+        # line must be complete within the idle timeout of its first byte.
+        lines, partial = self.conn.lines, self.conn.buffered
         self._send(self.conn.receive_data(data))
+        if not partial or self.conn.lines != lines:
+            self.last_seen = self.server.tick
 
     def eof_received(self) -> bool:
         self._send(self.conn.receive_eof())

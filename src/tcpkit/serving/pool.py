@@ -15,10 +15,14 @@ is ready in milliseconds and never inherits the event loop's state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import traceback
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -26,6 +30,7 @@ from tcpkit.service import Offload, RequestError
 
 log = logging.getLogger("tcpkit")
 PRELOAD = ["tcpkit.services.factor"]
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class TimeLimitExceeded(Exception):
@@ -46,6 +51,7 @@ def default_size() -> int:
 
 def _worker_main(conn: Connection) -> None:
     """Run jobs from ``conn`` until the parent closes it."""
+    _tie_to_server()
     while True:
         try:
             work: Offload = conn.recv()
@@ -57,7 +63,37 @@ def _worker_main(conn: Connection) -> None:
             result = ("request-error", str(exc))
         except Exception:
             result = ("crash", traceback.format_exc(limit=5))
-        conn.send(result)
+        try:
+            conn.send(result)
+        except OSError:  # the server stopped waiting (cancelled, or gone)
+            return
+
+
+def _tie_to_server() -> None:
+    """Make this worker live exactly as long as the server that uses it.
+
+    Signals: SIGINT (^C reaches the whole process group) and SIGTERM (systemd
+    signals the whole cgroup) are for the server, which drains and then stops
+    its workers itself; a worker that died of them would fail the requests the
+    drain is finishing.  Death: a factorization runs in C holding the GIL, so
+    nothing in Python can notice that the server was killed (kill -9, OOM) and
+    the orphan would burn a CPU until its number was done.  The kernel kills
+    it instead when its parent, the forkserver, exits (PR_SET_PDEATHSIG) — and
+    the forkserver exits when the server does, once its children stop holding
+    its "alive" pipe, which multiprocessing hands every child.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    if os.getppid() == 1:  # the forkserver was gone before the tie was made
+        os._exit(1)
 
 
 class _Worker:
@@ -73,6 +109,8 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
+        if self.process.exitcode is not None:
+            self.process.close()  # its pipes now, not whenever it is garbage collected
 
 
 def _set_once(future: asyncio.Future[None]) -> None:
