@@ -520,3 +520,151 @@ class PipelineClient:
                     self.answered += 1
         except OSError as exc:
             self.error = type(exc).__name__
+
+
+# -- behind a load balancer ---------------------------------------------------------------
+
+HAPROXY_CONFIG = """\
+global
+    stats socket {stats} mode 600 level admin
+    maxconn 4096
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 3
+    option redispatch
+
+frontend reverse_in
+    bind 127.0.0.1:{port}
+    default_backend reverse_servers
+
+backend reverse_servers
+    balance roundrobin
+    option tcp-check
+    tcp-check send "health\\n"
+    tcp-check expect string "htlaeh"
+{servers}
+"""
+BACKEND_LINE = "    server {name} 127.0.0.1:{port} check inter 200ms fall 2 rise 2"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def haproxy_stats(path: str) -> dict[str, dict[str, str]]:
+    """``show stat`` over the admin socket: one dict of fields per server name."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(b"show stat\n")
+        text = recv_until_closed(sock).decode()
+    lines = text.strip().splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+    return {row["svname"]: row for row in rows if row.get("pxname") == "reverse_servers"}
+
+
+def wait_status(path: str, name: str, status: str, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, KeyError, IndexError):
+            if haproxy_stats(path)[name]["status"].startswith(status):
+                return True
+        time.sleep(0.1)
+    return False
+
+
+class Requester:
+    """Clients in threads, each doing one request per short connection, until stopped.
+
+    Failures are recorded with their time, so a test can tell which happened
+    while a backend was dying.
+    """
+
+    def __init__(self, port: int, clients: int) -> None:
+        self.port = port
+        self.ok = 0
+        self.failures: list[float] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True)
+                         for _ in range(clients)]
+
+    def __enter__(self) -> Requester:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if well_behaved(self.port, b"via haproxy", timeout=10) == b"yxorpah aiv\n":
+                self.ok += 1
+            else:
+                self.failures.append(time.monotonic())
+
+
+def behind_haproxy(start_backend: Callable[[int], Server], workdir: Path,
+                   clients: int, seconds: float, mode: str) -> Outcome:
+    """Two backends behind HAProxy; one is killed during load, then restarted.
+
+    ``start_backend(port)`` starts a tcpkit reverse server on that loopback port.
+    Only requests in flight on the killed backend may fail: at most one per
+    client, all between the kill and HAProxy marking the backend DOWN.
+    """
+    import signal
+    import subprocess
+
+    ports = {"a": free_port(), "b": free_port()}
+    backends = {name: start_backend(port) for name, port in ports.items()}
+    stats = str(workdir / "haproxy.sock")
+    front = free_port()
+    config = workdir / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(
+        stats=stats, port=front,
+        servers="\n".join(BACKEND_LINE.format(name=n, port=p) for n, p in ports.items())))
+    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        up = all(wait_status(stats, name, "UP") for name in ports)
+        with Requester(front, clients) as load, Sampler(backends["b"].pid) as sampler:
+            time.sleep(seconds / 3)
+            killed_at = time.monotonic()
+            backends["a"].process.send_signal(signal.SIGKILL)
+            backends["a"].process.wait(10)
+            went_down = wait_status(stats, "a", "DOWN")
+            down_at = time.monotonic()
+            time.sleep(seconds / 3)
+            sessions_before = int(haproxy_stats(stats)["a"]["stot"])
+            backends["a"] = start_backend(ports["a"])
+            came_back = wait_status(stats, "a", "UP")
+            time.sleep(seconds / 3)
+            sessions_after = int(haproxy_stats(stats)["a"]["stot"])
+        early = [t for t in load.failures if t < killed_at]
+        late = [t for t in load.failures if t > down_at + 1.0]
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        try:
+            proxy.wait(10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+        for backend in backends.values():
+            backend.stop()
+    return Outcome(
+        "behind HAProxy, one backend killed and restarted", mode,
+        f"{clients} clients, short connections, {seconds:g} s", "kill -9 of one backend",
+        lost=len(load.failures), peak_rss_kb=sampler.peak_rss_kb,
+        details={"ok": load.ok, "failed": len(load.failures),
+                 "failed_outside_kill_window": len(early) + len(late),
+                 "both_up_first": up, "marked_down": went_down, "marked_up_again": came_back,
+                 "sessions_to_restarted": sessions_after - sessions_before,
+                 "haproxy_exit": proxy.returncode})

@@ -1,0 +1,30 @@
+"""tcpkit behind HAProxy in TCP mode, with health checks (SPEC §9; docs/haproxy.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import hostile
+from conftest import Server, needs, script, start_server
+from tcpkit.serving.run import MODES
+
+
+@needs("haproxy")
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "iterative"])
+def test_a_killed_backend_costs_only_its_inflight_requests(tmp_path: Path, mode: str) -> None:
+    def backend(port: int) -> Server:
+        return start_server([*script("tcpkit"), "serve", "reverse", "--mode", mode,
+                             "--listen", f"127.0.0.1:{port}"])
+
+    outcome = hostile.behind_haproxy(backend, tmp_path, clients=4, seconds=3, mode=mode)
+    print(outcome)
+    details = outcome.details
+    assert details["both_up_first"] and details["marked_down"] and details["marked_up_again"]
+    assert details["ok"] > 100  # the load really ran
+    # Each client has one request in flight at a time: at most that many fail,
+    # and only while the dead backend was still in the pool.
+    assert outcome.lost <= 4, details
+    assert details["failed_outside_kill_window"] == 0, details
+    assert details["sessions_to_restarted"] > 0, details  # put back in the pool
