@@ -520,6 +520,7 @@ class PipelineClient:
                     self.answered += 1
         except OSError as exc:
             self.error = type(exc).__name__
+        self._stop.set()  # the server is done with us: stop sending too
 
 
 # -- behind a load balancer ---------------------------------------------------------------

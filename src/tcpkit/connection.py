@@ -75,7 +75,7 @@ class ServiceConnection:
         block = self._framer.feed(data)
         out = self._answer_block(block) if block else b""
         if self._framer.overflowed:
-            out += self._fail(f"line too long (max {self._framer.max_line} bytes)")
+            out += self._too_long()
         return out
 
     def receive_eof(self) -> bytes:
@@ -84,6 +84,8 @@ class ServiceConnection:
             return b""
         self.eof = True
         line = None if self.closing else self._framer.feed_eof()
+        if self._framer.overflowed and not self.closing:
+            return self._too_long()
         if line is None:
             return b""
         out: list[bytes] = []
@@ -167,6 +169,9 @@ class ServiceConnection:
         else:
             out.append(reply)
             out.append(terminator)
+
+    def _too_long(self) -> bytes:
+        return self._fail(f"line too long (max {self._framer.max_line} bytes)")
 
     def _fail(self, message: str) -> bytes:
         self.closing = True

@@ -33,7 +33,7 @@ def factorize(n: int) -> list[int]:
     if n == 0:
         raise ValueError("0 has no prime factorization")
     factors = [-1] if n < 0 else []
-    for prime, exponent in flint.fmpz(abs(n)).factor():
+    for prime, exponent in sorted(flint.fmpz(abs(n)).factor()):  # FLINT does not sort
         factors.extend([int(prime)] * exponent)
     return factors
 
@@ -70,7 +70,7 @@ def factor_digits(negative: bool, digits: bytes) -> bytes:
     """The reply for a parsed request: factors separated by single spaces."""
     n = flint.fmpz(digits.decode("ascii"))
     parts = [b"-1"] if negative else []
-    for prime, exponent in n.factor():
+    for prime, exponent in sorted(n.factor()):  # FLINT does not sort them
         parts.extend([str(prime).encode("ascii")] * exponent)
     return b" ".join(parts)
 

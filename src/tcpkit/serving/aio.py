@@ -40,6 +40,7 @@ from tcpkit.serving.stats import Stats
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
 TICK = 1.0  # seconds between idle sweeps
+LINGER = 2.0  # seconds to discard a finished client's input before closing (see _Client)
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ class _Client(asyncio.Protocol):
     """One connection: feeds bytes to its ServiceConnection, writes the replies."""
 
     __slots__ = (
-        "conn", "host", "last_seen", "paused_by_jobs", "paused_by_writes", "port",
-        "server", "service", "started", "transport",
+        "conn", "host", "last_seen", "lingering", "paused_by_jobs", "paused_by_writes",
+        "peer_done", "port", "server", "service", "started", "transport",
     )
 
     def __init__(self, server: AsyncServer, service: Service) -> None:
@@ -65,6 +66,8 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.paused_by_writes = False
         self.paused_by_jobs = False
+        self.peer_done = False  # the client sent EOF
+        self.lingering = False  # replies are out, FIN sent; discarding input until EOF
         self.last_seen = server.tick
         self.started = 0.0
         self.host, self.port = "", 0
@@ -99,6 +102,7 @@ class _Client(asyncio.Protocol):
             self.last_seen = self.server.tick
 
     def eof_received(self) -> bool:
+        self.peer_done = True
         self._send(self.conn.receive_eof())
         return True  # keep the write side open: the replies still have to go out
 
@@ -138,16 +142,36 @@ class _Client(asyncio.Protocol):
         for job in self.conn.take_jobs():
             job.handle = self.server.loop.create_task(self._run(job))
         if self.conn.finished:
-            transport.close()
+            self._close_gracefully(transport)
         elif self.paused_by_jobs != (self.conn.waiting > self.server.limits.max_waiting):
             self.paused_by_jobs = not self.paused_by_jobs
+            self._update_reading()
+
+    def _close_gracefully(self, transport: asyncio.Transport) -> None:
+        """Close without losing replies to a client that is still sending.
+
+        Closing a socket with unread input makes the kernel answer with RST,
+        which destroys every reply not yet delivered — a drain or a protocol
+        error would lose replies the client was owed.  So, like Apache's and
+        nginx's lingering close: send FIN after the replies, read and discard
+        until the client's EOF, and close then, or after LINGER seconds.
+        """
+        if self.peer_done or not transport.can_write_eof():
+            transport.close()
+        elif not self.lingering:
+            self.lingering = True
+            transport.write_eof()
+            self.server.loop.call_later(LINGER, transport.close)
             self._update_reading()
 
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self.paused_by_writes or self.paused_by_jobs or self.server.draining:
+        if self.lingering:
+            if not transport.is_reading():
+                transport.resume_reading()
+        elif self.paused_by_writes or self.paused_by_jobs or self.server.draining:
             if transport.is_reading():
                 transport.pause_reading()
         elif not transport.is_reading():
