@@ -50,7 +50,7 @@ def format_address(host: str, port: int) -> str:
 
 def resolve_port(name: str) -> int:
     """A port number from digits or a service name (registry, then /etc/services)."""
-    if name.isdigit():
+    if _is_number(name):
         port = int(name)
         if port > 65535:
             raise EndpointError(f"port out of range: {name} (0-65535)")
@@ -59,8 +59,13 @@ def resolve_port(name: str) -> int:
         return registry.services()[name].port
     try:
         return socket.getservbyname(name, "tcp")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL or an unencodable character
         raise EndpointError(f"unknown port or service name: {name!r}") from None
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "١٢" (int() reads it as 12) and "²"."""
+    return text.isascii() and text.isdigit()
 
 
 def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
@@ -75,7 +80,7 @@ def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
         return Endpoint(path=path)
     if text.startswith("["):
         return _parse_bracketed(text, default_port)
-    if text.isdigit():
+    if _is_number(text):
         return Endpoint(port=resolve_port(text))
     host, sep, port = text.rpartition(":")
     if not sep:
