@@ -78,10 +78,11 @@ class Server:
 
 
 def start_server(args: list[str], services: int = 1, env: dict[str, str] | None = None,
-                 stdout: int | None = subprocess.DEVNULL) -> Server:
+                 stdout: int | None = subprocess.DEVNULL, pass_fds: tuple[int, ...] = (),
+                 ) -> Server:
     """Start a server command and wait until it logs every ``Listening on`` line."""
     process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE,
-                               env={**os.environ, **(env or {})})
+                               env={**os.environ, **(env or {})}, pass_fds=pass_fds)
     server = Server(process)
     ready = threading.Event()
 
@@ -206,6 +207,18 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """Loopback ports free right now, for programs that cannot be given port 0."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def needs(tool: str) -> pytest.MarkDecorator:

@@ -525,31 +525,22 @@ class PipelineClient:
 
 # -- behind a load balancer ---------------------------------------------------------------
 
-HAPROXY_CONFIG = """\
-global
-    stats socket {stats} mode 600 level admin
-    maxconn 4096
+CONTRIB_HAPROXY = Path(__file__).resolve().parent.parent / "contrib" / "haproxy" / "haproxy.cfg"
+EXAMPLE_PORTS = [{"reverse": 17800, "factor": 17801}, {"reverse": 17810, "factor": 17811}]
 
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    retries 3
-    option redispatch
 
-frontend reverse_in
-    bind 127.0.0.1:{port}
-    default_backend reverse_servers
-
-backend reverse_servers
-    balance roundrobin
-    option tcp-check
-    tcp-check send "health\\n"
-    tcp-check expect string "htlaeh"
-{servers}
-"""
-BACKEND_LINE = "    server {name} 127.0.0.1:{port} check inter 200ms fall 2 rise 2"
+def haproxy_config(stats: str, fronts: dict[str, int], instances: list[dict[str, int]]) -> str:
+    """contrib/haproxy/haproxy.cfg as shipped, on this run's ports, checking every 200 ms,
+    with an admin socket to watch the pool through."""
+    text = CONTRIB_HAPROXY.read_text()
+    for example, real in zip(EXAMPLE_PORTS, instances, strict=True):
+        for service, port in example.items():
+            text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{real[service]}")
+    for service, port in fronts.items():
+        text = text.replace(f"bind :{7800 if service == 'reverse' else 7801}",
+                            f"bind 127.0.0.1:{port}")
+    text = text.replace("    log global\n", "").replace("check inter 2s", "check inter 200ms")
+    return text.replace("global\n", f"global\n    stats socket {stats} mode 600 level admin\n", 1)
 
 
 def free_port() -> int:
@@ -614,58 +605,58 @@ class Requester:
                 self.failures.append(time.monotonic())
 
 
-def behind_haproxy(start_backend: Callable[[int], Server], workdir: Path,
+def behind_haproxy(start_instance: Callable[[dict[str, int]], Server], workdir: Path,
                    clients: int, seconds: float, mode: str) -> Outcome:
-    """Two backends behind HAProxy; one is killed during load, then restarted.
+    """Two tcpkit instances behind HAProxy; one is killed during load, then restarted.
 
-    ``start_backend(port)`` starts a tcpkit reverse server on that loopback port.
-    Only requests in flight on the killed backend may fail: at most one per
-    client, all between the kill and HAProxy marking the backend DOWN.
+    ``start_instance(ports)`` starts ``tcpkit serve`` with reverse and factor on
+    those loopback ports.  Only requests in flight on the killed instance may
+    fail: at most one per client, all between the kill and HAProxy marking the
+    instance DOWN.
     """
     import signal
     import subprocess
 
-    ports = {"a": free_port(), "b": free_port()}
-    backends = {name: start_backend(port) for name, port in ports.items()}
+    ports = [{"reverse": free_port(), "factor": free_port()} for _ in range(2)]
+    instances = [start_instance(p) for p in ports]
     stats = str(workdir / "haproxy.sock")
-    front = free_port()
+    fronts = {"reverse": free_port(), "factor": free_port()}
     config = workdir / "haproxy.cfg"
-    config.write_text(HAPROXY_CONFIG.format(
-        stats=stats, port=front,
-        servers="\n".join(BACKEND_LINE.format(name=n, port=p) for n, p in ports.items())))
+    config.write_text(haproxy_config(stats, fronts, ports))
     proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        up = all(wait_status(stats, name, "UP") for name in ports)
-        with Requester(front, clients) as load, Sampler(backends["b"].pid) as sampler:
+        up = all(wait_status(stats, name, "UP") for name in ("tcpkit1", "tcpkit2"))
+        with Requester(fronts["reverse"], clients) as load, \
+                Sampler(instances[1].pid) as sampler:
             time.sleep(seconds / 3)
             killed_at = time.monotonic()
-            backends["a"].process.send_signal(signal.SIGKILL)
-            backends["a"].process.wait(10)
-            went_down = wait_status(stats, "a", "DOWN")
+            instances[0].process.send_signal(signal.SIGKILL)
+            instances[0].process.wait(10)
+            went_down = wait_status(stats, "tcpkit1", "DOWN")
             down_at = time.monotonic()
             time.sleep(seconds / 3)
-            sessions_before = int(haproxy_stats(stats)["a"]["stot"])
-            backends["a"] = start_backend(ports["a"])
-            came_back = wait_status(stats, "a", "UP")
+            sessions_before = int(haproxy_stats(stats)["tcpkit1"]["stot"])
+            instances[0] = start_instance(ports[0])
+            came_back = wait_status(stats, "tcpkit1", "UP")
             time.sleep(seconds / 3)
-            sessions_after = int(haproxy_stats(stats)["a"]["stot"])
+            sessions_after = int(haproxy_stats(stats)["tcpkit1"]["stot"])
         early = [t for t in load.failures if t < killed_at]
         late = [t for t in load.failures if t > down_at + 1.0]
     finally:
-        proxy.send_signal(signal.SIGTERM)
+        proxy.send_signal(signal.SIGUSR1)  # soft stop
         try:
             proxy.wait(10)
         except subprocess.TimeoutExpired:
             proxy.kill()
-        for backend in backends.values():
-            backend.stop()
+            proxy.wait()
+        for instance in instances:
+            instance.stop()
     return Outcome(
-        "behind HAProxy, one backend killed and restarted", mode,
-        f"{clients} clients, short connections, {seconds:g} s", "kill -9 of one backend",
+        "behind HAProxy, one instance killed and restarted", mode,
+        f"{clients} clients, short connections, {seconds:g} s", "kill -9 of one instance",
         lost=len(load.failures), peak_rss_kb=sampler.peak_rss_kb,
         details={"ok": load.ok, "failed": len(load.failures),
                  "failed_outside_kill_window": len(early) + len(late),
                  "both_up_first": up, "marked_down": went_down, "marked_up_again": came_back,
-                 "sessions_to_restarted": sessions_after - sessions_before,
-                 "haproxy_exit": proxy.returncode})
+                 "sessions_to_restarted": sessions_after - sessions_before})

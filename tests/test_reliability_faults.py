@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pytest
@@ -158,26 +157,3 @@ def test_permission_denied_on_a_low_port_is_one_line_and_exit_1() -> None:
     assert result.returncode == 1, result
     assert result.stderr.decode().splitlines() == [
         "error: cannot listen on 127.0.0.1:80: Permission denied"]
-
-
-def serve_help() -> str:
-    return subprocess.run([*script("tcpkit"), "serve", "--help"], capture_output=True,
-                          text=True, check=False).stdout
-
-
-def test_unreadable_tls_key_is_one_line_and_exit_1(tmp_path: object) -> None:
-    if "--tls-key" not in serve_help():
-        pytest.skip("TLS is not in this build yet (the ops branch adds it)")
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
-                    "/CN=localhost", "-days", "1", "-keyout", str(key), "-out", str(cert)],
-                   capture_output=True, check=True)
-    key.write_bytes(b"not a key\n")  # root reads any file: make it unusable instead
-    result = run([*script("tcpkit"), "serve", "reverse", "--listen", "127.0.0.1:0",
-                  "--tls-cert", str(cert), "--tls-key", str(key)], timeout=30)
-    assert result.returncode == 1, result
-    lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "key.pem" in lines[0], lines

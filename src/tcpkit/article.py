@@ -30,8 +30,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
+from concurrent.futures import Future
 from typing import NoReturn
 
 from tcpkit import logs, registry
@@ -39,58 +38,41 @@ from tcpkit.endpoints import EndpointError, format_address, resolve_port
 from tcpkit.serving.aio import Listener
 from tcpkit.serving.events import Observer
 from tcpkit.serving.listeners import ListenError
+from tcpkit.serving.names import NameResolver
+from tcpkit.serving.names import host_name as host_name  # re-exported: its old home
 from tcpkit.serving.run import serve_listeners
 from tcpkit.sockets import ConnectError, INETSocket
-
-LOOKUP_TIMEOUT = 2.0
-
-
-@lru_cache(maxsize=4096)
-def host_name(ip: str) -> str:
-    """The reverse-DNS name of ``ip``, or ``ip`` itself when the lookup fails."""
-    try:
-        return socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)[0]
-    except OSError:
-        return ip
 
 
 class TranscriptObserver(Observer):
     """Prints ``accept``/``close`` lines on stdout, with reverse-DNS names.
 
-    Lookups run on a small thread pool so a slow DNS server never stalls other
-    clients; a single printer thread keeps each client's lines in order (its
-    ``close`` waits for its ``accept``).
+    Lookups run off the event loop (:class:`~tcpkit.serving.names.NameResolver`)
+    so a slow DNS server never stalls other clients; its single printer thread
+    keeps each client's lines in order (its ``close`` waits for its ``accept``).
     """
 
     def __init__(self, accept_line: Callable[[str, int], str],
                  close_line: Callable[[str, int], str] | None) -> None:
         self.accept_line, self.close_line = accept_line, close_line
-        self._lookups = ThreadPoolExecutor(4, thread_name_prefix="resolve")
-        self._printer = ThreadPoolExecutor(1, thread_name_prefix="print")
+        self.resolver = NameResolver()
         self._names: dict[tuple[str, int], Future[str]] = {}
 
     def accepted(self, service: str, host: str, port: int) -> None:
-        name = self._lookups.submit(host_name, host)
+        name = self.resolver.lookup(host)
         self._names[host, port] = name
-        self._printer.submit(self._print, lambda: self.accept_line(_name(name, host), port))
+        self.resolver.later(lambda: _print(self.accept_line(self.resolver.name(name, host), port)))
 
     def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
         name = self._names.pop((host, port), None)
         if self.close_line is None or name is None:
             return
         close_line = self.close_line
-        self._printer.submit(self._print, lambda: close_line(_name(name, host), port))
-
-    @staticmethod
-    def _print(make: Callable[[], str]) -> None:
-        print(make(), flush=True)
+        self.resolver.later(lambda: _print(close_line(self.resolver.name(name, host), port)))
 
 
-def _name(future: Future[str], fallback: str) -> str:
-    try:
-        return future.result(timeout=LOOKUP_TIMEOUT)
-    except Exception:
-        return fallback
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 def _port_argument(argv: Sequence[str], default: int, usage: str) -> int:

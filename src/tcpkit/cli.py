@@ -11,12 +11,15 @@ import argparse
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from tcpkit import __version__, logs, registry
 from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint, resolve_port
 from tcpkit.service import Options, Service
 from tcpkit.serving.config import Limits
+
+if TYPE_CHECKING:
+    from tcpkit.operate import Operation
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MODES = ("async",)
@@ -82,6 +85,9 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     serve.add_argument("--factor-workers", type=positive(int), default=None, metavar="N",
                        help="worker processes for large factorizations (default: CPUs)")
     add_log_options(serve)
+    from tcpkit import operate
+
+    operate.add_options(serve, positive)
     serve.set_defaults(run=run_serve)
 
 
@@ -113,12 +119,13 @@ def plan_listeners(names: Sequence[str], listen: Sequence[str]) -> list[tuple[st
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from tcpkit.operate import Operation, OptionError
     from tcpkit.serving.listeners import ListenError
-    from tcpkit.serving.run import run
 
     try:
-        plan = plan_listeners(args.services, args.listen)
-    except (EndpointError, registry.UnknownService) as exc:
+        plan = plan_listeners(args.services, [] if args.inetd else args.listen)
+        ops = Operation.from_args(args, list(dict.fromkeys(name for name, _ in plan)))
+    except (EndpointError, registry.UnknownService, OptionError) as exc:
         raise UsageError(str(exc)) from None
     options = Options(max_digits=args.max_digits)
     services: dict[str, Service] = {}
@@ -128,12 +135,40 @@ def run_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         max_line=args.max_line, drain_timeout=args.drain_timeout,
         time_limit=args.time_limit, pool_size=args.factor_workers,
+        max_per_ip=args.max_per_ip, rate_per_ip=args.rate_per_ip,
     )
+    if args.check_config:
+        print("config ok")
+        return EXIT_OK
     try:
-        run([(services[name], endpoint) for name, endpoint in plan], args.mode, limits)
+        return serve_operated(ops, args, list(services.values()), [
+            (services[name], endpoint) for name, endpoint in plan], limits)
+    except OptionError as exc:
+        raise UsageError(str(exc)) from None
     except ListenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Service],
+                   plan: list[tuple[Service, Endpoint]], limits: Limits) -> int:
+    """Serve the one inetd connection, systemd's sockets, or the ones in ``plan``."""
+    from tcpkit.serving.inetd import InetdError, serve_inetd, take_stdin_socket
+    from tcpkit.serving.run import run, serve_listeners
+
+    if ops.inetd:
+        try:
+            sock = take_stdin_socket()
+        except InetdError as exc:
+            raise UsageError(str(exc)) from None
+        serve_inetd(sock, services[0], limits, ops.observer("inetd"), ops.tls)
+        return EXIT_OK
+    inherited = ops.inherited_listeners(services)
+    observer = ops.observer(args.mode, getattr(args, "workers", 1))
+    if inherited is not None:
+        serve_listeners(inherited, args.mode, limits, observer)
+    else:
+        run(plan, args.mode, limits, observer, ops.tls)
     return EXIT_OK
 
 

@@ -24,6 +24,7 @@ from tcpkit.client import (
 )
 from tcpkit.endpoints import EndpointError, parse_endpoint
 from tcpkit.sockets import ConnectError, INETSocket
+from tcpkit.tlsclient import TLSSetupError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -50,12 +51,18 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="for connecting and for each reply (default 30)")
+    parser.add_argument("--tls", action="store_true",
+                        help="speak TLS, checking the server's certificate")
+    parser.add_argument("--ca", metavar="FILE",
+                        help="trust the CA certificates in FILE (PEM) instead of the "
+                             "system's (implies --tls)")
 
 
-def connect(text: str, default_port: int, timeout: float) -> INETSocket:
+def connect(text: str, default_port: int, timeout: float, tls: bool = False,
+            ca: str | None = None) -> INETSocket:
     """Connect or raise ConnectError / EndpointError with a message for the user."""
     endpoint = parse_endpoint(text, default_port=default_port)
-    return INETSocket.connect(endpoint, timeout=timeout)
+    return INETSocket.connect(endpoint, timeout=timeout, tls=tls, ca=ca)
 
 
 def fail(message: str) -> int:
@@ -69,7 +76,7 @@ def client_command(run: Any) -> Any:
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return int(run(args))
-        except EndpointError as exc:
+        except (EndpointError, TLSSetupError) as exc:
             print(f"tcpkit {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except (ConnectError, ConnectionClosed) as exc:
@@ -87,7 +94,7 @@ def client_command(run: Any) -> Any:
 
 @client_command
 def run_reverse(args: argparse.Namespace) -> int:
-    sock = connect(args.endpoint, 7800, args.timeout)
+    sock = connect(args.endpoint, 7800, args.timeout, args.tls, args.ca)
     return relay_lines(sock, sys.stdin.fileno(), sys.stdout.buffer)
 
 
@@ -95,17 +102,40 @@ def relay_lines(sock: INETSocket, source: int, sink: BinaryIO) -> int:
     """Send ``source``'s bytes, write every reply to ``sink``; the exit status."""
     sender = StreamSender(sock, source)
     received = 0
+    refusal = None  # a first reply that may be the server turning us away
     for block in read_blocks(sock):
-        sink.write(block)
-        sink.flush()  # replies show up as they arrive, also through a pipe
+        if received == 0 and is_refusal(block):
+            refusal = block
+        else:
+            if refusal is not None:
+                sink.write(refusal)
+                refusal = None
+            sink.write(block)
+            sink.flush()  # replies show up as they arrive, also through a pipe
         received += block.count(b"\n") or 1
     sender.join()
+    if refusal is not None:  # the server's only words: it refused the connection
+        return fail(refusal[len(b"error: "):].decode("utf-8", "replace").strip())
     if sender.error is not None:
         return fail(f"cannot send to the server: {sender.error}")
     if received < sender.lines:
         return fail(f"connection closed by the server after {received} of "
                     f"{sender.lines} replies")
     return EXIT_OK
+
+
+REFUSALS = (b"error: server busy\n", b"error: connection rate exceeded\n",
+            b"error: too many connections from ")
+
+
+def is_refusal(block: bytes) -> bool:
+    """Whether a first reply block is one of the server's refusals (SPEC §2.1).
+
+    It counts only when it is the only reply before the server closes.  (A
+    single input line whose reverse reads exactly like a refusal cannot be
+    told apart; any longer exchange is never mistaken for one.)
+    """
+    return block.startswith(REFUSALS) and block.count(b"\n") == 1 and block.endswith(b"\n")
 
 
 # -- factor ---------------------------------------------------------------------
@@ -115,7 +145,7 @@ def relay_lines(sock: INETSocket, source: int, sink: BinaryIO) -> int:
 def run_factor(args: argparse.Namespace) -> int:
     numbers: Iterable[bytes] = (
         (n.encode() for n in args.numbers) if args.numbers else stdin_tokens(sys.stdin.buffer))
-    sock = connect(args.server, 7801, args.timeout)
+    sock = connect(args.server, 7801, args.timeout, args.tls, args.ca)
     show = Progress(len(args.numbers) or None) if _wants_progress(args) else None
     status = EXIT_OK
     out = sys.stdout.buffer

@@ -29,6 +29,7 @@ from typing import Self, TypeVar
 from tcpkit.endpoints import Endpoint, parse_endpoint
 from tcpkit.framing import LineFramer, split_lines
 from tcpkit.sockets import INETSocket
+from tcpkit.tlsclient import client_context
 
 T = TypeVar("T")
 MAX_REPLY = 1 << 28  # a reply line longer than this is a broken server, not an answer
@@ -119,7 +120,8 @@ def _send_all(sock: INETSocket, requests: Iterable[T], encode: Callable[[T], byt
                 sock.write(b"".join(batch))
                 batch.clear()
         sock.write(b"".join(batch))
-        sock.shutdown_write()
+        if not sock.is_tls:  # a TLS close_notify would end the connection: count instead
+            sock.shutdown_write()
     except OSError as exc:  # the server went away; the reader reports it
         failure.append(exc)
     except BaseException as exc:  # a bad request (e.g. encode failed)
@@ -169,11 +171,12 @@ class LineClient:
     default_port = 0
 
     def __init__(self, endpoint: str | Endpoint = "localhost",
-                 timeout: float | None = 30.0) -> None:
+                 timeout: float | None = 30.0, tls: bool = False,
+                 ca: str | None = None) -> None:
         if isinstance(endpoint, str):
             endpoint = parse_endpoint(endpoint, default_port=self.default_port)
         self.endpoint = endpoint
-        self.sock = INETSocket.connect(endpoint, timeout=timeout)
+        self.sock = INETSocket.connect(endpoint, timeout=timeout, tls=tls, ca=ca)
 
     def request(self, line: bytes) -> bytes:
         """Send ``line`` (LF added) and return the reply without its terminator."""
@@ -227,13 +230,18 @@ class _AsyncLineClient:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, endpoint: str = "localhost", timeout: float | None = 30.0) -> Self:
+    async def connect(cls, endpoint: str = "localhost", timeout: float | None = 30.0,
+                      tls: bool = False, ca: str | None = None) -> Self:
         target = parse_endpoint(endpoint, default_port=cls.default_port)
+        context = client_context(ca) if tls or ca else None
+        name = (target.host or "localhost") if context else None
         if target.path is not None:
-            opening = asyncio.open_unix_connection(target.path, limit=MAX_REPLY)
+            opening = asyncio.open_unix_connection(target.path, limit=MAX_REPLY, ssl=context,
+                                                   server_hostname=name)
         else:
             opening = asyncio.open_connection(target.host or "localhost", target.port,
-                                              limit=MAX_REPLY)
+                                              limit=MAX_REPLY, ssl=context,
+                                              server_hostname=name)
         reader, writer = await asyncio.wait_for(opening, timeout)
         return cls(reader, writer)
 

@@ -26,15 +26,28 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message"}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, message, and any ``extra`` fields."""
+    """One JSON object per line: time, level, event, message, and the ``extra`` fields.
+
+    Connection events carry ``event``, ``peer``, ``service``, ``lines`` and
+    ``duration`` (see :mod:`tcpkit.serving.events`); other lines get
+    ``"event": "log"``.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
             "level": record.levelname.lower(),
+            "event": "log",
             "message": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _STANDARD:
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -20,12 +20,14 @@ article's do.  Perl's own argument names work through :meth:`INETSocket.new`.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
 from tcpkit.endpoints import Endpoint, format_address, parse_endpoint, peer_text, resolve_port
 from tcpkit.serving.listeners import ListenError, open_listener
+from tcpkit.tlsclient import TLSChannel, client_context, handshake_failure
 
 DEFAULT_BACKLOG = 128
 
@@ -51,18 +53,26 @@ def _reason(exc: OSError) -> str:
 class INETSocket:
     """A TCP (or unix) socket with file-like line I/O, in the style of IO::Socket::INET."""
 
-    def __init__(self, sock: socket.socket | None = None, family: int = socket.AF_INET6) -> None:
+    def __init__(self, sock: socket.socket | None = None, family: int = socket.AF_INET6,
+                 tls: TLSChannel | None = None) -> None:
         self.sock = sock if sock is not None else socket.socket(family, socket.SOCK_STREAM)
-        self._reader = self.sock.makefile("rb")
+        self._tls = tls  # TLS over self.sock (the plain socket stays the one for addresses)
+        self._reader = tls.reader() if tls else self.sock.makefile("rb")
 
     # -- making sockets in one call ---------------------------------------
 
     @classmethod
     def connect(cls, peer: str | Endpoint, port: int | str | None = None,
-                timeout: float | None = None) -> Self:
-        """A connected client socket: ``connect("host:7800")`` or ``connect("host", "reverse")``."""
+                timeout: float | None = None, tls: bool = False,
+                ca: str | None = None) -> Self:
+        """A connected client socket: ``connect("host:7800")`` or ``connect("host", "reverse")``.
+
+        ``tls=True`` (or a ``ca`` file to trust instead of the system's
+        certificates) speaks TLS and checks the server's certificate for the host name.
+        """
         endpoint = _endpoint(peer, port)
-        shown = str(endpoint) if endpoint.host else f"localhost:{endpoint.port}"
+        shown = str(endpoint) if endpoint.host or endpoint.path else f"localhost:{endpoint.port}"
+        context = client_context(ca) if tls or ca else None  # TLSSetupError before connecting
         try:
             if endpoint.path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -76,7 +86,22 @@ class INETSocket:
             raise ConnectError(f"cannot connect to {shown}: {exc.strerror}") from None
         except OSError as exc:
             raise ConnectError(f"cannot connect to {shown}: {_reason(exc)}") from None
-        return cls(sock)
+        if context is None:
+            return cls(sock)
+        channel = TLSChannel(sock, context, endpoint.host or "localhost", timeout)
+        try:
+            channel.handshake()
+        except ssl.SSLError as exc:
+            sock.close()
+            raise ConnectError(f"cannot connect to {shown}: {handshake_failure(exc)}") from None
+        except OSError as exc:
+            sock.close()
+            raise ConnectError(f"cannot connect to {shown}: {_reason(exc)}") from None
+        return cls(sock, tls=channel)
+
+    @property
+    def is_tls(self) -> bool:
+        return self._tls is not None
 
     @classmethod
     def listen_on(cls, local: str | int | Endpoint = 0,
@@ -186,18 +211,31 @@ class INETSocket:
 
     def write(self, data: bytes | str) -> None:
         """Send all of ``data``."""
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+        raw = data.encode() if isinstance(data, str) else data
+        if self._tls is not None:
+            self._tls.sendall(raw)
+        else:
+            self.sock.sendall(raw)
 
     def print(self, *lines: bytes | str) -> None:
         """Send each argument as a line (LF added), like Perl's ``print $sock``."""
         self.write(b"".join((x.encode() if isinstance(x, str) else x) + b"\n" for x in lines))
 
     def settimeout(self, timeout: float | None) -> None:
-        self.sock.settimeout(timeout)
+        if self._tls is not None:
+            self._tls.timeout = timeout
+        else:
+            self.sock.settimeout(timeout)
 
     def shutdown_write(self) -> None:
-        """Half-close: tell the peer we are done sending, keep reading its replies."""
-        self.sock.shutdown(socket.SHUT_WR)
+        """Half-close: tell the peer we are done sending, keep reading its replies.
+
+        Over TLS this sends close_notify (see :mod:`tcpkit.tlsclient`).
+        """
+        if self._tls is not None:
+            self._tls.close_write()
+        else:
+            self.sock.shutdown(socket.SHUT_WR)
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -5,4 +5,9 @@ listening socket first (so a port in use fails fast, with one clear line,
 before anything is served), then hands them to the chosen mode.  Each mode has
 a module of its own (``aio.py`` for async); ``listeners.py``, ``pool.py``,
 ``events.py``, ``stats.py`` and ``config.py`` are shared by all of them.
+
+What an operator adds is mode-independent too: ``tls.py`` (certificate and
+reload), ``admission.py`` (per-client limits, sans-IO), ``metrics.py``
+(Prometheus, an Observer), ``names.py`` (reverse DNS for the logs),
+``activation.py`` (systemd sockets and sd_notify) and ``inetd.py``.
 """

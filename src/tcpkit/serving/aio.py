@@ -24,6 +24,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -31,11 +32,14 @@ from typing import Any, cast
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import peer_text
 from tcpkit.service import RequestError, Service
+from tcpkit.serving.admission import BUSY as BUSY_REFUSAL
+from tcpkit.serving.admission import Admission, Refusal
 from tcpkit.serving.config import Limits
 from tcpkit.serving.events import Observer
 from tcpkit.serving.listeners import BACKLOG, describe
 from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed, WorkerPool
 from tcpkit.serving.stats import Stats
+from tcpkit.serving.tls import ServerTLS
 
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
@@ -49,6 +53,7 @@ class Listener:
 
     service: Service
     sock: socket.socket
+    tls: ServerTLS | None = None  # serve over TLS with this certificate
 
 
 class _Client(asyncio.Protocol):
@@ -79,10 +84,12 @@ class _Client(asyncio.Protocol):
         self.transport = transport
         server = self.server
         self.host, self.port = peer_text(transport.get_extra_info("peername"))
-        if server.stats.open >= server.limits.max_connections or server.draining:
-            server.refuse(self, "server busy")
-            transport.write(BUSY)
-            transport.close()
+        refusal = server.admit(self)
+        if refusal is not None:
+            server.refuse(self, refusal.message, refusal.kind)
+            transport.write(BUSY if refusal is BUSY_REFUSAL
+                            else b"error: %s\n" % refusal.message.encode())
+            _Refused.close(server, transport)
             self.transport = None
             return
         transport.set_write_buffer_limits(server.limits.write_high, server.limits.write_low)
@@ -97,14 +104,23 @@ class _Client(asyncio.Protocol):
         # unfinished line (slowloris) do not keep the connection alive, so a
         # line must be complete within the idle timeout of its first byte.
         lines, partial = self.conn.lines, self.conn.buffered
-        self._send(self.conn.receive_data(data))
+        if self.server.metered:
+            self._measured(data)
+        else:
+            self._send(self.conn.receive_data(data))
         if not partial or self.conn.lines != lines:
             self.last_seen = self.server.tick
 
     def eof_received(self) -> bool:
         self.peer_done = True
-        self._send(self.conn.receive_eof())
-        return True  # keep the write side open: the replies still have to go out
+        if self.server.metered:
+            self._measured(None)
+        else:
+            self._send(self.conn.receive_eof())
+        # Keep the write side open: the replies still have to go out.  (TLS
+        # cannot half-close: asyncio closes after a close_notify whatever we say.)
+        transport = self.transport
+        return transport is None or transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:
@@ -115,6 +131,7 @@ class _Client(asyncio.Protocol):
                 job.handle.cancel()  # the pool kills the worker: its CPU goes idle
         server = self.server
         server.clients.discard(self)
+        server.release(self)
         server.stats.open -= 1
         server.stats.lines += self.conn.lines
         server.stats.errors += self.conn.errors
@@ -132,20 +149,43 @@ class _Client(asyncio.Protocol):
 
     # -- helpers ----------------------------------------------------------
 
-    def _send(self, out: bytes) -> None:
-        """Write replies, start new jobs, and close or pause as the state says."""
+    def _send(self, out: bytes) -> int:
+        """Write replies, start new jobs, and close or pause as the state says.
+
+        Returns the number of jobs started.
+        """
         transport = self.transport
         if transport is None:
-            return
+            return 0
         if out:
             transport.write(out)
-        for job in self.conn.take_jobs():
+        jobs = self.conn.take_jobs()
+        for job in jobs:
             job.handle = self.server.loop.create_task(self._run(job))
         if self.conn.finished:
             self._close_gracefully(transport)
         elif self.paused_by_jobs != (self.conn.waiting > self.server.limits.max_waiting):
             self.paused_by_jobs = not self.paused_by_jobs
             self._update_reading()
+        return len(jobs)
+
+    def _measured(self, data: bytes | None) -> None:
+        """Receive ``data`` (None: EOF) and report the figures to the observer (--metrics)."""
+        conn, observer, name = self.conn, self.server.observer, self.service.name
+        lines, errors, closing = conn.lines, conn.errors, conn.closing
+        start = time.perf_counter()
+        out = conn.receive_eof() if data is None else conn.receive_data(data)
+        seconds = time.perf_counter() - start
+        lines = conn.lines - lines
+        jobs = self._send(out)
+        observer.traffic(name, len(data or b""), len(out), lines, out.count(b"\n"),
+                         lines - jobs, seconds)
+        errors = conn.errors - errors
+        if conn.closing and not closing:
+            observer.failed(name, "line_too_long")
+            errors -= 1
+        if errors > 0:
+            observer.failed(name, "request", errors)
 
     def _close_gracefully(self, transport: asyncio.Transport) -> None:
         """Close without losing replies to a client that is still sending.
@@ -178,12 +218,22 @@ class _Client(asyncio.Protocol):
             transport.resume_reading()
 
     async def _run(self, job: Job) -> None:
+        start = time.perf_counter()
+        failure = None
         try:
             out = self.conn.job_done(job, await self.server.pool.run(job.work))
         except RequestError as exc:
-            out = self.conn.job_failed(job, str(exc))
-        except (TimeLimitExceeded, WorkerCrashed) as exc:
-            out = self.conn.job_failed(job, str(exc))
+            out, failure = self.conn.job_failed(job, str(exc)), "request"
+        except TimeLimitExceeded as exc:
+            out, failure = self.conn.job_failed(job, str(exc)), "time_limit"
+        except WorkerCrashed as exc:
+            out, failure = self.conn.job_failed(job, str(exc)), "worker_crashed"
+        observer = self.server.observer
+        if self.server.metered and self.transport is not None:
+            observer.traffic(self.service.name, 0, len(out), 0, out.count(b"\n"), 1,
+                             time.perf_counter() - start)
+        if failure is not None:
+            observer.failed(self.service.name, failure)
         self._send(out)
 
     def idle_for(self, now: int) -> int:
@@ -203,6 +253,48 @@ class _Client(asyncio.Protocol):
             self.transport.abort()
 
 
+class _Refused(asyncio.Protocol):
+    """A refused client after its ``error:`` line: read and drop what it sends.
+
+    Closing a socket with unread input makes the kernel reset the connection,
+    and the reset can overtake the error line.  So the line is followed by a
+    FIN, and the connection lingers (at most LINGER seconds, at most
+    MAX_LINGERING at once) until the client closes its side.
+    """
+
+    LINGER = 2.0
+    MAX_LINGERING = 1000
+    lingering = 0
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def close(cls, server: AsyncServer, transport: asyncio.Transport) -> None:
+        if cls.lingering >= cls.MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        refused = cls(transport)
+        transport.set_protocol(refused)
+        transport.write_eof()
+        refused.timer = server.loop.call_later(cls.LINGER, transport.close)
+        cls.lingering += 1
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        self.transport.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            _Refused.lingering -= 1
+
+
 class AsyncServer:
     """Serves a set of listeners on one event loop until asked to stop."""
 
@@ -217,6 +309,9 @@ class AsyncServer:
         self.listeners = list(listeners)
         self.limits = limits or Limits()
         self.observer = observer or Observer()
+        self.metered = self.observer.measures_traffic
+        self.admission = Admission(self.limits.max_per_ip, self.limits.rate_per_ip)
+        self.one_shot = False  # serving a single connection (inetd): stop when it closes
         self.stats = Stats()
         self.clients: set[_Client] = set()
         self.pool = WorkerPool(self.limits.pool_size, self.limits.time_limit)
@@ -233,15 +328,18 @@ class AsyncServer:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._drained = asyncio.Event()
+        self._install_signals()  # before "Listening on": a signal from then on is handled
         for listener in self.listeners:
+            tls = listener.tls
             server = await self.loop.create_server(
-                lambda svc=listener.service: _Client(self, svc),  # type: ignore[misc]
+                lambda svc=listener.service: _Client(self, svc),
                 sock=listener.sock,
                 backlog=BACKLOG,
+                ssl=tls.context if tls else None,
+                ssl_handshake_timeout=tls.handshake_timeout if tls else None,
             )
             self._servers.append(server)
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
-        self._install_signals()
         self.loop.set_exception_handler(_log_loop_error)
         ticker = self.loop.create_task(self._tick())
         try:
@@ -259,14 +357,56 @@ class AsyncServer:
                     client.abort()
             self._stop.set()
 
-    def refuse(self, client: _Client, reason: str) -> None:
-        self.stats.busy += 1
+    async def serve_connection(self, sock: socket.socket, service: Service,
+                               tls: ServerTLS | None = None) -> None:
+        """Serve one already connected socket (``--inetd``), until it closes or a signal."""
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._drained = asyncio.Event()
+        self.one_shot = True
+        self._install_signals()
+        self.loop.set_exception_handler(_log_loop_error)
+        ticker = self.loop.create_task(self._tick())
+        waiters = [self.loop.create_task(event.wait()) for event in (self._stop, self._drained)]
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: _Client(self, service), sock, ssl=tls.context if tls else None,
+                ssl_handshake_timeout=tls.handshake_timeout if tls else None)
+            self.maybe_finish_drain()
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if not self._drained.is_set():
+                await self._drain()
+        finally:
+            ticker.cancel()
+            for waiter in waiters:
+                waiter.cancel()
+            await self.pool.close()
+
+    def admit(self, client: _Client) -> Refusal | None:
+        """Why a new client may not be served (busy, per-IP limits), or None."""
+        if self.stats.open >= self.limits.max_connections or self.draining:
+            return BUSY_REFUSAL
+        if self.admission.enabled and client.host != "unix":
+            return self.admission.admit(client.host, self.loop.time())
+        return None
+
+    def release(self, client: _Client) -> None:
+        """An admitted client has gone."""
+        if self.admission.enabled and client.host != "unix":
+            self.admission.release(client.host)
+
+    def refuse(self, client: _Client, reason: str, kind: str = "busy") -> None:
+        if kind == "busy":
+            self.stats.busy += 1
+        else:
+            self.stats.limited += 1
+        self.observer.limit_refused(client.service.name, kind)
         if self._refused_unlogged == 0:
             self.observer.refused(client.service.name, client.host, client.port, reason)
         self._refused_unlogged += 1
 
     def maybe_finish_drain(self) -> None:
-        if self.draining and not self.clients and self._drained is not None:
+        if (self.draining or self.one_shot) and not self.clients and self._drained is not None:
             self._drained.set()
 
     async def _drain(self) -> None:
@@ -292,6 +432,16 @@ class AsyncServer:
             # Outside the main thread (tcpkit.testing) the caller drives stop().
             with contextlib.suppress(RuntimeError, ValueError):
                 self.loop.add_signal_handler(sig, self.stop)
+        # SIGHUP (systemctl reload) re-reads certificates; it never stops the server.
+        with contextlib.suppress(RuntimeError, ValueError):
+            self.loop.add_signal_handler(signal.SIGHUP, self._reload)
+
+    def _reload(self) -> None:
+        certificates = {id(lst.tls): lst.tls for lst in self.listeners if lst.tls is not None}
+        for tls in certificates.values():
+            tls.reload()
+        if not certificates:
+            log.info("SIGHUP: nothing to reload (no TLS certificate)")
 
     async def _tick(self) -> None:
         idle_ticks = self.limits.idle_timeout / TICK
@@ -299,11 +449,12 @@ class AsyncServer:
             await asyncio.sleep(TICK)
             self.tick += 1
             if self._refused_unlogged > 1:
-                log.warning("refused %d more connections: server busy (max %d)",
-                            self._refused_unlogged - 1, self.limits.max_connections)
+                log.warning("refused %d more connections in the last second (server busy "
+                            "or per-client limits)", self._refused_unlogged - 1)
             self._refused_unlogged = 0
             for client in [c for c in self.clients if c.idle_for(self.tick) >= idle_ticks]:
                 self.stats.idle_closed += 1
+                self.observer.failed(client.service.name, "idle_timeout")
                 if client.transport is not None:
                     client.transport.close()
 

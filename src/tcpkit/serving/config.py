@@ -21,3 +21,6 @@ class Limits:
     write_low: int = 64 * 1024
     # ...and one whose replies wait behind this many unfinished jobs.
     max_waiting: int = 1024
+    # Per source address (xinetd's per_source and cps); None = no limit.
+    max_per_ip: int | None = None
+    rate_per_ip: float | None = None  # new connections per second

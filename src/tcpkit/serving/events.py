@@ -3,32 +3,106 @@
 The serving modes report every listener, accept and close to an
 :class:`Observer`.  The default one writes the access log lines of SPEC §2.1
 (``accept HOST:PORT``, ``close HOST:PORT (N lines, T s)``); the article's
-programs plug in one that prints their transcripts instead.  Observers must not
-block: serving modes call them on the hot path.
+programs plug in one that prints their transcripts instead, and
+:mod:`tcpkit.serving.metrics` one that counts for Prometheus.  Observers must
+not block: serving modes call them on the hot path.
+
+Log records carry their figures as ``extra`` fields (``event``, ``peer``,
+``service``, ``lines``, ``duration``...), so ``--log-format json`` writes them
+as separate keys instead of making log shippers parse the message.
+
+Per-read figures (:meth:`Observer.traffic`) cost a clock read per read, so a
+serving mode only measures them when :attr:`Observer.measures_traffic` is true.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from tcpkit.endpoints import format_address
 
 log = logging.getLogger("tcpkit")
 
 
+def _peer(host: str, port: int) -> str:
+    """``HOST:PORT`` for TCP clients; ``unix`` for unix-socket ones (they have no address)."""
+    return host if port == 0 and host == "unix" else format_address(host, port)
+
+
 class Observer:
     """Receives connection events; the default writes the access log."""
 
+    measures_traffic = False  # True: the mode calls traffic() for every read and reply
+
     def listening(self, service: str, address: str, mode: str) -> None:
-        log.info("Listening on %s (%s, mode=%s)", address, service, mode)
+        log.info("Listening on %s (%s, mode=%s)", address, service, mode,
+                 extra={"event": "listening", "service": service, "address": address,
+                        "mode": mode})
 
     def accepted(self, service: str, host: str, port: int) -> None:
         if log.isEnabledFor(logging.INFO):
-            log.info("accept %s (%s)", format_address(host, port), service)
+            peer = _peer(host, port)
+            log.info("accept %s (%s)", peer, service,
+                     extra={"event": "accept", "peer": peer, "service": service})
 
     def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
         if log.isEnabledFor(logging.INFO):
-            log.info("close %s (%d lines, %.3f s)", format_address(host, port), lines, seconds)
+            peer = _peer(host, port)
+            log.info("close %s (%d lines, %.3f s)", peer, lines, seconds,
+                     extra={"event": "close", "peer": peer, "service": service,
+                            "lines": lines, "duration": round(seconds, 6)})
 
     def refused(self, service: str, host: str, port: int, reason: str) -> None:
-        log.warning("refused %s (%s): %s", format_address(host, port), service, reason)
+        peer = _peer(host, port)
+        log.warning("refused %s (%s): %s", peer, service, reason,
+                     extra={"event": "refused", "peer": peer, "service": service,
+                            "reason": reason})
+
+    def traffic(self, service: str, received: int, sent: int, lines: int, replies: int,
+                answered: int, seconds: float) -> None:
+        """Bytes ``received``/``sent``, request ``lines`` read, reply lines written,
+        and ``answered`` requests that each took ``seconds`` (only when measured)."""
+
+    def failed(self, service: str, kind: str, count: int = 1) -> None:
+        """``count`` errors of one ``kind`` (request, line_too_long, time_limit, ...)."""
+
+    def limit_refused(self, service: str, kind: str) -> None:
+        """A connection refused by a limit: ``busy``, ``per_ip`` or ``rate``."""
+
+
+class ObserverGroup(Observer):
+    """Several observers as one (e.g. the access log and the metrics)."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = list(observers)
+        self.measures_traffic = any(o.measures_traffic for o in observers)
+
+    def listening(self, service: str, address: str, mode: str) -> None:
+        for observer in self.observers:
+            observer.listening(service, address, mode)
+
+    def accepted(self, service: str, host: str, port: int) -> None:
+        for observer in self.observers:
+            observer.accepted(service, host, port)
+
+    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
+        for observer in self.observers:
+            observer.closed(service, host, port, lines, seconds)
+
+    def refused(self, service: str, host: str, port: int, reason: str) -> None:
+        for observer in self.observers:
+            observer.refused(service, host, port, reason)
+
+    def traffic(self, service: str, received: int, sent: int, lines: int, replies: int,
+                answered: int, seconds: float) -> None:
+        for observer in self.observers:
+            observer.traffic(service, received, sent, lines, replies, answered, seconds)
+
+    def failed(self, service: str, kind: str, count: int = 1) -> None:
+        for observer in self.observers:
+            observer.failed(service, kind, count)
+
+    def limit_refused(self, service: str, kind: str) -> None:
+        for observer in self.observers:
+            observer.limit_refused(service, kind)

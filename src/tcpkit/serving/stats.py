@@ -14,6 +14,7 @@ class Stats:
     connections: int = 0
     open: int = 0
     busy: int = 0  # refused: --max-connections reached
+    limited: int = 0  # refused: --max-per-ip or --rate-per-ip
     lines: int = 0
     errors: int = 0
     idle_closed: int = 0
@@ -23,5 +24,6 @@ class Stats:
         return (
             f"stopped after {elapsed:.1f} s: {self.connections} connections, "
             f"{self.lines} lines, {self.errors} errors, {self.busy} refused busy, "
-            f"{self.idle_closed} closed idle"
+            + (f"{self.limited} refused by per-client limits, " if self.limited else "")
+            + f"{self.idle_closed} closed idle"
         )

@@ -1,0 +1,175 @@
+"""The operator's options of ``tcpkit serve``: TLS, metrics, logs, activation, inetd.
+
+:func:`add_options` adds them to the ``serve`` parser; :meth:`Operation.from_args`
+checks every one of them — and how they combine — before anything is opened,
+so ``tcpkit serve --check-config`` can validate a configuration without
+serving it, and every mistake is one clear line and exit status 2.  The rest
+sets up what the serving mode is given: the certificate, the observer (access
+log, reverse-DNS names, Prometheus metrics) and the sockets (opened, inherited
+from systemd, or the one inetd passed on stdin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint
+from tcpkit.service import Service
+from tcpkit.serving.admission import parse_rate
+from tcpkit.serving.aio import Listener
+from tcpkit.serving.events import Observer, ObserverGroup
+from tcpkit.serving.listeners import ListenError
+from tcpkit.serving.tls import HANDSHAKE_TIMEOUT, ServerTLS, TLSError
+
+
+class OptionError(Exception):
+    """A bad option or combination of options (exit 2); the message says which."""
+
+
+def _rate(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_options(serve: argparse.ArgumentParser,
+                positive: Callable[[Callable[[str], float | int]], Callable[[str], float | int]],
+                ) -> None:
+    """The operator options of ``tcpkit serve``."""
+    group = serve.add_argument_group("production")
+    group.add_argument("--tls-cert", metavar="FILE", help="serve over TLS with this "
+                       "certificate chain (PEM); SIGHUP reloads it")
+    group.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    group.add_argument("--tls-handshake-timeout", type=positive(float),
+                       default=HANDSHAKE_TIMEOUT, metavar="SECONDS",
+                       help=f"close clients that have not finished the TLS handshake "
+                            f"(default {HANDSHAKE_TIMEOUT:g})")
+    group.add_argument("--metrics", metavar="[HOST:]PORT",
+                       help="serve Prometheus metrics over HTTP at /metrics")
+    group.add_argument("--resolve-names", action="store_true",
+                       help="log clients' reverse-DNS names (looked up off the event loop)")
+    group.add_argument("--max-per-ip", type=positive(int), default=None, metavar="N",
+                       help="open connections allowed per client address")
+    group.add_argument("--rate-per-ip", type=_rate, default=None, metavar="N/s",
+                       help="new connections allowed per second per client address")
+    group.add_argument("--inetd", action="store_true",
+                       help="serve the one connection on stdin/stdout (inetd nowait)")
+    group.add_argument("--check-config", action="store_true",
+                       help="check the options, print 'config ok' and exit")
+
+
+@dataclass
+class Operation:
+    """The checked operator options of one ``tcpkit serve`` run."""
+
+    tls: ServerTLS | None
+    metrics: Endpoint | None
+    resolve_names: bool
+    inetd: bool
+    activated: bool  # LISTEN_FDS is set for this process
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, names: Sequence[str]) -> Operation:
+        """Check the options (OptionError); ``names`` are the services to serve."""
+        activated = _activated()
+        inetd = bool(args.inetd)
+        if inetd:
+            _check_inetd(args, names)
+        elif activated and args.listen:
+            raise OptionError("--listen cannot be used with socket activation "
+                              "(LISTEN_FDS is set: the sockets come from systemd)")
+        metrics = None
+        if args.metrics is not None:
+            try:
+                metrics = parse_endpoint(args.metrics)
+            except EndpointError as exc:
+                raise OptionError(f"--metrics: {exc}") from None
+            if metrics.is_unix:
+                raise OptionError("--metrics needs a TCP [HOST:]PORT, not a unix socket")
+        return cls(_load_tls(args), metrics, bool(args.resolve_names), inetd, activated)
+
+    # -- what the serving mode gets -------------------------------------------------
+
+    def observer(self, mode: str, workers: int | str | None = 1) -> Observer:
+        """The access log (with names if asked) and the metrics; starts the metrics server.
+
+        With several ``workers``, or a child process per client (``fork`` mode),
+        all the processes forked after this call count into one set of figures.
+        Raises ListenError when the metrics port cannot be bound.
+        """
+        from tcpkit.serving.names import ResolvingObserver
+
+        base = ResolvingObserver() if self.resolve_names else Observer()
+        if self.metrics is None:
+            return base
+        from tcpkit.serving import metrics
+
+        several = mode == "fork" or workers == "auto" or (workers is not None and int(workers) > 1)
+        if several:  # processes forked later count into shared files
+            metrics.use_multiprocess_dir()
+        collector = metrics.Metrics(mode)
+        try:
+            metrics.serve_metrics(self.metrics, metrics.exposition_registry(collector))
+        except OSError as exc:
+            shown = str(self.metrics) if self.metrics.host else f":{self.metrics.port}"
+            raise ListenError(f"cannot listen on {shown} (metrics): "
+                              f"{exc.strerror or exc}") from None
+        return ObserverGroup([base, collector])
+
+    def inherited_listeners(self, services: Sequence[Service]) -> list[Listener] | None:
+        """systemd's sockets paired with the services, or None when not activated."""
+        from tcpkit.serving.activation import ActivationError, inherited_sockets
+
+        try:
+            inherited = inherited_sockets()
+        except ActivationError as exc:
+            raise OptionError(str(exc)) from None
+        if inherited is None:
+            return None
+        by_name = {service.name: service for service in services}
+        if inherited and all(item.name in by_name for item in inherited):
+            chosen = [by_name[item.name] for item in inherited if item.name is not None]
+        elif len(services) == 1:
+            chosen = [services[0]] * len(inherited)
+        elif len(services) == len(inherited):
+            chosen = list(services)
+        else:
+            names = " ".join(service.name for service in services)
+            raise OptionError(f"systemd passed {len(inherited)} sockets for {len(services)} "
+                              f"services ({names}): name them with FileDescriptorName=")
+        return [Listener(service, item.sock, self.tls)
+                for service, item in zip(chosen, inherited, strict=True)]
+
+
+def _activated() -> bool:
+    return bool(os.environ.get("LISTEN_FDS")) and os.environ.get(
+        "LISTEN_PID", str(os.getpid())).strip() == str(os.getpid())
+
+
+def _check_inetd(args: argparse.Namespace, names: Sequence[str]) -> None:
+    if len(names) != 1:
+        raise OptionError("--inetd serves one service: name it (tcpkit serve --inetd reverse)")
+    clashes = [("--listen", bool(args.listen)), ("--metrics", args.metrics is not None),
+               ("--max-per-ip", args.max_per_ip is not None),
+               ("--rate-per-ip", args.rate_per_ip is not None),
+               ("--workers", getattr(args, "workers", 1) not in (1, "1", None)),
+               ("--mode", getattr(args, "mode", "async") != "async")]
+    for option, given in clashes:
+        if given:
+            raise OptionError(f"--inetd serves the one connection on stdin: {option} "
+                              f"does not apply")
+
+
+def _load_tls(args: argparse.Namespace) -> ServerTLS | None:
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise OptionError("--tls-cert and --tls-key must be given together")
+    try:
+        return ServerTLS(args.tls_cert, args.tls_key, args.tls_handshake_timeout)
+    except TLSError as exc:
+        raise OptionError(str(exc)) from None

@@ -1,0 +1,62 @@
+"""contrib/haproxy/haproxy.cfg, run for real on loopback: two tcpkit instances behind
+HAProxy in TCP mode, health-checked with each protocol; one instance dies, clients
+are still served."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import exchange, free_ports, needs
+
+CONFIG = Path(__file__).parent.parent / "contrib" / "haproxy" / "haproxy.cfg"
+
+
+@needs("haproxy")
+def test_haproxy_front_end(serve, tmp_path: Path) -> None:
+    one, two = serve("reverse", "factor"), serve("reverse", "factor")
+    front_reverse, front_factor = free_ports(2)
+    text = CONFIG.read_text()
+    ports = {"17800": one.ports["reverse"], "17801": one.ports["factor"],
+             "17810": two.ports["reverse"], "17811": two.ports["factor"]}
+    for example, real in ports.items():
+        text = text.replace(f"127.0.0.1:{example}", f"127.0.0.1:{real}")
+    text = text.replace("bind :7800", f"bind 127.0.0.1:{front_reverse}")
+    text = text.replace("bind :7801", f"bind 127.0.0.1:{front_factor}")
+    text = text.replace("    log global\n", "")
+    settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert sum(line.count("127.0.0.1:") for line in settings) == 6  # every address replaced
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(text)
+    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        replies = [wait_exchange(front_reverse, b"line %d\n" % i) for i in range(6)]
+        assert replies == [b"%d enil\n" % i for i in range(6)]
+        assert wait_exchange(front_factor, b"1001\n") == b"7 11 13\n"
+        for instance in (one, two):  # both instances served (checks and clients)
+            instance.wait_for_stderr(r"close 127\.0\.0\.1:\d+ \(1 lines")
+        # The health check speaks the protocol: each instance answered "health".
+        two.stop(signal.SIGKILL)
+        for i in range(6):  # refused by the dead one: redispatched to the live one
+            assert exchange(front_reverse, b"after %d\n" % i) == b"%d retfa\n" % i
+    finally:
+        proxy.terminate()
+        output, _ = proxy.communicate(timeout=15)
+    assert not re.search(rb"\[ALERT\]", output), output.decode()
+
+
+def wait_exchange(port: int, payload: bytes) -> bytes:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            reply = exchange(port, payload)
+            if reply:
+                return reply
+        except ConnectionRefusedError:
+            pass
+        assert time.monotonic() < deadline, "haproxy did not serve"
+        time.sleep(0.05)

@@ -1,0 +1,222 @@
+"""Prometheus metrics end to end: real traffic, then a real HTTP scrape of /metrics;
+per-client limits (--max-per-ip, --rate-per-ip) refused and counted."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import connect, exchange, needs, recv_until_closed, run, script
+from tcpkit.serving.admission import Admission, parse_rate
+
+parser = pytest.importorskip("prometheus_client.parser")
+
+
+def metrics_port(server) -> int:
+    return int(server.wait_for_stderr(r"Metrics at http://127\.0\.0\.1:(\d+)/metrics").group(1))
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of /metrics by (name, labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        assert reply.status == 200
+        text = reply.read().decode()
+    samples = {}
+    for family in parser.text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name, frozenset(sample.labels.items())] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_closed(server, count: int) -> None:
+    """Wait until the server has logged ``count`` close lines (metrics are final then)."""
+    deadline = time.monotonic() + 10
+    while server.stderr().count(" close ") < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_counts_after_real_traffic_are_exact(serve) -> None:
+    server = serve("reverse", "factor", "--metrics", "127.0.0.1:0", "--max-line", "100")
+    port = metrics_port(server)
+    rev, fac = server.ports["reverse"], server.ports["factor"]
+    payload = b"hello\nworld\r\nlast"
+    first = exchange(rev, payload)
+    assert first == b"olleh\ndlrow\r\ntsal\n"
+    long_line = b"x" * 200 + b"\n"
+    second = exchange(rev, b"ok\n" + long_line)
+    assert second == b"ko\nerror: line too long (max 100 bytes)\n"
+    factor_in = b"42\nabc\n1000000000000000000000000000000000000000000000000000000000007\n"
+    replies = exchange(fac, factor_in)
+    assert replies.count(b"\n") == 3 and b"error: not an integer" in replies
+    wait_closed(server, 3)
+    got = scrape(port)
+    rv = {"service": "reverse", "mode": "async"}
+    fc = {"service": "factor", "mode": "async"}
+    assert value(got, "tcpkit_connections_total", **rv) == 2
+    assert value(got, "tcpkit_connections_total", **fc) == 1
+    assert value(got, "tcpkit_connections_open", **rv) == 0
+    assert value(got, "tcpkit_lines_total", **rv) == 4  # hello, world, last, ok
+    assert value(got, "tcpkit_replies_total", **rv) == 5  # ...and the error line
+    assert value(got, "tcpkit_received_bytes_total", **rv) == len(payload) + 3 + len(long_line)
+    assert value(got, "tcpkit_sent_bytes_total", **rv) == len(first) + len(second)
+    assert value(got, "tcpkit_errors_total", kind="line_too_long", **rv) == 1
+    assert value(got, "tcpkit_errors_total", kind="request", **fc) == 1
+    assert value(got, "tcpkit_lines_total", **fc) == 3
+    assert value(got, "tcpkit_replies_total", **fc) == 3
+    assert value(got, "tcpkit_request_duration_seconds_count", **rv) == 4
+    assert value(got, "tcpkit_request_duration_seconds_count", **fc) == 3  # 2 inline, 1 job
+    assert value(got, "tcpkit_request_duration_seconds_bucket", le="+Inf", **fc) == 3
+
+
+def test_open_connections_and_per_ip_refusals(serve) -> None:
+    server = serve("reverse", "--metrics", "127.0.0.1:0", "--max-per-ip", "2")
+    port = metrics_port(server)
+    held = [connect(server.port), connect(server.port)]
+    for sock in held:  # both really served
+        sock.sendall(b"ab\n")
+        assert sock.recv(10) == b"ba\n"
+    with connect(server.port) as third:
+        assert recv_until_closed(third) == b"error: too many connections from 127.0.0.1\n"
+    got = scrape(port)
+    labels = {"service": "reverse", "mode": "async"}
+    assert value(got, "tcpkit_connections_open", **labels) == 2
+    assert value(got, "tcpkit_connections_refused_total", reason="per_ip", **labels) == 1
+    held.pop().close()
+    wait_closed(server, 1)
+    assert exchange(server.port, b"again\n") == b"niaga\n"  # a slot is free again
+    for sock in held:
+        sock.close()
+    server.wait_for_stderr("refused 127.0.0.1:\\d+ \\(reverse\\): too many connections")
+
+
+def test_rate_per_ip_refuses_with_a_clear_line(serve) -> None:
+    server = serve("reverse", "--metrics", "127.0.0.1:0", "--rate-per-ip", "1/m")
+    port = metrics_port(server)
+    assert exchange(server.port, b"first\n") == b"tsrif\n"
+    assert exchange(server.port, b"second\n") == b"error: connection rate exceeded\n"
+    done = run([*script("tcpkit"), "reverse", f"127.0.0.1:{server.port}"], stdin=b"third\n")
+    assert (done.returncode, done.stdout) == (1, b"")  # the client says it was refused
+    assert done.stderr == b"error: connection rate exceeded\n"
+    got = scrape(port)
+    assert value(got, "tcpkit_connections_refused_total", reason="rate", service="reverse",
+                 mode="async") == 2
+    server.stop()
+    assert "2 refused by per-client limits" in server.stderr()
+
+
+def test_busy_refusals_are_counted(serve) -> None:
+    server = serve("reverse", "--metrics", "127.0.0.1:0", "--max-connections", "1")
+    port = metrics_port(server)
+    with connect(server.port) as first:
+        first.sendall(b"x\n")
+        assert first.recv(10) == b"x\n"
+        assert exchange(server.port, b"y\n") == b"error: server busy\n"
+    assert value(scrape(port), "tcpkit_connections_refused_total", reason="busy",
+                 service="reverse", mode="async") == 1
+
+
+@needs("curl")
+def test_curl_scrape(serve) -> None:
+    server = serve("reverse", "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
+    exchange(server.port, b"a\nb\n")
+    wait_closed(server, 1)
+    done = run(["curl", "-sf", f"http://127.0.0.1:{port}/metrics"])
+    assert done.returncode == 0
+    assert re.search(rb'^tcpkit_lines_total\{mode="async",service="reverse"\} 2\.0$',
+                     done.stdout, re.M), done.stdout.decode()
+
+
+def test_metrics_port_in_use_is_one_line(serve) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        done = run([*script("tcpkit"), "serve", "reverse", "--listen", "127.0.0.1:0",
+                    "--metrics", f"127.0.0.1:{taken}"])
+    assert done.returncode == 1
+    assert done.stderr.decode().strip().splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{taken} (metrics): Address already in use")
+
+
+# -- the admission rules, without a network ----------------------------------------
+
+
+def test_admission_rules() -> None:
+    rules = Admission(max_per_ip=2, rate_per_ip=2.0)
+    assert rules.admit("a", 0.0) is None and rules.admit("a", 0.0) is None
+    refusal = rules.admit("a", 0.0)
+    assert refusal is not None and refusal.kind == "per_ip"
+    assert refusal.message == "too many connections from a"
+    rules.release("a")
+    refusal = rules.admit("a", 0.1)  # a slot is free, but the bucket (2/s) is empty
+    assert refusal is not None and refusal.kind == "rate"
+    assert rules.admit("a", 0.6) is None  # half a second later: one new token
+    assert rules.admit("b", 0.6) is None  # another address has its own figures
+    for host in ("a", "a", "b"):
+        rules.release(host)
+    rules.sweep(100.0)
+    assert rules.tracked() == 0  # nothing open, buckets full: forgotten
+
+
+@pytest.mark.parametrize("text, rate", [("5", 5.0), ("5/s", 5.0), ("120/m", 2.0),
+                                        ("0.5/s", 0.5), ("30/min", 0.5)])
+def test_parse_rate(text: str, rate: float) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["", "fast", "0/s", "5/h", "-1"])
+def test_parse_rate_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rate(text)
+
+
+MULTIPROCESS = """
+import os, sys, urllib.request
+from tcpkit.serving import metrics
+metrics.use_multiprocess_dir()  # before prometheus_client is imported
+collector = metrics.Metrics("fork")
+address = metrics.serve_metrics(metrics.Endpoint(host="127.0.0.1", port=0),
+                                metrics.exposition_registry(collector))
+children = []
+for worker in range(3):
+    pid = os.fork()
+    if pid == 0:  # a worker process serving one connection of 5 lines
+        collector.accepted("reverse", "127.0.0.1", 1000 + worker)
+        collector.traffic("reverse", 30, 30, 5, 5, 5, 0.001)
+        if worker:
+            collector.closed("reverse", "127.0.0.1", 1000 + worker, 5, 0.1)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+sys.stdout.write(urllib.request.urlopen(f"http://{address}/metrics").read().decode())
+metrics.worker_exited(children[0])
+sys.stdout.write(urllib.request.urlopen(f"http://{address}/metrics").read().decode())
+"""
+
+
+def test_worker_processes_are_merged_in_one_scrape() -> None:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", MULTIPROCESS], capture_output=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    labels = '{mode="fork",service="reverse"}'
+    text = done.stdout.decode()
+    assert f"tcpkit_connections_total{labels} 3.0" in text
+    assert f"tcpkit_lines_total{labels} 15.0" in text
+    assert f"tcpkit_request_duration_seconds_count{labels} 15.0" in text
+    opened = re.findall(rf"^tcpkit_connections_open{re.escape(labels)} (\S+)$", text, re.M)
+    assert opened == ["1.0", "0.0"]  # worker 0 left one open; then it was marked dead

@@ -1,0 +1,96 @@
+"""Unix sockets: ``--listen unix:/path`` served to tcpkit's clients and ``nc -U``;
+the socket file is removed on exit, a stale one is replaced, a live one is not."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import Server, needs, run, script
+
+
+@pytest.fixture
+def serve_unix():
+    """Start ``tcpkit serve SERVICE --listen unix:PATH``; wait for its Listening line."""
+    started: list[Server] = []
+
+    def start(service: str, path: Path) -> Server:
+        process = subprocess.Popen(
+            [*script("tcpkit"), "serve", service, "--listen", f"unix:{path}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        server = Server(process)
+        server._reader = threading.Thread(target=_collect, args=(server,), daemon=True)
+        server._reader.start()
+        started.append(server)
+        server.wait_for_stderr(rf"Listening on unix:{re.escape(str(path))} "
+                               rf"\({service}, mode=async\)", timeout=20)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+def _collect(server: Server) -> None:
+    assert server.process.stderr is not None
+    for raw in server.process.stderr:
+        server.stderr_lines.append(raw.decode("utf-8", "replace"))
+
+
+def test_unix_socket_with_tcpkit_clients(serve_unix, tmp_path: Path) -> None:
+    path = tmp_path / "reverse.sock"
+    server = serve_unix("reverse", path)
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    done = run([*script("tcpkit"), "reverse", f"unix:{path}"], stdin=b"over unix\n")
+    assert (done.returncode, done.stdout) == (0, b"xinu revo\n")
+    server.wait_for_stderr(r"close unix \(1 lines")
+    assert server.stop() == 0
+    assert not path.exists()  # removed on exit
+
+
+def test_factor_client_over_unix(serve_unix, tmp_path: Path) -> None:
+    path = tmp_path / "factor.sock"
+    serve_unix("factor", path)
+    done = run([*script("tcpkit"), "factor", "-s", f"unix:{path}", "42", "97"])
+    assert (done.returncode, done.stdout) == (0, b"2 3 7\n97\n")
+
+
+@needs("nc")
+def test_nc_unix(serve_unix, tmp_path: Path) -> None:
+    path = tmp_path / "nc.sock"
+    serve_unix("reverse", path)
+    done = run(["nc", "-N", "-U", str(path)], stdin=b"netcat\n", timeout=20)
+    assert done.stdout == b"tacten\n", done.stderr
+
+
+def test_stale_socket_file_is_replaced_live_one_is_not(serve_unix, tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    crashed = socket.socket(socket.AF_UNIX)
+    crashed.bind(str(path))  # a server that died without cleaning up
+    crashed.close()
+    assert path.exists()
+    serve_unix("reverse", path)
+    done = run([*script("tcpkit"), "reverse", f"unix:{path}"], stdin=b"fresh\n")
+    assert done.stdout == b"hserf\n"
+    second = run([*script("tcpkit"), "serve", "reverse", "--listen", f"unix:{path}"])
+    assert second.returncode == 1
+    assert second.stderr.decode().splitlines()[-1] == (
+        f"error: cannot listen on unix:{path}: Address already in use")
+    assert run([*script("tcpkit"), "reverse", f"unix:{path}"], stdin=b"x\n").stdout == b"x\n"
+
+
+def test_regular_file_is_never_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text("precious\n")
+    done = run([*script("tcpkit"), "serve", "reverse", "--listen", f"unix:{path}"])
+    assert done.returncode == 1 and b"Address already in use" in done.stderr
+    assert path.read_text() == "precious\n"
+    assert os.path.isfile(path)
