@@ -5,12 +5,12 @@
 Runs reverse and factor clients (pipelined and one-request-per-connection, with
 numbers big enough to go to the worker pool) and hostile ones mixed in (slowloris,
 never-reading, resets, over-long lines, junk), all on loopback.  Every second it
-samples the server's RSS (with its children), open fds and threads.  At the end
+samples the server's memory (PSS, with its children), open fds and threads.  At the end
 it stops the server with SIGTERM and checks:
 
 * zero replies lost or wrong for the well-behaved clients,
 * zero tracebacks in the server's log, exit status 0,
-* RSS and threads flat: the least-squares slope over the run (after a
+* memory and threads flat: the least-squares slope over the run (after a
   warm-up) times the run's length stays under a small bound;
 * no leak: once the load stops, the server's fds and children come back to
   what they were after the warm-up (hostile crowds make the fd count too noisy
@@ -41,8 +41,8 @@ import hostile  # noqa: E402
 from conftest import LISTENING, connect, script  # noqa: E402
 
 # Fitted rise over the whole run that still counts as flat.
-FLAT = {"rss_kb": 16 * 1024, "threads": 2}
-SAMPLED = ("rss_kb", "fds", "threads")
+FLAT = {"pss_kb": 16 * 1024, "threads": 2}
+SAMPLED = ("pss_kb", "fds", "threads")
 WARM_UP = 0.15  # fraction of the run left out of the fit (pools start, caches fill)
 
 
@@ -188,7 +188,7 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 
 def sample(pid: int) -> dict[str, float]:
-    return {"rss_kb": hostile.tree_rss_kb(pid), "fds": hostile.open_fds(pid),
+    return {"pss_kb": hostile.tree_pss_kb(pid), "fds": hostile.open_fds(pid),
             "threads": hostile.threads(pid)}
 
 
@@ -271,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     assert isinstance(growth, dict) and isinstance(peak, dict)
     print(f"soak {args.minutes:g} min, mode {args.mode}: {result['requests']} requests, "
           f"{result['lost']} lost, hostile {result['hostile']}")
-    print(f"  fitted growth over the run: RSS {growth['rss_kb'] / 1024:+.1f} MB, "
+    print(f"  fitted growth over the run: PSS {growth['pss_kb'] / 1024:+.1f} MB, "
           f"fds {growth['fds']:+.1f}, threads {growth['threads']:+.1f}; "
-          f"peak RSS {peak['rss_kb'] / 1024:.1f} MB, fds {peak['fds']:.0f}, "
+          f"peak PSS {peak['pss_kb'] / 1024:.1f} MB, fds {peak['fds']:.0f}, "
           f"threads {peak['threads']:.0f}")
     print(f"  quiet fds/children before {result['quiet_before']}, after {result['quiet_after']}; "
           f"tracebacks {result['tracebacks']}, exit status {result['exit']}")

@@ -49,12 +49,28 @@ def threads(pid: int) -> int:
     return 0
 
 
-def tree_rss_kb(pid: int) -> int:
-    """RSS of a process and all its descendants (fork mode's children count too)."""
+def pss_kb(pid: int) -> int:
+    """Proportional set size: RSS with each shared page split among its sharers.
+
+    Summed over a server and its forked children it counts copy-on-write pages
+    once, where summed RSS would count the parent's image once per child.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return rss_kb(pid)
+
+
+def tree_pss_kb(pid: int) -> int:
+    """Memory of a process and all its descendants (fork mode's children count too)."""
     total = 0
     for member in [pid, *descendants(pid)]:
         with contextlib.suppress(OSError):
-            total += rss_kb(member)
+            total += pss_kb(member)
     return total
 
 
@@ -64,20 +80,20 @@ class Snapshot:
 
     fds: int
     children: int
-    rss_kb: int
+    pss_kb: int
 
     @classmethod
     def of(cls, pid: int) -> Snapshot:
-        return cls(open_fds(pid), len(descendants(pid)), tree_rss_kb(pid))
+        return cls(open_fds(pid), len(descendants(pid)), tree_pss_kb(pid))
 
 
 class Sampler:
-    """Samples a server's RSS (with its children) in the background; keeps the peak."""
+    """Samples a server's memory (PSS, with its children) in the background; keeps the peak."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.pid = pid
         self.interval = interval
-        self.peak_rss_kb = tree_rss_kb(pid)
+        self.peak_pss_kb = tree_pss_kb(pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -92,7 +108,7 @@ class Sampler:
 
     def sample(self) -> None:
         with contextlib.suppress(OSError):
-            self.peak_rss_kb = max(self.peak_rss_kb, tree_rss_kb(self.pid))
+            self.peak_pss_kb = max(self.peak_pss_kb, tree_pss_kb(self.pid))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -122,7 +138,7 @@ class Outcome:
     load: str
     injected: str
     lost: int = 0  # replies a well-behaved client should have had and did not
-    peak_rss_kb: int = 0
+    peak_pss_kb: int = 0
     details: dict[str, object] = field(default_factory=dict)
 
 
@@ -226,7 +242,7 @@ def slowloris(server: Server, clients: int, idle_timeout: float, mode: str) -> O
     return Outcome(
         "slowloris", mode, f"{len(socks)} clients, 1 byte/s or silent",
         f"--idle-timeout {idle_timeout:g}", lost=asked - answered,
-        peak_rss_kb=sampler.peak_rss_kb,
+        peak_pss_kb=sampler.peak_pss_kb,
         details={"connected": len(socks), "freed_silent": freed_silent,
                  "silent": len(silent), "freed_trickling": freed_trickling,
                  "trickling": len(trickling), "good_asked": asked, "good_answered": answered})
@@ -305,7 +321,7 @@ def _push_without_reading(socks: list[socket.socket], each: int, stall: float) -
 def never_reading(server: Server, clients: int, megabytes: int, mode: str) -> Outcome:
     """Clients push MBs of lines and never read a reply; the others are served."""
     port = server.port
-    baseline = tree_rss_kb(server.pid)
+    baseline = tree_pss_kb(server.pid)
     with Sampler(server.pid) as sampler, crowd(port, clients) as socks:
         pusher = threading.Thread(
             target=lambda: results.append(_push_without_reading(socks, megabytes << 20, 3.0)))
@@ -314,17 +330,17 @@ def never_reading(server: Server, clients: int, megabytes: int, mode: str) -> Ou
         time.sleep(0.5)
         good = served(port, 3)
         pusher.join(600)
-        held_rss = tree_rss_kb(server.pid)
+        held = tree_pss_kb(server.pid)
         for sock in socks:
             reset(sock)
         socks.clear()
     after = served(port, 2)
     return Outcome(
         "never-reading clients", mode, f"{clients} clients x {megabytes} MB of lines",
-        "no reads", lost=5 - good - after, peak_rss_kb=sampler.peak_rss_kb,
-        details={"baseline_rss_kb": baseline, "held_rss_kb": held_rss,
+        "no reads", lost=5 - good - after, peak_pss_kb=sampler.peak_pss_kb,
+        details={"baseline_pss_kb": baseline, "held_pss_kb": held,
                  "pushed_mb": round(sum(results) / (1 << 20), 1),
-                 "growth_kb": sampler.peak_rss_kb - baseline})
+                 "growth_kb": sampler.peak_pss_kb - baseline})
 
 
 def connection_flood(server: Server, held: int, extra: int, mode: str) -> Outcome:
@@ -341,7 +357,7 @@ def connection_flood(server: Server, held: int, extra: int, mode: str) -> Outcom
     after = served(port, 3)
     return Outcome(
         "connection flood > --max-connections", mode, f"{held} held + {extra} extra",
-        f"--max-connections {held}", lost=3 - after, peak_rss_kb=sampler.peak_rss_kb,
+        f"--max-connections {held}", lost=3 - after, peak_pss_kb=sampler.peak_pss_kb,
         details={"extras": kinds, "served_after": after})
 
 
@@ -369,7 +385,7 @@ def fd_exhaustion(server: Server, clients: int, mode: str) -> Outcome:
     return Outcome(
         "connection flood > fd limit", mode, f"{clients} clients, RLIMIT_NOFILE 256",
         "EMFILE on accept", lost=late.get("hung", 0) + 2 - after,
-        peak_rss_kb=sampler.peak_rss_kb,
+        peak_pss_kb=sampler.peak_pss_kb,
         details={"connected": len(socks), "clients": kinds, "alive": alive,
                  "served_after": after})
 
@@ -412,7 +428,7 @@ def resets(server: Server, clients: int, mode: str) -> Outcome:
                 reset(sock)
         good = served(port, 3)
     return Outcome("resets (SO_LINGER 0)", mode, f"{clients} clients",
-                   "RST mid-request", lost=3 - good, peak_rss_kb=sampler.peak_rss_kb)
+                   "RST mid-request", lost=3 - good, peak_pss_kb=sampler.peak_pss_kb)
 
 
 def half_close(server: Server, clients: int, mode: str) -> Outcome:
@@ -431,7 +447,7 @@ def half_close(server: Server, clients: int, mode: str) -> Outcome:
             lost += 0 if reply == expected else 1
     return Outcome("early half-close", mode, f"{clients} clients x 200 lines",
                    "SHUT_WR right after sending", lost=lost,
-                   peak_rss_kb=sampler.peak_rss_kb)
+                   peak_pss_kb=sampler.peak_pss_kb)
 
 
 def pipelined(port: int, lines: list[bytes], timeout: float = 30.0) -> bytes:
@@ -655,7 +671,7 @@ def behind_haproxy(start_instance: Callable[[dict[str, int]], Server], workdir: 
     return Outcome(
         "behind HAProxy, one instance killed and restarted", mode,
         f"{clients} clients, short connections, {seconds:g} s", "kill -9 of one instance",
-        lost=len(load.failures), peak_rss_kb=sampler.peak_rss_kb,
+        lost=len(load.failures), peak_pss_kb=sampler.peak_pss_kb,
         details={"ok": load.ok, "failed": len(load.failures),
                  "failed_outside_kill_window": len(early) + len(late),
                  "both_up_first": up, "marked_down": went_down, "marked_up_again": came_back,
