@@ -676,3 +676,84 @@ def behind_haproxy(start_instance: Callable[[dict[str, int]], Server], workdir: 
                  "failed_outside_kill_window": len(early) + len(late),
                  "both_up_first": up, "marked_down": went_down, "marked_up_again": came_back,
                  "sessions_to_restarted": sessions_after - sessions_before})
+
+
+# -- faults of the server ------------------------------------------------------------------
+
+
+def lines_read_per_client(server: Server) -> dict[int, int]:
+    """Lines the server says it read from each client port (its ``close`` log lines)."""
+    import re
+
+    found = re.findall(r"close [\d.]+:(\d+) \((\d+) lines", server.stderr())
+    return {int(port): int(lines) for port, lines in found}
+
+
+def sigterm_under_load(server: Server, clients: int, mode: str,
+                       before: int = 20_000) -> Outcome:
+    """Pipelining clients; SIGTERM once ``before`` replies are in.  Every line the
+    server read (by its own log) must come back, in order, and it must exit 0."""
+    import signal
+
+    load = [PipelineClient(server.port).start() for _ in range(clients)]
+    ports = [client.sock.getsockname()[1] for client in load]
+    deadline = time.monotonic() + 20
+    while sum(c.answered for c in load) < before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with Sampler(server.pid) as sampler:
+        stopped_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(60)
+        seconds = time.monotonic() - stopped_at
+    for client in load:
+        client.join()
+    server.stop()  # collects the rest of its log
+    read = lines_read_per_client(server)
+    answered = sum(c.answered for c in load)
+    return Outcome(
+        "SIGTERM during pipelined load", mode, f"{clients} pipelining clients",
+        "SIGTERM", lost=sum(read.get(p, 0) for p in ports) - answered,
+        peak_pss_kb=sampler.peak_pss_kb,
+        details={"exit": code, "answered": answered, "wrong": sum(c.wrong for c in load),
+                 "per_client_match": all(read.get(p) == c.answered
+                                         for p, c in zip(ports, load, strict=True)),
+                 "stop_seconds": round(seconds, 2),
+                 "tracebacks": server.stderr().count("Traceback")})
+
+
+def abandoned_factorization(server: Server, number: int, mode: str) -> Outcome:
+    """A client leaves (RST) during a long factorization: its worker must stop."""
+    from conftest import process_cpu_seconds
+
+    def cpu_rate(window: float) -> float:
+        before = process_cpu_seconds(server.pid)
+        time.sleep(window)
+        return (process_cpu_seconds(server.pid) - before) / window
+
+    with Sampler(server.pid) as sampler:
+        sock = connect(server.port)
+        sock.sendall(b"%d\n" % number)
+        deadline = time.monotonic() + 30  # the worker pool starts lazily
+        while (busy := cpu_rate(0.5)) < 0.5 and time.monotonic() < deadline:
+            pass
+        reset(sock)
+        left = time.monotonic()
+        deadline = left + 20
+        while (idle := cpu_rate(0.5)) > 0.2 and time.monotonic() < deadline:
+            pass
+        idle_after = time.monotonic() - left
+    good = served_factor(server.port)
+    return Outcome(
+        "client leaves during a long factorization", mode, "1 client, 75-digit semiprime",
+        "RST while the worker computes", lost=1 - good, peak_pss_kb=sampler.peak_pss_kb,
+        details={"cpu_while_busy": round(busy, 2), "cpu_after": round(idle, 2),
+                 "seconds_to_idle": round(idle_after, 1), "started": busy >= 0.5,
+                 "stopped": idle <= 0.2})
+
+
+def served_factor(port: int) -> int:
+    with contextlib.suppress(OSError), connect(port, timeout=20) as sock:
+        sock.sendall(b"-42\n")
+        sock.shutdown(socket.SHUT_WR)
+        return int(recv_until_closed(sock) == b"-1 2 3 7\n")
+    return 0

@@ -9,12 +9,10 @@ every file descriptor and child afterwards.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 import hostile
-from conftest import Server, connect, exchange, script, start_server
+from conftest import Server, exchange, script, start_server
 from hostile import Snapshot, settle
 from tcpkit.serving.run import MODES
 
@@ -131,33 +129,17 @@ def hard_semiprime() -> int:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_close_during_a_long_factorization_stops_its_work(serve: object, mode: str) -> None:
-    from conftest import process_cpu_seconds
-
     server: Server = serve("factor", "--mode", mode, "--time-limit", "120",  # type: ignore[operator]
                            "--factor-workers", "1")
     # 2**64 + 1 is past the inline limit: this starts the worker pool.
     assert exchange(server.port, b"18446744073709551617\n") == b"274177 67280421310721\n"
     baseline = Snapshot.of(server.pid)
-    sock = connect(server.port)
-    sock.sendall(b"%d\n" % hard_semiprime())
-    deadline = time.monotonic() + 30  # the worker pool starts lazily
-    while cpu_rate(server.pid, process_cpu_seconds, 0.5) < 0.5:
-        assert time.monotonic() < deadline, "the factorization never started"
-    hostile.reset(sock)
-    # Generous bound: the worker is killed as soon as the server sees the reset.
-    deadline = time.monotonic() + 20
-    while cpu_rate(server.pid, process_cpu_seconds, 0.5) > 0.2:
-        assert time.monotonic() < deadline, "the abandoned factorization kept running"
-    assert exchange(server.port, b"-42\n") == b"-1 2 3 7\n"
+    outcome = hostile.abandoned_factorization(server, hard_semiprime(), mode)
+    print(outcome)
+    assert outcome.details["started"], "the factorization never started"
+    assert outcome.details["stopped"], f"the abandoned factorization kept running: {outcome}"
+    assert outcome.lost == 0
     no_leaks(server, baseline)
-
-
-def cpu_rate(pid: int, cpu_seconds: object, window: float) -> float:
-    """CPU seconds per second the server's process tree used over ``window``."""
-    assert callable(cpu_seconds)
-    before = cpu_seconds(pid)
-    time.sleep(window)
-    return float(cpu_seconds(pid) - before) / window
 
 
 # -- bad bytes ----------------------------------------------------------------------

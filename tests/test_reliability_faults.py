@@ -28,36 +28,15 @@ SLOW_NUMBER = 1483159930438141705007208490787510359681610390053997813
 SLOW_FACTORS = b"1203581308086032114270498633 1232288936753847694672016461"
 
 
-def lines_read_per_client(server: Server) -> dict[int, int]:
-    """Lines the server says it read from each client port (its ``close`` log lines)."""
-    found = re.findall(r"close [\d.]+:(\d+) \((\d+) lines", server.stderr())
-    return {int(port): int(lines) for port, lines in found}
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_sigterm_during_load_answers_every_line_it_read(serve: object, mode: str) -> None:
     server: Server = serve("reverse", "--mode", mode, "--drain-timeout", "20")  # type: ignore[operator]
-    clients = [hostile.PipelineClient(server.port).start()
-               for _ in range(1 if mode == "iterative" else 8)]
-    deadline = time.monotonic() + 20
-    while sum(c.answered for c in clients) < 20_000 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    server.process.send_signal(signal.SIGTERM)
-    code = server.process.wait(30)
-    for client in clients:
-        client.join()
-    server.stop()  # collects the rest of stderr
-    assert code == 0, server.stderr()[-2000:]
-    read = lines_read_per_client(server)
-    for client in clients:
-        port = client.sock.getsockname()[1] if client.sock.fileno() != -1 else None
-        assert client.wrong == 0
-        assert client.answered > 0
-        if port is not None:
-            assert read.get(port) == client.answered
-    assert sum(c.answered for c in clients) == sum(read.values()), (
-        [(c.requested, c.answered, c.error) for c in clients], read)
-    assert "Traceback" not in server.stderr()
+    outcome = hostile.sigterm_under_load(server, 1 if mode == "iterative" else 8, mode)
+    print(outcome)
+    details = outcome.details
+    assert details["exit"] == 0, server.stderr()[-2000:]
+    assert details["wrong"] == 0 and details["tracebacks"] == 0, details
+    assert outcome.lost == 0 and details["per_client_match"], details
     assert re.search(r"stopped after .* s: ", server.stderr())
 
 
