@@ -269,7 +269,36 @@ def render(rows: list[Row], reduced: bool, argv: list[str]) -> str:
         lines.append(f"| {out.scenario} | {out.mode} | {out.load} | {out.injected} | "
                      f"{out.lost} | {memory} | {'yes' if entry.ok else '**NO**'} | "
                      f"{details} | `{entry.command}` |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", NOTES]) + "\n"
+
+
+NOTES = """\
+## How the promises are kept, and their limits
+
+- **Slowloris**: `--idle-timeout` closes silent clients, and a request line
+  must be complete within `--idle-timeout` of its first byte (bytes that only
+  lengthen an unfinished line do not count as activity), so a client trickling
+  a byte a second is closed as well.
+- **Never-reading clients**: the server stops reading from a client whose
+  unsent replies pass 256 KiB (or whose replies wait behind 1,024 unfinished
+  jobs); its further requests stay in the kernel's buffers.
+- **Out of file descriptors**: under uvloop (the default), libuv answers
+  EMFILE by accepting and closing the pending connections at once (its
+  reserve-fd trick), so extra clients see a close or a reset, never a hang,
+  and the server goes on; there is no log line for it (libuv does not report
+  it). Without uvloop, and in the thread and fork modes, accepting pauses and
+  the pending clients wait in the listen backlog.
+- **Closing with replies owed** (drain, line too long): the server sends FIN
+  after the replies, then reads and discards what the client still sends
+  until its EOF (at most 2 s), as Apache and nginx do: closing a socket with
+  unread input makes the kernel send a reset, which destroys replies not yet
+  delivered.
+- **Factor workers** ignore SIGINT/SIGTERM (the server drains, then stops
+  them) and die with their forkserver, which exits with the server: `kill -9`
+  of the server leaves no orphan computing.
+- **Iterative mode** serves one client at a time, by design: the hostile
+  scenarios that need several clients at once do not apply to it.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:

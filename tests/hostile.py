@@ -728,7 +728,8 @@ def abandoned_factorization(server: Server, number: int, mode: str) -> Outcome:
     def cpu_rate(window: float) -> float:
         before = process_cpu_seconds(server.pid)
         time.sleep(window)
-        return (process_cpu_seconds(server.pid) - before) / window
+        # max(): a killed worker takes its CPU time out of the sum
+        return max(0.0, process_cpu_seconds(server.pid) - before) / window
 
     with Sampler(server.pid) as sampler:
         sock = connect(server.port)
