@@ -7,6 +7,7 @@ gives back the port; the process is stopped by PID at the end of the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -65,13 +66,20 @@ class Server:
         raise AssertionError(f"{pattern!r} not in server stderr:\n{self.stderr()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        # Children found now: after a SIGKILL the server cannot stop them, and a
+        # factor worker would go on computing (it is not the server's child).
+        tree = descendants(self.pid) if sig == signal.SIGKILL else []
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            tree = descendants(self.pid)
             self.process.kill()
             code = self.process.wait()
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self._reader is not None:
             self._reader.join(timeout=5)
         return code
@@ -188,12 +196,12 @@ def process_cpu_seconds(pid: int) -> float:
 def descendants(pid: int) -> list[int]:
     """PIDs of every live descendant of ``pid``."""
     found: list[int] = []
+    # Every thread's children: a process started from a worker thread (as the
+    # factor pool's forkserver is) is listed under that thread only.
     direct: list[int] = []
-    # Every thread's children: a process started from a worker thread (the
-    # factor pool starts its forkserver that way) is that thread's child.
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
-            direct += [int(p) for p in children.read_text().split()]
+            direct.extend(int(p) for p in children.read_text().split())
         except OSError:
             continue
     for child in direct:
@@ -219,6 +227,20 @@ def free_ports(count: int = 1) -> list[int]:
     finally:
         for probe in probes:
             probe.close()
+
+
+def ipv6_loopback() -> bool:
+    """Whether ::1 can be used here (containers often have IPv6 switched off)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+LOOPBACKS = ["127.0.0.1", "::1"] if ipv6_loopback() else ["127.0.0.1"]
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 
 
 def needs(tool: str) -> pytest.MarkDecorator:

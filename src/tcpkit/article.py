@@ -75,6 +75,16 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def _arguments(argv: Sequence[str] | None, usage: str, summary: str | None) -> list[str]:
+    """The program's arguments; ``-h`` or ``--help`` prints its usage and exits 0."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] in (["-h"], ["--help"]):
+        what = (summary or "").split("``: ", 1)[-1].replace("``", "")  # docstring, sans usage
+        print(f"usage: {usage}\n\n{what[:1].upper()}{what[1:]}".rstrip())
+        raise SystemExit(0)
+    return args
+
+
 def _port_argument(argv: Sequence[str], default: int, usage: str) -> int:
     if len(argv) > 1:
         _usage(usage)
@@ -99,7 +109,8 @@ def _serve(server: INETSocket, name: str, observer: TranscriptObserver) -> None:
 
 def reverse_server_main(argv: Sequence[str] | None = None) -> None:
     """``reverseS [PORT]``: the reverse service with the article's transcript."""
-    port = _port_argument(sys.argv[1:] if argv is None else argv, 7800, "reverseS [PORT]")
+    usage = "reverseS [PORT]"
+    port = _port_argument(_arguments(argv, usage, reverse_server_main.__doc__), 7800, usage)
     try:
         server = INETSocket.socket()
         print("socket", flush=True)
@@ -117,7 +128,8 @@ def reverse_server_main(argv: Sequence[str] | None = None) -> None:
 
 def factor_server_main(argv: Sequence[str] | None = None) -> None:
     """``factorS [PORT]``: the factor service with the article's transcript."""
-    port = _port_argument(sys.argv[1:] if argv is None else argv, 7801, "factorS [PORT]")
+    usage = "factorS [PORT]"
+    port = _port_argument(_arguments(argv, usage, factor_server_main.__doc__), 7801, usage)
     try:
         server = INETSocket.listen_on(port)
     except ListenError as exc:
@@ -148,7 +160,7 @@ def reverse_client_main(argv: Sequence[str] | None = None) -> None:
     """``reverseC HOST PORT``: send stdin's lines, print each reply, then ``close``."""
     from tcpkit.cli_clients import relay_lines
 
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _arguments(argv, "reverseC HOST PORT", reverse_client_main.__doc__)
     if len(args) != 2:
         _usage("reverseC HOST PORT")
     try:
@@ -167,23 +179,25 @@ def reverse_client_main(argv: Sequence[str] | None = None) -> None:
 
 def factor_client_main(argv: Sequence[str] | None = None) -> None:
     """``factorC HOST PORT N``: print the prime factors of N."""
+    from tcpkit.cli_clients import one_line
     from tcpkit.client import FactorClient
     from tcpkit.endpoints import Endpoint
 
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _arguments(argv, "factorC HOST PORT N", factor_client_main.__doc__)
     if len(args) != 3:
         _usage("factorC HOST PORT N")
     host, port_text, number = args
     try:
         endpoint = Endpoint(host=host, port=resolve_port(port_text))
         with FactorClient(endpoint) as client:
-            reply = client.request(number.encode("utf-8", "surrogateescape"))
+            reply = client.request(one_line(number))
     except EndpointError as exc:
         _usage("factorC HOST PORT N", str(exc))
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if reply.startswith(b"error: "):
-        print(f"{number}: {reply.decode('utf-8', 'replace')}", file=sys.stderr)
+        shown = one_line(number).decode("utf-8", "replace")
+        print(f"{shown}: {reply.decode('utf-8', 'replace')}", file=sys.stderr)
         raise SystemExit(1)
     print(reply.decode("ascii"))

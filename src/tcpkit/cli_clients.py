@@ -144,7 +144,7 @@ def is_refusal(block: bytes) -> bool:
 @client_command
 def run_factor(args: argparse.Namespace) -> int:
     numbers: Iterable[bytes] = (
-        (n.encode() for n in args.numbers) if args.numbers else stdin_tokens(sys.stdin.buffer))
+        (one_line(n) for n in args.numbers) if args.numbers else stdin_tokens(sys.stdin.buffer))
     sock = connect(args.server, 7801, args.timeout, args.tls, args.ca)
     show = Progress(len(args.numbers) or None) if _wants_progress(args) else None
     status = EXIT_OK
@@ -165,6 +165,11 @@ def run_factor(args: argparse.Namespace) -> int:
     if show is not None:
         show.done()
     return status
+
+
+def one_line(argument: str) -> bytes:
+    """An argument as one request: a line break inside would make it two."""
+    return argument.encode("utf-8", "surrogateescape").replace(b"\r", b" ").replace(b"\n", b" ")
 
 
 def stdin_tokens(stream: BinaryIO) -> Iterator[bytes]:

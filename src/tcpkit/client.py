@@ -58,6 +58,14 @@ def strip_terminator(line: bytes) -> bytes:
     return line[:-1] if line.endswith(b"\n") else line
 
 
+def request_line(line: bytes) -> bytes:
+    """``line`` with its LF; an LF inside would make it two requests, and every
+    later reply would then be paired with the wrong request."""
+    if b"\n" in line:
+        raise ValueError(f"a request line cannot contain a line feed: {line[:40]!r}")
+    return line + b"\n"
+
+
 def read_blocks(sock: INETSocket) -> Iterator[bytes]:
     """Yield blocks of complete reply lines as they arrive, until the server closes.
 
@@ -105,7 +113,9 @@ def pipeline(sock: INETSocket, requests: Iterable[T], encode: Callable[[T], byte
             raise ConnectionClosed(_closed_reason(failure))
         yield item[0], reply
     sender.join()
-    if failure:
+    if failure:  # every request sent so far was answered, but not all could be sent
+        if isinstance(failure[0], OSError):
+            raise ConnectionClosed(_closed_reason(failure))
         raise failure[0]
 
 
@@ -132,7 +142,9 @@ def _send_all(sock: INETSocket, requests: Iterable[T], encode: Callable[[T], byt
 
 def _closed_reason(failure: list[BaseException]) -> str:
     if failure:
-        return f"connection closed by the server ({failure[0]})"
+        reason = failure[0]
+        shown = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
+        return f"connection closed by the server ({shown})"
     return "connection closed by the server before all replies arrived"
 
 
@@ -180,7 +192,7 @@ class LineClient:
 
     def request(self, line: bytes) -> bytes:
         """Send ``line`` (LF added) and return the reply without its terminator."""
-        self.sock.write(line + b"\n")
+        self.sock.write(request_line(line))
         reply = self.sock.readline()
         if not reply.endswith(b"\n"):
             raise ConnectionClosed("connection closed by the server")
@@ -247,7 +259,7 @@ class _AsyncLineClient:
 
     async def request(self, line: bytes) -> bytes:
         async with self._lock:  # one request at a time keeps replies paired
-            self.writer.write(line + b"\n")
+            self.writer.write(request_line(line))
             reply = await self.reader.readline()
         if not reply.endswith(b"\n"):
             raise ConnectionClosed("connection closed by the server")

@@ -48,9 +48,15 @@ def format_address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts superscripts (int() refuses them)
+    and other scripts' digits (which nobody means as a port number)."""
+    return text.isascii() and text.isdigit()
+
+
 def resolve_port(name: str) -> int:
     """A port number from digits or a service name (registry, then /etc/services)."""
-    if _is_number(name):
+    if is_number(name):
         port = int(name)
         if port > 65535:
             raise EndpointError(f"port out of range: {name} (0-65535)")
@@ -61,11 +67,6 @@ def resolve_port(name: str) -> int:
         return socket.getservbyname(name, "tcp")
     except (OSError, ValueError):  # ValueError: a NUL or an unencodable character
         raise EndpointError(f"unknown port or service name: {name!r}") from None
-
-
-def _is_number(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes "١٢" (int() reads it as 12) and "²"."""
-    return text.isascii() and text.isdigit()
 
 
 def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
@@ -80,7 +81,7 @@ def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
         return Endpoint(path=path)
     if text.startswith("["):
         return _parse_bracketed(text, default_port)
-    if _is_number(text):
+    if is_number(text):
         return Endpoint(port=resolve_port(text))
     host, sep, port = text.rpartition(":")
     if not sep:
@@ -114,5 +115,7 @@ def peer_text(address: object) -> tuple[str, int]:
         if host.startswith("::ffff:") and "." in host:
             host = host[len("::ffff:") :]
         return host, port
+    if address is None:  # the client reset the connection before we could ask
+        return "unknown", 0
     return "unix", 0  # unix sockets have no peer address
 

@@ -54,23 +54,16 @@ def parse_request(line: bytes, max_digits: int) -> tuple[bool, bytes]:
 
 def quote(line: bytes) -> str:
     """Show a bad request in an error message: bounded, printable, one line."""
-    text = "".join(map(_show, line[:_SHOWN].decode("utf-8", "surrogateescape")))
+    text = line[:_SHOWN].decode("utf-8", "backslashreplace")
+    text = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
     return f'"{text}..."' if len(line) > _SHOWN else f'"{text}"'
-
-
-def _show(char: str) -> str:
-    """One character of a quoted request, escaped unless it is printable ASCII."""
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (from surrogateescape)
-        return f"\\x{code - 0xDC00:02x}"
-    return char.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
 def factor_digits(negative: bool, digits: bytes) -> bytes:
     """The reply for a parsed request: factors separated by single spaces."""
     n = flint.fmpz(digits.decode("ascii"))
     parts = [b"-1"] if negative else []
-    for prime, exponent in sorted(n.factor()):  # FLINT does not sort them
+    for prime, exponent in sorted(n.factor()):  # FLINT does not sort
         parts.extend([str(prime).encode("ascii")] * exponent)
     return b" ".join(parts)
 

@@ -44,7 +44,8 @@ from tcpkit.serving.tls import ServerTLS
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
 TICK = 1.0  # seconds between idle sweeps
-LINGER = 2.0  # seconds to discard a finished client's input before closing (see _Client)
+LINGER = 2.0  # seconds to read and discard a closing client's extra bytes
+LINGER_BYTES = 1 << 20  # ...and, after an error reply, at most this many
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.paused_by_writes = False
         self.paused_by_jobs = False
+        self.lingering: int | None = None  # bytes discarded since the last reply
         self.peer_done = False  # the client sent EOF
-        self.lingering = False  # replies are out, FIN sent; discarding input until EOF
         self.last_seen = server.tick
         self.started = 0.0
         self.host, self.port = "", 0
@@ -100,6 +101,9 @@ class _Client(asyncio.Protocol):
         server.observer.accepted(self.service.name, self.host, self.port)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:
+            self._discard(len(data))
+            return
         # Progress is a request begun or finished: bytes that only lengthen an
         # unfinished line (slowloris) do not keep the connection alive, so a
         # line must be complete within the idle timeout of its first byte.
@@ -113,6 +117,8 @@ class _Client(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.peer_done = True
+        if self.lingering is not None:
+            return False  # the client has read the error and gone: close
         if self.server.metered:
             self._measured(None)
         else:
@@ -163,7 +169,7 @@ class _Client(asyncio.Protocol):
         for job in jobs:
             job.handle = self.server.loop.create_task(self._run(job))
         if self.conn.finished:
-            self._close_gracefully(transport)
+            self._close(transport)
         elif self.paused_by_jobs != (self.conn.waiting > self.server.limits.max_waiting):
             self.paused_by_jobs = not self.paused_by_jobs
             self._update_reading()
@@ -187,28 +193,38 @@ class _Client(asyncio.Protocol):
         if errors > 0:
             observer.failed(name, "request", errors)
 
-    def _close_gracefully(self, transport: asyncio.Transport) -> None:
-        """Close without losing replies to a client that is still sending.
+    def _close(self, transport: asyncio.Transport) -> None:
+        """Close; unless the client has sent EOF, half-close and discard input first.
 
-        Closing a socket with unread input makes the kernel answer with RST,
-        which destroys every reply not yet delivered — a drain or a protocol
-        error would lose replies the client was owed.  So, like Apache's and
-        nginx's lingering close: send FIN after the replies, read and discard
-        until the client's EOF, and close then, or after LINGER seconds.
+        The client may still be sending after an error reply, and during a
+        drain.  Closing with unread bytes makes the kernel send a reset, and a
+        reset can destroy replies before the client reads them (a drain under
+        pipelined load lost 1-4% of them this way).
         """
+        if self.lingering is not None:
+            return  # already half-closed
         if self.peer_done or not transport.can_write_eof():
             transport.close()
-        elif not self.lingering:
-            self.lingering = True
-            transport.write_eof()
-            self.server.loop.call_later(LINGER, transport.close)
-            self._update_reading()
+            return
+        self.lingering = 0
+        transport.write_eof()
+        self.server.loop.call_later(LINGER, transport.close)
+        self._update_reading()  # a drain paused reading: resume, to discard
+
+    def _discard(self, size: int) -> None:
+        """Drop input after the last reply.  A client that broke the protocol gets
+        LINGER_BYTES of grace; a drained one all of LINGER, since capping bytes
+        would reset it while its owed replies are still on their way."""
+        assert self.lingering is not None
+        self.lingering += size
+        if self.conn.closing and self.lingering >= LINGER_BYTES and self.transport:
+            self.transport.close()
 
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self.lingering:
+        if self.lingering is not None:
             if not transport.is_reading():
                 transport.resume_reading()
         elif self.paused_by_writes or self.paused_by_jobs or self.server.draining:

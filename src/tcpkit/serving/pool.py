@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tcpkit.service import Offload, RequestError
+from tcpkit.serving.backstop import limit_cpu
 
 log = logging.getLogger("tcpkit")
 PRELOAD = ["tcpkit.services.factor"]
@@ -182,6 +183,7 @@ class WorkerPool:
         fd = worker.conn.fileno()
         loop.add_reader(fd, _set_once, done)
         try:
+            limit_cpu(worker.process.pid, self.time_limit)  # if we die, the kernel stops it
             worker.conn.send(work)
             await done
         finally:
