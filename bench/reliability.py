@@ -149,6 +149,14 @@ def scenarios(sizes: Sizes, workdir: Path) -> dict[str, tuple[list[str], Callabl
                    and bool(d["marked_down"]) and bool(d["marked_up_again"])
                    and d["sessions_to_restarted"] > 0, "haproxy")  # type: ignore[operator]
 
+    def worker_kill(mode: str) -> Row:
+        clients, seconds = sizes.haproxy
+        server = serve(mode, "--workers", "2")
+        out = with_server(server, lambda s: hostile.worker_killed(s, clients, seconds, mode))
+        d = out.details
+        return row(out, out.lost <= clients and d["failed_outside_window"] == 0
+                   and bool(d["replaced"]) and d["workers_alive"] == 2, "worker-kill")
+
     every = list(MODES)
     return {
         "slowloris": (CONCURRENT, slowloris),
@@ -160,7 +168,14 @@ def scenarios(sizes: Sizes, workdir: Path) -> dict[str, tuple[list[str], Callabl
         "abandoned-factor": (every, abandoned),
         "sigterm": (every, sigterm),
         "haproxy": (CONCURRENT, haproxy),
+        "worker-kill": (CONCURRENT if has_workers() else [], worker_kill),
     }
+
+
+def has_workers() -> bool:
+    done = subprocess.run([*script("tcpkit"), "serve", "--help"], capture_output=True,
+                          text=True, check=False)
+    return "--workers" in done.stdout
 
 
 def soak_row(minutes: float, workdir: Path) -> Row:

@@ -758,3 +758,51 @@ def served_factor(port: int) -> int:
         sock.shutdown(socket.SHUT_WR)
         return int(recv_until_closed(sock) == b"-1 2 3 7\n")
     return 0
+
+
+def worker_killed(server: Server, clients: int, seconds: float, mode: str) -> Outcome:
+    """``--workers 2``: one worker is killed with SIGKILL during load.
+
+    The supervisor must start a new one; the other keeps serving; clients lose
+    at most the requests in flight on the killed worker (one per client), and
+    only between the kill and the replacement.
+    """
+    import re
+    import signal
+
+    def workers() -> list[int]:
+        return [int(pid) for pid in re.findall(r"worker (\d+) started", server.stderr())]
+
+    deadline = time.monotonic() + 20
+    while len(workers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim = workers()[0]
+    with Requester(server.port, clients) as load, Sampler(server.pid) as sampler:
+        time.sleep(seconds / 3)
+        ok_before = load.ok
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        while len(workers()) < 3 and time.monotonic() < killed_at + 20:
+            time.sleep(0.02)
+        replaced_at = time.monotonic()
+        time.sleep(seconds / 3)
+        ok_after = load.ok
+    late = [t for t in load.failures if t < killed_at or t > replaced_at + 1.0]
+    alive = [pid for pid in workers() if pid != victim and _running(pid)]
+    return Outcome(
+        "kill -9 of one worker (--workers 2)", mode,
+        f"{clients} clients, short connections, {seconds:g} s", "SIGKILL to a worker",
+        lost=len(load.failures), peak_pss_kb=sampler.peak_pss_kb,
+        details={"ok_before_kill": ok_before, "ok_total": ok_after,
+                 "failed": len(load.failures), "failed_outside_window": len(late),
+                 "replaced": len(workers()) >= 3,
+                 "replace_seconds": round(replaced_at - killed_at, 2),
+                 "workers_alive": len(alive)})
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

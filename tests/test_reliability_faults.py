@@ -87,7 +87,7 @@ def test_kill_9_of_the_server_takes_its_workers_along(serve: object) -> None:
         server.process.kill()
         server.process.wait(10)
         deadline = time.monotonic() + 20
-        while alive := [pid for pid in family if is_running(pid)]:
+        while alive := [pid for pid in family if hostile._running(pid)]:
             assert time.monotonic() < deadline, f"orphans still running: {alive}"
             time.sleep(0.1)
 
@@ -99,12 +99,24 @@ def hard_semiprime() -> int:
     return make()
 
 
-def is_running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def serves_workers() -> bool:
+    done = run([*script("tcpkit"), "serve", "--help"], timeout=30)
+    return b"--workers" in done.stdout
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "iterative"])
+def test_kill_9_of_one_worker_costs_only_its_inflight_requests(serve: object,
+                                                                mode: str) -> None:
+    if not serves_workers():
+        pytest.skip("--workers is not in this build yet")
+    server: Server = serve("reverse", "--mode", mode, "--workers", "2")  # type: ignore[operator]
+    outcome = hostile.worker_killed(server, clients=4, seconds=3, mode=mode)
+    print(outcome)
+    details = outcome.details
+    assert details["replaced"] and details["workers_alive"] == 2, (details, server.stderr())
+    assert outcome.lost <= 4, details  # one request in flight per client at most
+    assert details["failed_outside_window"] == 0, details
+    assert details["ok_total"] > details["ok_before_kill"], details  # served throughout
 
 
 # -- start-up failures: one clear line, exit 1 ------------------------------------------

@@ -37,7 +37,7 @@ def test_seed_corpus_replays_clean(name: str) -> None:
 @pytest.mark.parametrize("name", HARNESSES)
 def test_fuzzer_finds_nothing_in_a_few_seconds(name: str, tmp_path: Path) -> None:
     pytest.importorskip("atheris")
-    result = subprocess.run([sys.executable, str(FUZZ / "run.py"), "--seconds", "3", name],
+    result = subprocess.run([sys.executable, str(FUZZ / "run.py"), "--seconds", "2", name],
                             capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stdout.startswith(name)
