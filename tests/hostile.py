@@ -258,7 +258,17 @@ def _trickle(socks: list[socket.socket], stop: threading.Event) -> None:
 
 def count_closed(socks: list[socket.socket], timeout: float) -> int:
     """How many of ``socks`` the peer closes (EOF or reset) within ``timeout``."""
-    closed = 0
+    return len(final_reads(socks, timeout, lambda data: not data)[0])
+
+
+def final_reads(socks: list[socket.socket], timeout: float,
+                final: Callable[[bytes], bool] = lambda data: True,
+                ) -> tuple[list[bytes], int]:
+    """Read every socket until a read is ``final`` (EOF and resets read as b"").
+
+    Returns those final reads and how many sockets had none within ``timeout``.
+    """
+    finals: list[bytes] = []
     selector = selectors.DefaultSelector()
     for sock in socks:
         selector.register(sock, selectors.EVENT_READ)
@@ -272,12 +282,12 @@ def count_closed(socks: list[socket.socket], timeout: float) -> int:
                     data = sock.recv(1 << 16)
                 except OSError:
                     data = b""
-                if not data:
-                    closed += 1
+                if final(data):
+                    finals.append(data)
                     selector.unregister(sock)
+        return finals, len(selector.get_map())
     finally:
         selector.close()
-    return closed
 
 
 def _push_without_reading(socks: list[socket.socket], each: int, stall: float) -> int:
@@ -392,26 +402,9 @@ def fd_exhaustion(server: Server, clients: int, mode: str) -> Outcome:
 
 def settle_replies(socks: list[socket.socket], timeout: float) -> dict[str, int]:
     """Wait for each socket's one-line reply: count served, refused (closed) and hung."""
-    kinds = {"served": 0, "refused": 0, "hung": 0}
-    selector = selectors.DefaultSelector()
-    for sock in socks:
-        selector.register(sock, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    try:
-        while selector.get_map() and time.monotonic() < deadline:
-            for key, _ in selector.select(timeout=0.2):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    data = sock.recv(64)
-                except OSError:
-                    data = b""
-                kinds["served" if data.endswith(b"\n") else "refused"] += 1
-                selector.unregister(sock)
-        kinds["hung"] = len(selector.get_map())
-    finally:
-        selector.close()
-    return kinds
+    finals, hung = final_reads(socks, timeout)
+    served = sum(data.endswith(b"\n") for data in finals)
+    return {"served": served, "refused": len(finals) - served, "hung": hung}
 
 
 def resets(server: Server, clients: int, mode: str) -> Outcome:
