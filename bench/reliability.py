@@ -305,9 +305,9 @@ NOTES = """\
   the pending clients wait in the listen backlog.
 - **Closing with replies owed** (drain, line too long): the server sends FIN
   after the replies, then reads and discards what the client still sends
-  until its EOF (at most 2 s), as Apache and nginx do: closing a socket with
-  unread input makes the kernel send a reset, which destroys replies not yet
-  delivered.
+  until its EOF (at most 2 s; after a protocol error, at most 1 MiB), as
+  Apache and nginx do: closing a socket with unread input makes the kernel
+  send a reset, which destroys replies not yet delivered.
 - **Factor workers** ignore SIGINT/SIGTERM (the server drains, then stops
   them) and die with their forkserver, which exits with the server: `kill -9`
   of the server leaves no orphan computing.
