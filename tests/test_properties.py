@@ -127,6 +127,14 @@ def answer(line: bytes) -> bytes | Offload:
     return line[::-1]
 
 
+def answer_block(block: bytes) -> bytes | None:
+    """A fast path like reverse's: whole blocks of plain lines, else None."""
+    lines = block.split(b"\n")[:-1]
+    if any(line.startswith((b"job", b"bad")) or b"\r" in line for line in lines):
+        return None
+    return b"".join(line[::-1] + b"\n" for line in lines)
+
+
 SERVICE = Service("model", 0, "test", answer)
 PIECES = st.sampled_from([b"a", b"bc", b"job", b"bad", b"\n", b"\r\n", b"\r", b"xxxx",
                           b"x" * MAX_LINE, b""])
@@ -140,9 +148,11 @@ class ConnectionModel(RuleBasedStateMachine):
     the first unfinished job, in order, after every step.
     """
 
+    service = SERVICE
+
     def __init__(self) -> None:
         super().__init__()
-        self.conn = ServiceConnection(SERVICE, MAX_LINE)
+        self.conn = ServiceConnection(self.service, MAX_LINE)
         self.output = b""
         self.jobs: list[Job] = []
         self.received = b""  # every byte sent
@@ -236,9 +246,17 @@ class ConnectionModel(RuleBasedStateMachine):
         assert self.conn.finished == finished
 
 
-ConnectionModel.TestCase.settings = settings(max_examples=500, stateful_step_count=30,
-                                             deadline=None)
+class BlockConnectionModel(ConnectionModel):
+    """The same, with a block fast path: it must never jump ahead of a pending job."""
+
+    service = Service("model-block", 0, "test", answer, answer_block=answer_block)
+
+
+for machine in (ConnectionModel, BlockConnectionModel):
+    machine.TestCase.settings = settings(max_examples=300, stateful_step_count=30,
+                                         deadline=None)
 test_connection_matches_its_model = ConnectionModel.TestCase
+test_connection_with_a_block_fast_path_matches_its_model = BlockConnectionModel.TestCase
 
 
 def test_an_unterminated_last_line_one_byte_too_long_is_refused() -> None:
