@@ -8,6 +8,7 @@ cause ends in one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -16,13 +17,16 @@ from typing import TYPE_CHECKING, NoReturn
 from tcpkit import __version__, logs, registry
 from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint, resolve_port
 from tcpkit.service import Options, Service
-from tcpkit.serving.config import Limits
+from tcpkit.serving.config import MODES, Limits
 
 if TYPE_CHECKING:
     from tcpkit.operate import Operation
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-MODES = ("async",)
+MODE_HELP = (
+    "serving model: async = one event loop (uvloop) for all clients; thread = a thread "
+    "per client; fork = a child process per client (reaped, capped by --max-connections); "
+    "iterative = one client at a time, the others wait (default: async)")
 
 
 class UsageError(Exception):
@@ -43,6 +47,17 @@ def positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def workers_count(text: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for one per CPU."""
+    if text == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return os.cpu_count() or 1
+    count = positive(int)(text)
+    return int(count)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,15 +84,24 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     serve.add_argument("--listen", action="append", default=[], metavar="ENDPOINT",
                        help="PORT, HOST:PORT, [V6]:PORT, HOST:NAME or unix:/path; "
                             "with several services SERVICE=ENDPOINT (repeatable)")
-    serve.add_argument("--mode", choices=MODES, default="async", help="serving model")
+    serve.add_argument("--mode", choices=MODES, default="async", help=MODE_HELP)
+    serve.add_argument("--workers", type=workers_count, default=1, metavar="N|auto",
+                       help="processes serving the same sockets, under a supervisor that "
+                            "restarts any that dies; auto = one per CPU (default: 1)")
     limits = Limits()
-    serve.add_argument("--max-connections", type=positive(int), default=limits.max_connections)
+    serve.add_argument("--max-connections", type=positive(int), default=limits.max_connections,
+                       metavar="N",
+                       help="clients served at once (per worker); past it a client gets "
+                            "'error: server busy' (default: %(default)s)")
     serve.add_argument("--idle-timeout", type=positive(float), default=limits.idle_timeout,
-                       metavar="SECONDS")
+                       metavar="SECONDS", help="close a client silent this long "
+                                               "(default: %(default)s)")
     serve.add_argument("--max-line", type=positive(int), default=limits.max_line,
-                       metavar="BYTES")
+                       metavar="BYTES", help="longest request line; longer gets an error "
+                                             "and the connection closes (default: %(default)s)")
     serve.add_argument("--drain-timeout", type=positive(float), default=limits.drain_timeout,
-                       metavar="SECONDS")
+                       metavar="SECONDS", help="on SIGINT/SIGTERM, how long to finish the "
+                                               "requests already read (default: %(default)s)")
     serve.add_argument("--time-limit", type=positive(float), default=limits.time_limit,
                        metavar="SECONDS", help="bound on the work for one request (factor)")
     serve.add_argument("--max-digits", type=positive(int), default=Options().max_digits,
@@ -166,9 +190,9 @@ def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Serv
     inherited = ops.inherited_listeners(services)
     observer = ops.observer(args.mode, getattr(args, "workers", 1))
     if inherited is not None:
-        serve_listeners(inherited, args.mode, limits, observer)
+        serve_listeners(inherited, args.mode, limits, observer, args.workers)
     else:
-        run(plan, args.mode, limits, observer, ops.tls)
+        run(plan, args.mode, limits, observer, ops.tls, args.workers)
     return EXIT_OK
 
 

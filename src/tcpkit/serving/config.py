@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Serving models (SPEC §2.1), each a module of tcpkit.serving; see run.py.
+MODES = ("async", "thread", "fork", "iterative")
+
 
 @dataclass(frozen=True)
 class Limits:

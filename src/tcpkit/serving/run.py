@@ -1,4 +1,15 @@
-"""Open listeners, then serve them in the chosen mode (the command line's entry point)."""
+"""Open listeners, then serve them in the chosen mode (the command line's entry point).
+
+The API for anything that starts a server (the CLI, the article programs, a
+benchmark)::
+
+    listeners = open_listeners([(service, Endpoint(host="127.0.0.1", port=0))])
+    serve_listeners(listeners, mode="thread", limits=Limits(...), workers=2)
+
+``serve_listeners`` blocks until SIGINT/SIGTERM, drains, and logs the summary
+line.  ``make_server`` gives the server object of one mode, for callers that
+drive it themselves.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +23,26 @@ from collections.abc import Sequence
 from tcpkit.endpoints import Endpoint
 from tcpkit.service import Service
 from tcpkit.serving import activation
+from tcpkit.serving.accepting import BlockingServer
 from tcpkit.serving.aio import AsyncServer, Listener, install_uvloop
-from tcpkit.serving.config import Limits
+from tcpkit.serving.config import MODES, Limits
 from tcpkit.serving.events import Observer
+from tcpkit.serving.forking import ForkingServer
+from tcpkit.serving.iterative import IterativeServer
 from tcpkit.serving.listeners import ListenError, open_listener
+from tcpkit.serving.stats import Stats
+from tcpkit.serving.threaded import ThreadedServer
 from tcpkit.serving.tls import ServerTLS
 
 log = logging.getLogger("tcpkit")
-MODES = ("async",)
+BLOCKING_MODES: dict[str, type[BlockingServer]] = {
+    "iterative": IterativeServer,
+    "thread": ThreadedServer,
+    "fork": ForkingServer,
+}
 
 __all__ = ["MODES", "AsyncServer", "Limits", "ListenError", "Listener", "Observer",
-           "open_listeners", "run", "serve_listeners"]
+           "make_server", "open_listeners", "run", "serve_listeners", "serve_once"]
 
 
 def open_listeners(plan: Sequence[tuple[Service, Endpoint]],
@@ -39,22 +59,72 @@ def open_listeners(plan: Sequence[tuple[Service, Endpoint]],
     return listeners
 
 
+def make_server(listeners: Sequence[Listener], mode: str = "async",
+                limits: Limits | None = None,
+                observer: Observer | None = None) -> AsyncServer | BlockingServer:
+    """The server object for ``mode`` (not yet serving)."""
+    if mode == "async":
+        return AsyncServer(listeners, limits, observer)
+    if mode not in BLOCKING_MODES:
+        raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    return BLOCKING_MODES[mode](listeners, limits, observer)
+
+
+def serve_once(listeners: Sequence[Listener], mode: str = "async",
+               limits: Limits | None = None, observer: Observer | None = None,
+               stop_fd: int | None = None) -> Stats:
+    """Serve in this process until a signal (or ``stop_fd`` turns readable); drain.
+
+    ``stop_fd`` is how a supervisor stops its workers: the read end of a pipe
+    that it writes to — or that reaches EOF when the supervisor dies.
+    """
+    server = make_server(listeners, mode, limits, observer)
+    if isinstance(server, AsyncServer):
+        install_uvloop()
+        asyncio.run(_serve_async(server, stop_fd))
+    else:
+        if stop_fd is not None:
+            server.watch_fds.append(stop_fd)
+        server.serve()
+    return server.stats
+
+
+async def _serve_async(server: AsyncServer, stop_fd: int | None) -> None:
+    if stop_fd is not None:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            loop.remove_reader(stop_fd)  # the pipe stays readable: act once
+            server.stop()
+
+        loop.add_reader(stop_fd, stop)
+    await server.serve()
+
+
 def serve_listeners(listeners: Sequence[Listener], mode: str = "async",
-                    limits: Limits | None = None, observer: Observer | None = None) -> None:
-    """Serve already opened listeners until SIGINT/SIGTERM, then drain."""
-    if mode != "async":
-        raise ValueError(f"unknown mode {mode!r}")
-    install_uvloop()
-    server = AsyncServer(listeners, limits, observer)
+                    limits: Limits | None = None, observer: Observer | None = None,
+                    workers: int = 1) -> None:
+    """Serve already opened listeners until SIGINT/SIGTERM, then drain.
+
+    With ``workers`` above 1, that many processes serve the same sockets under
+    a supervisor that restarts any that dies (see :mod:`tcpkit.serving.workers`).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
     activation.notify("READY=1")  # the sockets listen: clients queue from now on
-    asyncio.run(server.serve())
+    if workers > 1:
+        from tcpkit.serving.workers import Supervisor
+
+        stats = Supervisor(listeners, mode, limits, observer, workers).serve()
+    else:
+        stats = serve_once(listeners, mode, limits, observer)
     activation.notify("STOPPING=1")
-    log.info("%s", server.stats.summary(), extra={"event": "stopped"})
+    log.info("%s", stats.summary(), extra={"event": "stopped"})
 
 
 def run(plan: Sequence[tuple[Service, Endpoint]], mode: str = "async",
         limits: Limits | None = None, observer: Observer | None = None,
-        tls: ServerTLS | None = None) -> None:
+        tls: ServerTLS | None = None, workers: int = 1) -> None:
     """Open the listeners of ``plan`` and serve them (raises ListenError).
 
     Unix socket files opened here are removed when serving ends.
@@ -62,7 +132,7 @@ def run(plan: Sequence[tuple[Service, Endpoint]], mode: str = "async",
     listeners = open_listeners(plan, tls)
     socket_files = [_socket_file(listener.sock) for listener in listeners]
     try:
-        serve_listeners(listeners, mode, limits, observer)
+        serve_listeners(listeners, mode, limits, observer, workers)
     finally:
         for found in socket_files:
             if found is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -19,6 +19,19 @@ class Stats:
     errors: int = 0
     idle_closed: int = 0
 
+    def counts(self) -> tuple[int, ...]:
+        """Every counter, in the order of :data:`COUNTERS` (for reports over a pipe)."""
+        return tuple(getattr(self, name) for name in COUNTERS)
+
+    @classmethod
+    def from_counts(cls, counts: tuple[int, ...]) -> Stats:
+        return cls(0.0, **dict(zip(COUNTERS, counts, strict=True)))
+
+    def add(self, other: Stats) -> None:
+        """Count ``other``'s totals too (a child's or a worker's report)."""
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def summary(self) -> str:
         elapsed = time.monotonic() - self.started
         return (
@@ -27,3 +40,6 @@ class Stats:
             + (f"{self.limited} refused by per-client limits, " if self.limited else "")
             + f"{self.idle_closed} closed idle"
         )
+
+
+COUNTERS = tuple(f.name for f in fields(Stats) if f.name != "started")

@@ -1,0 +1,266 @@
+"""The accept loop shared by the blocking modes (iterative, thread, fork).
+
+:class:`BlockingServer` owns what is the same in all three: logging the
+listeners, waiting in ``poll()`` on the listening sockets and the stop pipe,
+refusing clients past ``--max-connections``, surviving accept errors, the
+signal handlers, and the drain.  A subclass only says how a client is served
+(:meth:`BlockingServer.dispatch`), how many are being served
+(:meth:`BlockingServer.active`), how to wait for them when draining, and how to
+cut them off when the drain times out.
+
+Accept errors that mean "out of file descriptors or memory" (EMFILE, ENFILE,
+ENOBUFS, ENOMEM) must not stop the server, nor make it spin on a listening
+socket that stays readable: accepting pauses for :data:`ACCEPT_PAUSE` seconds,
+is logged once per episode, and resumes by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from tcpkit.endpoints import peer_text
+from tcpkit.service import Service
+from tcpkit.serving.aio import Listener
+from tcpkit.serving.blocking import Outcome, serve_connection
+from tcpkit.serving.config import Limits
+from tcpkit.serving.events import Observer
+from tcpkit.serving.listeners import describe
+from tcpkit.serving.offload import OffloadBridge
+from tcpkit.serving.pipes import Wakeup
+from tcpkit.serving.stats import Stats
+
+log = logging.getLogger("tcpkit")
+BUSY = b"error: server busy\n"
+ACCEPT_PAUSE = 0.1  # seconds to stop accepting when out of descriptors or memory
+ACCEPT_BATCH = 64  # clients accepted per wake-up, so signals are seen promptly
+TICK = 1.0
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+CLIENT_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+
+
+class BlockingServer:
+    """Accepts clients on its listeners until stopped; subclasses serve them."""
+
+    mode = "blocking"
+
+    def __init__(self, listeners: Sequence[Listener], limits: Limits | None = None,
+                 observer: Observer | None = None) -> None:
+        self.listeners = list(listeners)
+        self.limits = limits or Limits()
+        self.observer = observer or Observer()
+        self.stats = Stats()
+        self.stop_signal = Wakeup()
+        self.watch_fds: list[int] = []  # more fds meaning "stop" (a supervisor's pipe)
+        self.stopping = False
+        self._bridge: OffloadBridge | None = None
+        self._bridge_lock = threading.Lock()
+        self._refused_unlogged = 0
+        self._accept_pauses = 0  # consecutive out-of-resources pauses
+        self._paused_until = 0.0
+        self._next_tick = 0.0
+
+    # -- what a mode provides ---------------------------------------------
+
+    def dispatch(self, service: Service, sock: socket.socket, peer: object) -> None:
+        """Serve a newly accepted client (inline, on a thread, in a child...)."""
+        raise NotImplementedError
+
+    def active(self) -> int:
+        """Clients being served now."""
+        return self.stats.open
+
+    def wait_for_clients(self, deadline: float) -> None:
+        """During the drain: return when every client is done, or at ``deadline``."""
+
+    def abort_clients(self) -> None:
+        """Cut off every client now (second signal, or the drain timed out)."""
+
+    def tick(self) -> None:
+        """Housekeeping, about once a second and on every wake-up."""
+
+    def extra_fds(self) -> list[int]:
+        """More fds for the accept loop to wake on (e.g. a SIGCHLD pipe)."""
+        return []
+
+    # -- serving ----------------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve until SIGINT/SIGTERM (or :meth:`stop`), then drain and return."""
+        restore = self._install_signals()  # before "Listening on": clients may act on it
+        for listener in self.listeners:
+            self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
+        try:
+            self._accept_loop()
+            self._drain()
+        finally:
+            self._close_listeners()
+            self.close_bridge()
+            for sig, handler in restore.items():
+                signal.signal(sig, handler)
+
+    def stop(self) -> None:
+        """Begin a graceful stop; a second call cuts clients off (signal-safe)."""
+        if self.stopping:
+            self.abort_clients()
+        self.stopping = True
+        self.stop_signal.set()
+
+    def serve_client(self, service: Service, sock: socket.socket, peer: object) -> Outcome:
+        """Drive one client to its end with the shared driver, logging accept and close."""
+        host, port = peer_text(peer)
+        started = time.monotonic()
+        self.observer.accepted(service.name, host, port)
+        try:
+            outcome = serve_connection(sock, service, self.limits, self.stop_fds(), self.bridge)
+        except Exception:
+            log.exception("a connection failed")
+            sock.close()
+            outcome = Outcome(0, 1, False)
+        self.observer.closed(service.name, host, port, outcome.lines,
+                             time.monotonic() - started)
+        return outcome
+
+    def stop_fds(self) -> list[int]:
+        return [self.stop_signal.fileno(), *self.watch_fds]
+
+    def bridge(self) -> OffloadBridge:
+        """The offload bridge, started on first use (thread-safe)."""
+        with self._bridge_lock:
+            if self._bridge is None:
+                self._bridge = OffloadBridge(self.limits.pool_size, self.limits.time_limit)
+            return self._bridge
+
+    def close_bridge(self) -> None:
+        with self._bridge_lock:
+            bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            bridge.close()
+
+    def count(self, outcome: Outcome) -> None:
+        self.stats.lines += outcome.lines
+        self.stats.errors += outcome.errors
+        self.stats.idle_closed += outcome.idle_closed
+
+    # -- the accept loop --------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        poller = select.poll()
+        by_fd = {listener.sock.fileno(): listener for listener in self.listeners}
+        for fd in (*self.stop_fds(), *self.extra_fds()):
+            poller.register(fd, select.POLLIN)
+        watching = False
+        while not self.stopping:
+            now = time.monotonic()
+            if watching != (now >= self._paused_until):
+                watching = not watching
+                for fd in by_fd:
+                    if watching:
+                        poller.register(fd, select.POLLIN)
+                    else:
+                        poller.unregister(fd)
+            wait = min(self._next_tick, self._paused_until if not watching else now + TICK)
+            events = poller.poll(max(0, int((wait - now) * 1000) + 1))
+            for fd, _ in events:
+                if fd in by_fd:
+                    self._accept_from(by_fd[fd])
+                elif fd in self.stop_fds():
+                    self.stopping = True
+            if time.monotonic() >= self._next_tick or events:
+                self._housekeeping()
+
+    def _accept_from(self, listener: Listener) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if self.stopping:
+                return
+            try:
+                sock, peer = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in CLIENT_GONE:
+                    continue
+                self._accept_failed(exc)
+                return
+            if self._accept_pauses:
+                log.info("accepting again (after %d pauses)", self._accept_pauses)
+                self._accept_pauses = 0
+            if self.active() >= self.limits.max_connections:
+                self.refuse(listener.service, sock, peer)
+            else:
+                self.dispatch(listener.service, sock, peer)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno not in OUT_OF_RESOURCES:
+            log.error("accept failed: %s", exc.strerror or exc)
+        elif self._accept_pauses == 0:
+            log.warning("accept failed: %s; pausing accepts for %g s until resources free up",
+                        exc.strerror or exc, ACCEPT_PAUSE)
+        self._accept_pauses += 1
+        self._paused_until = time.monotonic() + ACCEPT_PAUSE
+
+    def refuse(self, service: Service, sock: socket.socket, peer: object) -> None:
+        self.stats.busy += 1
+        if self._refused_unlogged == 0:
+            host, port = peer_text(peer)
+            self.observer.refused(service.name, host, port, "server busy")
+        self._refused_unlogged += 1
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
+            # Unread bytes at close() make the kernel send a reset, which can
+            # destroy the reply: take what the client already sent first.
+            with contextlib.suppress(BlockingIOError):
+                sock.recv(1 << 16)
+            sock.send(BUSY)
+            sock.shutdown(socket.SHUT_WR)
+        sock.close()
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK
+            if self._refused_unlogged > 1:
+                log.warning("refused %d more connections: server busy (max %d)",
+                            self._refused_unlogged - 1, self.limits.max_connections)
+            self._refused_unlogged = 0
+        self.tick()
+
+    # -- stopping ---------------------------------------------------------
+
+    def _drain(self) -> None:
+        self.stop_signal.set()  # also when a watched fd (not a signal) said stop
+        self._close_listeners()
+        if self.active():
+            log.info("draining %d connections (up to %g s)", self.active(),
+                     self.limits.drain_timeout)
+        # Each connection enforces drain_timeout itself; the margin covers the
+        # time it takes them to notice and close.
+        self.wait_for_clients(time.monotonic() + self.limits.drain_timeout + 1.0)
+        if self.active():
+            log.warning("drain timeout: cutting off %d connections", self.active())
+            self.abort_clients()
+            self.wait_for_clients(time.monotonic() + 5.0)
+
+    def _close_listeners(self) -> None:
+        for listener in self.listeners:
+            listener.sock.close()
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # embedded in a thread: the caller drives stop()
+        restore: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            restore[sig] = signal.signal(sig, self._on_signal)
+        return restore
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop()

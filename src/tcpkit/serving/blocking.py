@@ -1,0 +1,312 @@
+"""The connection driver shared by the blocking modes (iterative, thread, fork).
+
+:func:`serve_connection` moves bytes between one client socket and a sans-IO
+:class:`~tcpkit.connection.ServiceConnection`, sleeping in ``poll()`` on the
+socket, the server's stop pipe(s) and — when the client has offloaded work in
+flight — a pipe the offload thread writes to when a job finishes.  It is
+"blocking" in that it owns its thread (or process) and blocks it; the socket
+itself is non-blocking so that one ``poll`` can wait for all of these at once.
+
+What every mode gets from it, the same way as the async mode:
+
+* **Backpressure.**  Replies go out as the client reads them; while more than
+  ``write_high`` bytes wait to be sent, or more than ``max_waiting`` replies
+  wait behind unfinished jobs, the driver stops reading from the client.  The
+  client's further requests then stay in the kernel's buffers, and server
+  memory per connection stays bounded whatever the client does.
+* **Idle timeout.**  A client that has sent nothing for ``idle_timeout``
+  seconds (and has no work in flight) is closed.
+* **Half-close.**  At the client's EOF the remaining replies are sent, then the
+  connection closes.
+* **Cancellation.**  A client that goes away (reset, or a failed write) has its
+  offloaded jobs cancelled, which kills their worker processes.
+* **Drain.**  When a stop pipe becomes readable the driver takes no more
+  requests, finishes those already read, and closes — or gives up at
+  ``drain_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
+
+from tcpkit.connection import Job, ServiceConnection
+from tcpkit.service import RequestError, Service
+from tcpkit.serving.config import Limits
+from tcpkit.serving.offload import OffloadBridge
+from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed
+
+log = logging.getLogger("tcpkit")
+READ_SIZE = 1 << 16
+LINGER = 1.0  # seconds to read and discard a closing client's extra bytes
+LINGER_BYTES = 1 << 20
+_IN = select.POLLIN
+_OUT = select.POLLOUT
+_GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+_last_drain_warning = 0.0
+
+
+def _warn_drain_timeout() -> None:
+    """One line per second at most, however many connections hit the deadline."""
+    global _last_drain_warning
+    now = time.monotonic()
+    if now - _last_drain_warning >= 1.0:
+        _last_drain_warning = now
+        log.warning("drain timeout: closing connections with replies unsent")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a connection ended, for the server's counters and access log."""
+
+    lines: int
+    errors: int
+    idle_closed: bool
+
+
+def serve_connection(sock: socket.socket, service: Service, limits: Limits,
+                     stop_fds: Sequence[int],
+                     offload: Callable[[], OffloadBridge]) -> Outcome:
+    """Serve one client until it is done, idle, gone or drained; then close it.
+
+    ``stop_fds`` are file descriptors that become readable when the server
+    drains; ``offload`` returns the bridge that runs Offload jobs (called only
+    when the client sends such work).
+    """
+    driver = _Driver(sock, service, limits, stop_fds, offload)
+    try:
+        driver.run()
+    finally:
+        driver.close()
+    return Outcome(driver.conn.lines, driver.conn.errors, driver.idle_closed)
+
+
+class _Driver:
+    """The state of one client between ``poll`` calls."""
+
+    def __init__(self, sock: socket.socket, service: Service, limits: Limits,
+                 stop_fds: Sequence[int], offload: Callable[[], OffloadBridge]) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.limits = limits
+        self.conn = ServiceConnection(service, limits.max_line)
+        self.offload = offload
+        self.out = bytearray()  # replies the client has not taken yet
+        self.poller = select.poll()
+        self.mask = 0
+        self.poller.register(self.fd, 0)
+        self.stop_fds = set(stop_fds)
+        for fd in self.stop_fds:
+            self.poller.register(fd, _IN)
+        self.jobs: set[Job] = set()
+        self.finished_jobs: deque[Job] = deque()  # appended by the offload thread
+        self.wake: tuple[int, int] | None = None
+        self.wake_lock = threading.Lock()
+        self.last_seen = time.monotonic()
+        self.deadline: float | None = None  # set when draining
+        self.idle_closed = False
+        self.gone = False
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self) -> None:
+        while not self.gone and not (self.conn.finished and not self.out):
+            self._watch_socket()
+            timeout = self._timeout()
+            events = self.poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+            if not events:
+                self._timed_out()
+                continue
+            stop = False
+            # The socket was registered first, so poll lists it first: its
+            # requests are read before a stop in the same wake-up is acted on.
+            for fd, flags in events:
+                if fd == self.fd:
+                    self._socket_ready(flags)
+                elif self.wake is not None and fd == self.wake[0]:
+                    self._collect_jobs()
+                else:
+                    stop = True
+            if stop and not self.gone:
+                self._begin_drain()
+
+    def _watch_socket(self) -> None:
+        mask = _OUT if self.out else 0
+        if self._may_read():
+            mask |= _IN
+        if mask != self.mask:
+            # Even with mask 0, poll reports a reset (POLLERR/POLLHUP).
+            self.poller.modify(self.fd, mask)
+            self.mask = mask
+
+    def _may_read(self) -> bool:
+        conn = self.conn
+        return (not conn.eof and not conn.closing and len(self.out) < self.limits.write_high
+                and conn.waiting <= self.limits.max_waiting)
+
+    def _timeout(self) -> float | None:
+        now = time.monotonic()
+        if self.deadline is not None:
+            return max(0.0, self.deadline - now)
+        if self.conn.waiting:
+            return None  # work in flight: the client is waiting for us, not idle
+        return max(0.0, self.last_seen + self.limits.idle_timeout - now)
+
+    def _timed_out(self) -> None:
+        now = time.monotonic()
+        if self.deadline is not None:
+            if now >= self.deadline:
+                _warn_drain_timeout()
+                self.gone = True
+        elif not self.conn.waiting and now >= self.last_seen + self.limits.idle_timeout:
+            self.idle_closed = True
+            self.gone = True
+
+    # -- socket I/O -------------------------------------------------------
+
+    def _socket_ready(self, flags: int) -> None:
+        if flags & _OUT:
+            self._flush()
+        if flags & _IN and self._may_read():
+            self._read()
+        elif flags & _GONE:
+            self._lost()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost()
+            return
+        self.last_seen = time.monotonic()
+        self._send(self.conn.receive_data(data) if data else self.conn.receive_eof())
+
+    def _send(self, replies: bytes) -> None:
+        """Queue replies, start any new jobs, and try to write at once."""
+        if replies:
+            self.out += replies
+        for job in self.conn.take_jobs():
+            self._start(job)
+        if self.out and not self.gone:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost()
+            return
+        del self.out[:sent]
+
+    def _lost(self) -> None:
+        """The client is gone: nothing more can be sent, pending work is moot."""
+        self.gone = True
+        self.out.clear()
+
+    # -- offloaded jobs ---------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        if self.wake is None:
+            self.wake = os.pipe()
+            os.set_blocking(self.wake[0], False)
+            os.set_blocking(self.wake[1], False)
+            self.poller.register(self.wake[0], _IN)
+        try:
+            future = self.offload().submit(job.work)
+        except RuntimeError as exc:  # the bridge is closed: the server is stopping
+            self._send(self.conn.job_failed(job, str(exc)))
+            return
+        job.handle = future
+        self.jobs.add(job)
+        future.add_done_callback(partial(self._job_finished, job))
+
+    def _job_finished(self, job: Job, future: Future[bytes]) -> None:
+        """Runs on the offload thread (or wherever cancel() was called)."""
+        with self.wake_lock:
+            if self.wake is None:
+                return
+            self.finished_jobs.append(job)
+            with contextlib.suppress(BlockingIOError):
+                os.write(self.wake[1], b"!")
+
+    def _collect_jobs(self) -> None:
+        assert self.wake is not None
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake[0], 4096):
+                pass
+        while self.finished_jobs:
+            job = self.finished_jobs.popleft()
+            self.jobs.discard(job)
+            future = job.handle
+            if not isinstance(future, Future) or future.cancelled():
+                continue
+            try:
+                replies = self.conn.job_done(job, future.result())
+            except (RequestError, TimeLimitExceeded, WorkerCrashed) as exc:
+                replies = self.conn.job_failed(job, str(exc))
+            except Exception:
+                log.exception("offloaded work failed")
+                replies = self.conn.job_failed(job, "internal error")
+            self._send(replies)
+
+    # -- ending -----------------------------------------------------------
+
+    def _begin_drain(self) -> None:
+        """Stop taking requests; answer the ones already read, within drain_timeout."""
+        for fd in self.stop_fds:
+            self.poller.unregister(fd)
+        self.stop_fds.clear()
+        self.deadline = time.monotonic() + self.limits.drain_timeout
+        self.conn.stop_input()
+        self._send(b"")
+
+    def close(self) -> None:
+        """Cancel leftover jobs and close the socket (politely unless the client is gone)."""
+        for job in list(self.jobs):
+            if isinstance(job.handle, Future):
+                job.handle.cancel()  # the pool kills the worker: its CPU goes idle
+        with self.wake_lock:
+            wake, self.wake = self.wake, None
+        if wake is not None:
+            for fd in wake:
+                os.close(fd)
+        if self.conn.closing and not self.gone:
+            self._linger()
+        self.sock.close()
+
+    def _linger(self) -> None:
+        """After an error reply: half-close, then discard what the client still sends.
+
+        Closing with unread bytes would make the kernel send a reset, and a
+        reset can destroy the error reply before the client reads it.
+        """
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + LINGER
+            discarded = 0
+            while discarded < LINGER_BYTES:
+                left = end - time.monotonic()
+                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                    break
+                data = self.sock.recv(READ_SIZE)
+                if not data:
+                    break
+                discarded += len(data)

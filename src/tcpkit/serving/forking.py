@@ -1,0 +1,152 @@
+"""The fork mode: a child process per client, the article's answer to multi-tasking.
+
+The parent only accepts: it forks a child for each client (refusing past
+``--max-connections`` children), closes its copy of the client socket, and
+reaps children as they exit — on SIGCHLD, through a self-pipe, so that no
+child is ever left a zombie.  The child closes the listening sockets, serves
+its one client with the shared blocking driver and reports its counters to the
+parent over a pipe before it exits.
+
+Stopping travels by pipe too: each child keeps the read end of the parent's
+stop pipe, so one write by the parent (on SIGINT/SIGTERM) makes every child
+drain its client, and a parent that dies without a word shows up as EOF on the
+same pipe.  A child that itself gets SIGINT/SIGTERM drains just its client.
+Offloaded work in a child runs on a bridge of its own, started lazily after the
+fork, with one worker: the cap on children is then also the cap on workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from dataclasses import replace
+from types import FrameType
+from typing import NoReturn
+
+from tcpkit.service import Service
+from tcpkit.serving.accepting import BlockingServer
+from tcpkit.serving.pipes import StatsChannel, Wakeup
+from tcpkit.serving.stats import Stats
+
+log = logging.getLogger("tcpkit")
+
+
+class ForkingServer(BlockingServer):
+    """Serves each client in a child process of its own."""
+
+    mode = "fork"
+
+    def serve(self) -> None:
+        self._children: set[int] = set()
+        self._exited = Wakeup()
+        self._reports = StatsChannel()
+        self._fork_failed = False
+        # Objects that exist now are never collected in a child: without this,
+        # the child's first GC pass writes to every object's header and copies
+        # most of the parent's heap page by page (copy-on-write).
+        gc.freeze()
+        previous = signal.signal(signal.SIGCHLD, self._on_child_exit)
+        try:
+            super().serve()
+        finally:
+            signal.signal(signal.SIGCHLD, previous)
+            for pid in list(self._children):  # only after abort_clients: they are dying
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            self._children.clear()
+            self._reports.collect(self.stats)
+            self.stats.open = 0
+            self._exited.close()
+            self._reports.close()
+
+    def active(self) -> int:
+        return len(self._children)
+
+    def extra_fds(self) -> list[int]:
+        return [self._exited.fileno(), self._reports.fileno()]
+
+    def dispatch(self, service: Service, sock: socket.socket, peer: object) -> None:
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN/ENOMEM: too many processes, or no memory
+            if not self._fork_failed:
+                log.warning("cannot fork for a client: %s", exc.strerror or exc)
+                self._fork_failed = True
+            self.refuse(service, sock, peer)
+            return
+        if pid == 0:
+            self._child(service, sock, peer)
+        self._fork_failed = False
+        self._children.add(pid)
+        self.stats.connections += 1
+        self.stats.open = len(self._children)
+        sock.close()
+
+    def _child(self, service: Service, sock: socket.socket, peer: object) -> NoReturn:
+        code = 1
+        try:
+            own_stop = self._become_child()
+            self.watch_fds = [*self.watch_fds, own_stop.fileno()]
+            outcome = self.serve_client(service, sock, peer)
+            self._reports.send(Stats(0.0, lines=outcome.lines, errors=outcome.errors,
+                                     idle_closed=int(outcome.idle_closed)))
+            self.close_bridge()
+            code = 0
+        except BaseException:
+            log.exception("a fork-mode child failed")
+        finally:
+            os._exit(code)
+
+    def _become_child(self) -> Wakeup:
+        """Drop the parent's duties in a freshly forked child; return its own stop pipe."""
+        own_stop = Wakeup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: own_stop.set())
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for listener in self.listeners:
+            listener.sock.close()
+        self.stop_signal.close_writer()
+        self._exited.close()
+        self._reports.close_reader()
+        self._children.clear()
+        self._bridge = None
+        self._bridge_lock = threading.Lock()
+        self.limits = replace(self.limits, pool_size=1)
+        return own_stop
+
+    def _on_child_exit(self, signum: int, frame: FrameType | None) -> None:
+        self._exited.set()
+
+    def tick(self) -> None:
+        self._exited.clear()
+        while self._children:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self._children.clear()
+                break
+            if pid == 0:
+                break
+            self._children.discard(pid)
+        self.stats.open = len(self._children)
+        self._reports.collect(self.stats)
+
+    def wait_for_clients(self, deadline: float) -> None:
+        while self._children:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            select.select(self.extra_fds(), [], [], min(left, 1.0))
+            self.tick()
+
+    def abort_clients(self) -> None:
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,43 @@
+"""The iterative mode: one client at a time, the article's first server.
+
+The accept loop serves each client to its end before it accepts the next;
+other clients wait in the listening socket's backlog meanwhile.  Simple and
+fair only for short visits — which is the article's point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+
+from tcpkit.service import Service
+from tcpkit.serving.accepting import BlockingServer
+
+
+class IterativeServer(BlockingServer):
+    """Serves clients one after another on the calling thread."""
+
+    mode = "iterative"
+    _current: socket.socket | None = None  # the client being served
+
+    def dispatch(self, service: Service, sock: socket.socket, peer: object) -> None:
+        self.stats.connections += 1
+        self.stats.open = 1
+        self._current = sock
+        try:
+            self.count(self.serve_client(service, sock, peer))
+        finally:
+            self._current = None
+            self.stats.open = 0
+        # A stop that arrived while this client was served (by signal or by a
+        # supervisor's pipe) must end the accept batch before another client.
+        if select.select(self.stop_fds(), [], [], 0)[0]:
+            self.stopping = True
+
+    def abort_clients(self) -> None:
+        # Called from a signal handler while serve_client blocks in poll():
+        # shutting the socket down makes that poll report the client gone.
+        if self._current is not None:
+            with contextlib.suppress(OSError):
+                self._current.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,99 @@
+"""Self-pipes: how signals, threads and processes wake a blocking server.
+
+A blocking server sleeps in ``poll()``; anything that must wake it — a signal
+handler asking for a drain, a child that exited, a job that finished on the
+offload thread — writes a byte to a pipe the ``poll`` watches.  Pipes, unlike
+``threading.Event``, are also visible across ``fork``: a forked child that
+inherits the read end of its parent's stop pipe starts draining the moment the
+parent writes to it, and sees end-of-file (also readable) if the parent dies.
+
+:class:`StatsChannel` carries a finished child's counters to its parent the
+same way; each report is one small ``write`` (atomic below ``PIPE_BUF``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import struct
+
+from tcpkit.serving.stats import COUNTERS, Stats
+
+
+class Wakeup:
+    """A pipe that becomes readable when :meth:`set` is called (from anywhere)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def set(self) -> None:
+        """Wake the reader (safe in signal handlers and other threads)."""
+        # Full pipe: already readable.  Closed writer: nobody left to wake.
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._write, b"!")
+
+    def is_set(self) -> bool:
+        return bool(select.select([self._read], [], [], 0)[0])
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._read, 4096):
+                pass
+
+    def close_writer(self) -> None:
+        """In a forked child: keep only the read end (the parent's EOF then shows)."""
+        with contextlib.suppress(OSError):
+            os.close(self._write)
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_RECORD = struct.Struct(f"={len(COUNTERS)}q")
+
+
+class StatsChannel:
+    """Children send their :class:`Stats` to the parent over one shared pipe."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        self._partial = b""
+
+    def fileno(self) -> int:
+        return self._read
+
+    def send(self, stats: Stats) -> None:
+        """Report ``stats`` (in the child, just before it exits)."""
+        record = _RECORD.pack(*stats.counts())
+        with contextlib.suppress(OSError):
+            os.write(self._write, record)
+
+    def collect(self, total: Stats) -> None:
+        """Add every report received so far to ``total`` (in the parent)."""
+        data = self._partial
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(self._read, 1 << 16):
+                data += chunk
+        usable = len(data) - len(data) % _RECORD.size
+        for counts in _RECORD.iter_unpack(data[:usable]):
+            total.add(Stats.from_counts(counts))  # started is the parent's own
+        self._partial = data[usable:]
+
+    def close_reader(self) -> None:
+        """In a child: only the write end is of use."""
+        with contextlib.suppress(OSError):
+            os.close(self._read)
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
