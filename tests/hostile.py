@@ -126,6 +126,9 @@ def settle(pid: int, baseline: Snapshot, timeout: float = 15.0) -> Snapshot:
         time.sleep(0.1)
 
 
+QUIET = Snapshot(fds=1 << 30, children=0, pss_kb=0)  # settle() until no children are left
+
+
 # -- outcome ----------------------------------------------------------------------
 
 
@@ -192,6 +195,8 @@ def classify_extra(port: int, timeout: float = 10.0) -> str:
     try:
         with connect(port, timeout=timeout) as sock:
             sock.sendall(b"extra\n")
+            with contextlib.suppress(OSError):  # a client served after all must not hang
+                sock.shutdown(socket.SHUT_WR)
             reply = recv_until_closed(sock)
     except ConnectionRefusedError:
         return "refused"
@@ -357,18 +362,22 @@ def connection_flood(server: Server, held: int, extra: int, mode: str) -> Outcom
     """``held`` clients fill ``--max-connections``; each of ``extra`` more is turned away."""
     port = server.port
     kinds: dict[str, int] = {}
+    # Fork mode counts a child until it is reaped: let earlier clients' go first.
+    settle(server.pid, QUIET, timeout=10)
     with Sampler(server.pid) as sampler, crowd(port, held) as socks:
+        held_count = 0
         for sock in socks:  # make sure each one really holds a slot
             sock.sendall(b"held\n")
-            sock.recv(16)
+            held_count += sock.recv(16) == b"dleh\n"
         for _ in range(extra):
             kind = classify_extra(port)
             kinds[kind] = kinds.get(kind, 0) + 1
+    settle(server.pid, QUIET, timeout=10)  # the held clients' slots are free again
     after = served(port, 3)
     return Outcome(
         "connection flood > --max-connections", mode, f"{held} held + {extra} extra",
         f"--max-connections {held}", lost=3 - after, peak_pss_kb=sampler.peak_pss_kb,
-        details={"extras": kinds, "served_after": after})
+        details={"held": held_count, "extras": kinds, "served_after": after})
 
 
 def fd_exhaustion(server: Server, clients: int, mode: str) -> Outcome:

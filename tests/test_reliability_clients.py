@@ -73,6 +73,7 @@ def test_flood_beyond_max_connections_is_turned_away(serve: object, mode: str) -
     baseline = Snapshot.of(server.pid)
     outcome = hostile.connection_flood(server, held=held, extra=30, mode=mode)
     print(outcome)
+    assert outcome.details["held"] == held, outcome
     extras = outcome.details["extras"]
     assert isinstance(extras, dict)
     assert set(extras) <= {"busy", "refused", "reset"}, extras
