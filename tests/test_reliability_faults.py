@@ -148,3 +148,17 @@ def test_permission_denied_on_a_low_port_is_one_line_and_exit_1() -> None:
     assert result.returncode == 1, result
     assert result.stderr.decode().splitlines() == [
         "error: cannot listen on 127.0.0.1:80: Permission denied"]
+
+
+@pytest.mark.parametrize("mode", ["thread"])
+def test_drain_with_over_a_thousand_clients_lingers_without_select(serve: object,
+                                                                   mode: str) -> None:
+    """Regression: the lingering close used select(), which cannot take fds >= 1024."""
+    server: Server = serve("reverse", "--mode", mode)  # type: ignore[operator]
+    with hostile.crowd(server.port, 1100) as socks:
+        assert len(socks) == 1100
+        assert hostile.served(server.port) == 1  # the server has accepted them all
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0
+    server.stop()
+    assert "Traceback" not in server.stderr() and "ValueError" not in server.stderr()
