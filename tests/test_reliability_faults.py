@@ -37,6 +37,7 @@ def test_sigterm_during_load_answers_every_line_it_read(serve: object, mode: str
     assert details["exit"] == 0, server.stderr()[-2000:]
     assert details["wrong"] == 0 and details["tracebacks"] == 0, details
     assert outcome.lost == 0 and details["per_client_match"], details
+    assert details["stop_seconds"] < 20, details  # within --drain-timeout
     assert re.search(r"stopped after .* s: ", server.stderr())
 
 
