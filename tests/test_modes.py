@@ -400,11 +400,10 @@ def test_workers_restart_and_stop(mode: str, servers: list[Server]) -> None:
 # -- running out of file descriptors ------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["thread", "async"])
-def test_out_of_descriptors_recovers(mode: str, servers: list[Server]) -> None:
-    """Under RLIMIT_NOFILE=40, 60 clients at once: the server survives and serves on."""
+def test_out_of_descriptors_recovers(servers: list[Server]) -> None:
+    """Under RLIMIT_NOFILE=40, 60 clients at once: the thread mode pauses accepting."""
     server = start_server(["prlimit", "--nofile=40:40", "--", *script("tcpkit"), "serve",
-                           "reverse", "--listen", "127.0.0.1:0", "--mode", mode])
+                           "reverse", "--listen", "127.0.0.1:0", "--mode", "thread"])
     servers.append(server)
     clients = [connect(server.port) for _ in range(60)]
     early = clients[0]
@@ -412,20 +411,48 @@ def test_out_of_descriptors_recovers(mode: str, servers: list[Server]) -> None:
     assert recv_lines(early, 1) == [b"ylrae\n"]
     late = clients[-1]
     late.sendall(b"late\n")
-    if mode == "thread":
-        server.wait_for_stderr("accept failed: Too many open files; pausing accepts")
-    else:
-        time.sleep(1)  # uvloop logs nothing: give it time to run out
+    server.wait_for_stderr("accept failed: Too many open files; pausing accepts")
     for sock in clients[:-1]:
         sock.close()
-    if mode == "thread":
-        # The blocking modes pause accepting and pick the waiting client up later.
-        assert recv_lines(late, 1) == [b"etal\n"]
-        assert server.stderr().count("pausing accepts") == 1  # once per episode
-    # uvloop (async) instead accepts and closes (resets) what it has no
-    # descriptor for.  Either way the server must serve on once they are free.
+    # The blocking modes pause accepting and pick the waiting client up later.
+    assert recv_lines(late, 1) == [b"etal\n"]
+    assert server.stderr().count("pausing accepts") == 1  # once per episode
     late.close()
     assert wait_for(lambda: answers(server.port), 10, 0.5)
+    assert server.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in server.stderr()
+
+
+def test_async_refuses_before_descriptors_run_out(servers: list[Server]) -> None:
+    """Under RLIMIT_NOFILE=64, 100 clients at once: the async mode serves what fits,
+    refuses the rest with a clear line (never a reset from libuv's EMFILE trick), logs
+    the episode once, and serves normally when the flood is over."""
+    server = start_server(["prlimit", "--nofile=64:64", "--", *script("tcpkit"), "serve",
+                           "reverse", "--listen", "127.0.0.1:0", "--mode", "async"])
+    servers.append(server)
+    room = int(server.wait_for_stderr(r"descriptor limit 64: room for (\d+) connections")
+               .group(1))
+    assert 1 < room < 64
+    clients = [connect(server.port) for _ in range(100)]
+    try:
+        for sock in clients[room:]:  # the backlog is accepted in order: these are refused
+            assert recv_until_closed(sock) == b"error: server busy\n"
+        for number, sock in enumerate(clients[:room]):  # ...and these all served
+            sock.sendall(b"%d\n" % number)
+            assert recv_lines(sock, 1) == [str(number).encode()[::-1] + b"\n"]
+    finally:
+        for sock in clients:
+            sock.close()
+    text = server.wait_for_stderr("accepting again")
+    assert server.stderr().count("near the descriptor limit") == 1  # once per episode
+    assert text and server.process.poll() is None
+    assert wait_for(lambda: answers(server.port), 10, 0.5)
+    for _ in range(3):  # a second flood is refused and survived the same way
+        extra = [connect(server.port) for _ in range(room + 5)]
+        assert recv_until_closed(extra[-1]) == b"error: server busy\n"
+        for sock in extra:
+            sock.close()
+        assert wait_for(lambda: answers(server.port), 10, 0.5)
     assert server.stop(signal.SIGTERM) == 0
     assert "Traceback" not in server.stderr()
 

@@ -44,37 +44,8 @@ def wait_closed(server, count: int) -> None:
         time.sleep(0.02)
 
 
-def test_counts_after_real_traffic_are_exact(serve) -> None:
-    server = serve("reverse", "factor", "--metrics", "127.0.0.1:0", "--max-line", "100")
-    port = metrics_port(server)
-    rev, fac = server.ports["reverse"], server.ports["factor"]
-    payload = b"hello\nworld\r\nlast"
-    first = exchange(rev, payload)
-    assert first == b"olleh\ndlrow\r\ntsal\n"
-    long_line = b"x" * 200 + b"\n"
-    second = exchange(rev, b"ok\n" + long_line)
-    assert second == b"ko\nerror: line too long (max 100 bytes)\n"
-    factor_in = b"42\nabc\n1000000000000000000000000000000000000000000000000000000000007\n"
-    replies = exchange(fac, factor_in)
-    assert replies.count(b"\n") == 3 and b"error: not an integer" in replies
-    wait_closed(server, 3)
-    got = scrape(port)
-    rv = {"service": "reverse", "mode": "async"}
-    fc = {"service": "factor", "mode": "async"}
-    assert value(got, "tcpkit_connections_total", **rv) == 2
-    assert value(got, "tcpkit_connections_total", **fc) == 1
-    assert value(got, "tcpkit_connections_open", **rv) == 0
-    assert value(got, "tcpkit_lines_total", **rv) == 4  # hello, world, last, ok
-    assert value(got, "tcpkit_replies_total", **rv) == 5  # ...and the error line
-    assert value(got, "tcpkit_received_bytes_total", **rv) == len(payload) + 3 + len(long_line)
-    assert value(got, "tcpkit_sent_bytes_total", **rv) == len(first) + len(second)
-    assert value(got, "tcpkit_errors_total", kind="line_too_long", **rv) == 1
-    assert value(got, "tcpkit_errors_total", kind="request", **fc) == 1
-    assert value(got, "tcpkit_lines_total", **fc) == 3
-    assert value(got, "tcpkit_replies_total", **fc) == 3
-    assert value(got, "tcpkit_request_duration_seconds_count", **rv) == 4
-    assert value(got, "tcpkit_request_duration_seconds_count", **fc) == 3  # 2 inline, 1 job
-    assert value(got, "tcpkit_request_duration_seconds_bucket", le="+Inf", **fc) == 3
+# The exact counts after real traffic, in every mode and with --workers:
+# tests/test_allmodes.py::test_metrics_exact_in_every_mode.
 
 
 def test_open_connections_and_per_ip_refusals(serve) -> None:

@@ -108,6 +108,9 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
                        help="longest number the factor service accepts")
     serve.add_argument("--factor-workers", type=positive(int), default=None, metavar="N",
                        help="worker processes for large factorizations (default: CPUs)")
+    serve.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
+                       help="where large factorizations run: local worker processes "
+                            "(default) or a Dask cluster's scheduler (needs tcpkit[dask])")
     add_log_options(serve)
     from tcpkit import operate
 
@@ -151,6 +154,12 @@ def run_serve(args: argparse.Namespace) -> int:
         ops = Operation.from_args(args, list(dict.fromkeys(name for name, _ in plan)))
     except (EndpointError, registry.UnknownService, OptionError) as exc:
         raise UsageError(str(exc)) from None
+    from tcpkit.serving.executors import check_executor
+
+    try:
+        check_executor(args.executor)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     options = Options(max_digits=args.max_digits)
     services: dict[str, Service] = {}
     for name, _ in plan:
@@ -160,6 +169,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_line=args.max_line, drain_timeout=args.drain_timeout,
         time_limit=args.time_limit, pool_size=args.factor_workers,
         max_per_ip=args.max_per_ip, rate_per_ip=args.rate_per_ip,
+        executor=None if args.executor == "local" else args.executor,
     )
     if args.check_config:
         print("config ok")

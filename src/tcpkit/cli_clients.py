@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from tcpkit.client import (
+    WINDOW,
     ConnectionClosed,
     StreamSender,
     pipeline,
@@ -44,13 +45,28 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="print 'N: factors' as GNU factor does")
     factor.add_argument("--no-progress", action="store_true",
                         help="no progress line on stderr, even on a terminal")
+    factor.add_argument("--window", type=_at_least_one, default=WINDOW, metavar="N",
+                        help=f"numbers in flight at most (default {WINDOW}): bounds memory "
+                             "on both ends however long stdin is")
     add_client_options(factor)
     factor.set_defaults(run=run_factor)
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="for connecting and for each reply (default 30)")
+    # Longer than the server's default --time-limit (30 s), so a number that
+    # passes it ends with the server's own "time limit exceeded" reply.
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="for connecting and for each reply (default 60)")
     parser.add_argument("--tls", action="store_true",
                         help="speak TLS, checking the server's certificate")
     parser.add_argument("--ca", metavar="FILE",
@@ -149,7 +165,7 @@ def run_factor(args: argparse.Namespace) -> int:
     show = Progress(len(args.numbers) or None) if _wants_progress(args) else None
     status = EXIT_OK
     out = sys.stdout.buffer
-    for number, reply in pipeline(sock, numbers, lambda n: n + b"\n"):
+    for number, reply in pipeline(sock, numbers, lambda n: n + b"\n", window=args.window):
         reply = strip_terminator(reply)
         if reply.startswith(b"error: "):
             out.flush()

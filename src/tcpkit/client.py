@@ -124,6 +124,9 @@ def _send_all(sock: INETSocket, requests: Iterable[T], encode: Callable[[T], byt
     batch: list[bytes] = []
     try:
         for request in requests:
+            if batch and in_flight.full():  # put() would block: send what is held first
+                sock.write(b"".join(batch))
+                batch.clear()
             in_flight.put((request,))
             batch.append(encode(request))
             if len(batch) >= 256 or in_flight.qsize() < 2:

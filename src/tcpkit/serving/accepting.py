@@ -8,6 +8,13 @@ signal handlers, and the drain.  A subclass only says how a client is served
 (:meth:`BlockingServer.active`), how to wait for them when draining, and how to
 cut them off when the drain times out.
 
+Operator features work here as in the async mode: per-address limits
+(:class:`~tcpkit.serving.admission.Admission`, checked before a client is
+handed on), TLS (the handshake runs where the client is served — its thread,
+its child, or inline in iterative mode — bounded by the handshake timeout and
+by a stop), SIGHUP reloading the certificate, and traffic figures for
+``--metrics`` (the driver reports them when the observer measures traffic).
+
 Accept errors that mean "out of file descriptors or memory" (EMFILE, ENFILE,
 ENOBUFS, ENOMEM) must not stop the server, nor make it spin on a listening
 socket that stays readable: accepting pauses for :data:`ACCEPT_PAUSE` seconds,
@@ -30,6 +37,8 @@ from typing import Any
 
 from tcpkit.endpoints import peer_text
 from tcpkit.service import Service
+from tcpkit.serving.admission import BUSY as BUSY_REFUSAL
+from tcpkit.serving.admission import Admission, Refusal
 from tcpkit.serving.aio import Listener
 from tcpkit.serving.blocking import Outcome, serve_connection
 from tcpkit.serving.config import Limits
@@ -38,6 +47,7 @@ from tcpkit.serving.listeners import describe
 from tcpkit.serving.offload import OffloadBridge
 from tcpkit.serving.pipes import Wakeup
 from tcpkit.serving.stats import Stats
+from tcpkit.serving.tls import reload_certificates, server_handshake
 
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
@@ -45,6 +55,11 @@ ACCEPT_PAUSE = 0.1  # seconds to stop accepting when out of descriptors or memor
 ACCEPT_BATCH = 64  # clients accepted per wake-up, so signals are seen promptly
 TICK = 1.0
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# A refused client's socket stays open this long (at most MAX_LINGERING at once),
+# its input read and dropped: closing with unread input would reset the
+# connection, and the reset can destroy the ``error:`` line before it is read.
+LINGER = 2.0
+MAX_LINGERING = 256
 CLIENT_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 
 
@@ -59,20 +74,27 @@ class BlockingServer:
         self.limits = limits or Limits()
         self.observer = observer or Observer()
         self.stats = Stats()
+        self.admission = Admission(self.limits.max_per_ip, self.limits.rate_per_ip)
+        self._admission_lock = threading.Lock()  # thread mode releases from client threads
         self.stop_signal = Wakeup()
         self.watch_fds: list[int] = []  # more fds meaning "stop" (a supervisor's pipe)
         self.stopping = False
         self._bridge: OffloadBridge | None = None
         self._bridge_lock = threading.Lock()
         self._refused_unlogged = 0
+        self._poller: select.poll | None = None  # the accept loop's
+        self._lingering: dict[int, tuple[socket.socket, float]] = {}  # fd -> (sock, until)
         self._accept_pauses = 0  # consecutive out-of-resources pauses
         self._paused_until = 0.0
         self._next_tick = 0.0
 
     # -- what a mode provides ---------------------------------------------
 
-    def dispatch(self, service: Service, sock: socket.socket, peer: object) -> None:
-        """Serve a newly accepted client (inline, on a thread, in a child...)."""
+    def dispatch(self, listener: Listener, sock: socket.socket, peer: object) -> None:
+        """Serve a newly accepted, admitted client (inline, on a thread, in a child...).
+
+        Whoever serves it calls :meth:`release` with its host when it is done.
+        """
         raise NotImplementedError
 
     def active(self) -> int:
@@ -91,6 +113,9 @@ class BlockingServer:
     def extra_fds(self) -> list[int]:
         """More fds for the accept loop to wake on (e.g. a SIGCHLD pipe)."""
         return []
+
+    def serving_socket(self, sock: socket.socket) -> None:
+        """The client's socket is now ``sock`` (its TLS wrapper), for abort_clients."""
 
     # -- serving ----------------------------------------------------------
 
@@ -115,20 +140,51 @@ class BlockingServer:
         self.stopping = True
         self.stop_signal.set()
 
-    def serve_client(self, service: Service, sock: socket.socket, peer: object) -> Outcome:
-        """Drive one client to its end with the shared driver, logging accept and close."""
+    def serve_client(self, listener: Listener, sock: socket.socket, peer: object) -> Outcome:
+        """Drive one client to its end with the shared driver, logging accept and close.
+
+        Over TLS the handshake comes first; a client that fails it or does not
+        finish it within the handshake timeout is closed unlogged (as in async).
+        """
+        service = listener.service
         host, port = peer_text(peer)
+        if listener.tls is not None:
+            wrapped = server_handshake(sock, listener.tls, self.stop_fds())
+            if wrapped is None:
+                return Outcome(0, 0, False)
+            sock = wrapped
+            self.serving_socket(sock)
         started = time.monotonic()
-        self.observer.accepted(service.name, host, port)
+        observer = self.observer
+        observer.accepted(service.name, host, port)
         try:
-            outcome = serve_connection(sock, service, self.limits, self.stop_fds(), self.bridge)
+            outcome = serve_connection(sock, service, self.limits, self.stop_fds(), self.bridge,
+                                       observer if observer.measures_traffic else None)
         except Exception:
             log.exception("a connection failed")
             sock.close()
             outcome = Outcome(0, 1, False)
-        self.observer.closed(service.name, host, port, outcome.lines,
-                             time.monotonic() - started)
+        if outcome.idle_closed:
+            observer.failed(service.name, "idle_timeout")
+        observer.closed(service.name, host, port, outcome.lines, time.monotonic() - started)
         return outcome
+
+    def admit(self, peer: object) -> Refusal | None:
+        """Why a new client may not be served (busy, per-address limits), or None."""
+        if self.active() >= self.limits.max_connections:
+            return BUSY_REFUSAL
+        host = peer_text(peer)[0]
+        if not self.admission.enabled or host == "unix":
+            return None
+        with self._admission_lock:
+            return self.admission.admit(host, time.monotonic())
+
+    def release(self, peer: object) -> None:
+        """An admitted client has gone (from any thread)."""
+        host = peer_text(peer)[0]
+        if self.admission.enabled and host != "unix":
+            with self._admission_lock:
+                self.admission.release(host)
 
     def stop_fds(self) -> list[int]:
         return [self.stop_signal.fileno(), *self.watch_fds]
@@ -154,7 +210,7 @@ class BlockingServer:
     # -- the accept loop --------------------------------------------------
 
     def _accept_loop(self) -> None:
-        poller = select.poll()
+        poller = self._poller = select.poll()
         by_fd = {listener.sock.fileno(): listener for listener in self.listeners}
         for fd in (*self.stop_fds(), *self.extra_fds()):
             poller.register(fd, select.POLLIN)
@@ -173,6 +229,8 @@ class BlockingServer:
             for fd, _ in events:
                 if fd in by_fd:
                     self._accept_from(by_fd[fd])
+                elif fd in self._lingering:
+                    self._drop_input(fd)
                 elif fd in self.stop_fds():
                     self.stopping = True
             if time.monotonic() >= self._next_tick or events:
@@ -194,10 +252,11 @@ class BlockingServer:
             if self._accept_pauses:
                 log.info("accepting again (after %d pauses)", self._accept_pauses)
                 self._accept_pauses = 0
-            if self.active() >= self.limits.max_connections:
-                self.refuse(listener.service, sock, peer)
+            refusal = self.admit(peer)
+            if refusal is not None:
+                self.refuse(listener.service, sock, peer, refusal)
             else:
-                self.dispatch(listener.service, sock, peer)
+                self.dispatch(listener, sock, peer)
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno not in OUT_OF_RESOURCES:
@@ -208,11 +267,17 @@ class BlockingServer:
         self._accept_pauses += 1
         self._paused_until = time.monotonic() + ACCEPT_PAUSE
 
-    def refuse(self, service: Service, sock: socket.socket, peer: object) -> None:
-        self.stats.busy += 1
+    def refuse(self, service: Service, sock: socket.socket, peer: object,
+               refusal: Refusal = BUSY_REFUSAL) -> None:
+        """Send the refusal's ``error:`` line, count it, and close."""
+        if refusal.kind == "busy":
+            self.stats.busy += 1
+        else:
+            self.stats.limited += 1
+        self.observer.limit_refused(service.name, refusal.kind)
         if self._refused_unlogged == 0:
             host, port = peer_text(peer)
-            self.observer.refused(service.name, host, port, "server busy")
+            self.observer.refused(service.name, host, port, refusal.message)
         self._refused_unlogged += 1
         with contextlib.suppress(OSError):
             sock.setblocking(False)
@@ -220,8 +285,31 @@ class BlockingServer:
             # destroy the reply: take what the client already sent first.
             with contextlib.suppress(BlockingIOError):
                 sock.recv(1 << 16)
-            sock.send(BUSY)
+            sock.send(BUSY if refusal is BUSY_REFUSAL
+                      else b"error: %s\n" % refusal.message.encode())
             sock.shutdown(socket.SHUT_WR)
+            if self._poller is not None and len(self._lingering) < MAX_LINGERING:
+                self._poller.register(sock.fileno(), select.POLLIN)
+                self._lingering[sock.fileno()] = (sock, time.monotonic() + LINGER)
+                return
+        sock.close()
+
+    def _drop_input(self, fd: int) -> None:
+        """Read and drop what a refused client sends; close at its EOF."""
+        sock = self._lingering[fd][0]
+        try:
+            if sock.recv(1 << 16):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._stop_lingering(fd)
+
+    def _stop_lingering(self, fd: int) -> None:
+        sock, _ = self._lingering.pop(fd)
+        if self._poller is not None:
+            self._poller.unregister(fd)
         sock.close()
 
     def _housekeeping(self) -> None:
@@ -229,9 +317,12 @@ class BlockingServer:
         if now >= self._next_tick:
             self._next_tick = now + TICK
             if self._refused_unlogged > 1:
-                log.warning("refused %d more connections: server busy (max %d)",
-                            self._refused_unlogged - 1, self.limits.max_connections)
+                log.warning("refused %d more connections in the last second (server busy "
+                            "or per-client limits)", self._refused_unlogged - 1)
             self._refused_unlogged = 0
+            for fd, (_, until) in list(self._lingering.items()):
+                if now >= until:
+                    self._stop_lingering(fd)
         self.tick()
 
     # -- stopping ---------------------------------------------------------
@@ -253,6 +344,8 @@ class BlockingServer:
     def _close_listeners(self) -> None:
         for listener in self.listeners:
             listener.sock.close()
+        for fd in list(self._lingering):
+            self._stop_lingering(fd)
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -260,7 +353,14 @@ class BlockingServer:
         restore: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             restore[sig] = signal.signal(sig, self._on_signal)
+        # SIGHUP (systemctl reload) re-reads certificates; it never stops the server.
+        restore[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         return restore
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop()
+
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        # Python runs this on the main thread between bytecodes (also while
+        # iterative mode serves a client): reading the files here is safe.
+        reload_certificates(listener.tls for listener in self.listeners)

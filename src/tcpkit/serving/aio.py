@@ -12,6 +12,15 @@ drains below ``write_low`` (asyncio's own high/low water marks).  A client that
 pipelines many slow requests is paused likewise once ``max_waiting`` replies
 wait behind unfinished jobs.  Either way its memory stays bounded.
 
+Running out of file descriptors (SPEC §2.1: pause, log, never stop): libuv
+answers EMFILE on accept by resetting every waiting client, silently, and
+uvloop closes the listening socket for good on other accept errors.  So the
+server refuses clients with ``error: server busy`` before descriptors run out
+(``max_open``, from :mod:`tcpkit.serving.fdlimit`; the same comparison as
+``--max-connections``, so it costs nothing per connection), logs each such
+episode once, and gives libuv a duplicate of each listening socket: if libuv
+closes it anyway, the tick notices and serves the original again.
+
 Idle timeouts use a coarse clock: one timer per server ticks once a second and
 closes clients idle for too long, instead of one timer per client (cheap with
 10,000 idle connections).
@@ -32,14 +41,16 @@ from typing import Any, cast
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import peer_text
 from tcpkit.service import RequestError, Service
+from tcpkit.serving import fdlimit
 from tcpkit.serving.admission import BUSY as BUSY_REFUSAL
 from tcpkit.serving.admission import Admission, Refusal
 from tcpkit.serving.config import Limits
 from tcpkit.serving.events import Observer
+from tcpkit.serving.executors import make_executor
 from tcpkit.serving.listeners import BACKLOG, describe
-from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed, WorkerPool
+from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed
 from tcpkit.serving.stats import Stats
-from tcpkit.serving.tls import ServerTLS
+from tcpkit.serving.tls import ServerTLS, reload_certificates
 
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
@@ -237,13 +248,17 @@ class _Client(asyncio.Protocol):
         start = time.perf_counter()
         failure = None
         try:
-            out = self.conn.job_done(job, await self.server.pool.run(job.work))
+            reply = await self.server.pool.run(job.work, owner=self)  # fair share per client
+            out = self.conn.job_done(job, reply)
         except RequestError as exc:
             out, failure = self.conn.job_failed(job, str(exc)), "request"
         except TimeLimitExceeded as exc:
             out, failure = self.conn.job_failed(job, str(exc)), "time_limit"
         except WorkerCrashed as exc:
             out, failure = self.conn.job_failed(job, str(exc)), "worker_crashed"
+        except Exception:  # an executor bug must cost one request, never a hung connection
+            log.exception("offloaded work failed")
+            out, failure = self.conn.job_failed(job, "internal error"), "internal"
         observer = self.server.observer
         if self.server.metered and self.transport is not None:
             observer.traffic(self.service.name, 0, len(out), 0, out.count(b"\n"), 1,
@@ -288,7 +303,7 @@ class _Refused(asyncio.Protocol):
 
     @classmethod
     def close(cls, server: AsyncServer, transport: asyncio.Transport) -> None:
-        if cls.lingering >= cls.MAX_LINGERING or not transport.can_write_eof():
+        if cls.lingering >= server.max_lingering or not transport.can_write_eof():
             transport.close()
             return
         refused = cls(transport)
@@ -330,11 +345,17 @@ class AsyncServer:
         self.one_shot = False  # serving a single connection (inetd): stop when it closes
         self.stats = Stats()
         self.clients: set[_Client] = set()
-        self.pool = WorkerPool(self.limits.pool_size, self.limits.time_limit)
+        self.pool = make_executor(self.limits)
         self.tick = 0
         self.draining = False
         self._refused_unlogged = 0
+        # Clients and lingering refused ones allowed at once: set from the
+        # descriptor limit when serving starts (see the module docstring).
+        self.max_open = self.limits.max_connections
+        self.max_lingering = _Refused.MAX_LINGERING
+        self._fd_limited = False  # refusing now because descriptors would run out
         self._servers: list[asyncio.Server] = []
+        self._serving_socks: list[socket.socket] = []  # the duplicates libuv listens on
         self._stop: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop  # set by serve()
@@ -346,16 +367,11 @@ class AsyncServer:
         self._drained = asyncio.Event()
         self._install_signals()  # before "Listening on": a signal from then on is handled
         for listener in self.listeners:
-            tls = listener.tls
-            server = await self.loop.create_server(
-                lambda svc=listener.service: _Client(self, svc),
-                sock=listener.sock,
-                backlog=BACKLOG,
-                ssl=tls.context if tls else None,
-                ssl_handshake_timeout=tls.handshake_timeout if tls else None,
-            )
+            server, sock = await self._listen(listener)
             self._servers.append(server)
+            self._serving_socks.append(sock)
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
+        self._budget_descriptors()
         self.loop.set_exception_handler(_log_loop_error)
         ticker = self.loop.create_task(self._tick())
         try:
@@ -364,6 +380,48 @@ class AsyncServer:
         finally:
             ticker.cancel()
             await self.pool.close()
+
+    async def _listen(self, listener: Listener) -> tuple[asyncio.Server, socket.socket]:
+        """Serve ``listener`` (again): libuv gets a duplicate of its socket to close."""
+        tls = listener.tls
+        sock = listener.sock.dup()
+        try:
+            server = await self.loop.create_server(
+                lambda svc=listener.service: _Client(self, svc),
+                sock=sock,
+                backlog=BACKLOG,
+                ssl=tls.context if tls else None,
+                ssl_handshake_timeout=tls.handshake_timeout if tls else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return server, sock
+
+    def _budget_descriptors(self) -> None:
+        limit = fdlimit.nofile()
+        room = fdlimit.connection_budget(limit)
+        self.max_open = min(self.limits.max_connections, room)
+        self.max_lingering = min(_Refused.MAX_LINGERING, max(1, fdlimit.headroom(limit) // 2))
+        if room < self.limits.max_connections:
+            log.info("descriptor limit %d: room for %d connections (--max-connections %d)",
+                     limit, room, self.limits.max_connections,
+                     extra={"event": "capacity", "nofile": limit, "connections": room})
+
+    async def _relisten(self) -> None:
+        """Serve again any listener whose socket libuv closed after an accept error."""
+        for index, sock in enumerate(self._serving_socks):
+            if sock.fileno() != -1 or self.draining:
+                continue
+            listener = self.listeners[index]
+            log.error("the event loop closed the listening socket %s after an accept "
+                      "error; listening on it again", describe(listener.sock),
+                      extra={"event": "relisten"})
+            self._servers[index].close()
+            try:
+                self._servers[index], self._serving_socks[index] = await self._listen(listener)
+            except OSError as exc:  # e.g. no descriptor for the duplicate: next tick
+                log.error("cannot listen again yet: %s", exc.strerror or exc)
 
     def stop(self) -> None:
         """Begin a graceful stop (safe to call from a signal handler)."""
@@ -400,7 +458,12 @@ class AsyncServer:
 
     def admit(self, client: _Client) -> Refusal | None:
         """Why a new client may not be served (busy, per-IP limits), or None."""
-        if self.stats.open >= self.limits.max_connections or self.draining:
+        if self.stats.open >= self.max_open or self.draining:
+            if self.max_open < self.limits.max_connections and not self._fd_limited:
+                self._fd_limited = True
+                log.warning("refusing new connections: %d open, near the descriptor limit "
+                            "(%d)", self.stats.open, fdlimit.nofile(),
+                            extra={"event": "fd-limit"})
             return BUSY_REFUSAL
         if self.admission.enabled and client.host != "unix":
             return self.admission.admit(client.host, self.loop.time())
@@ -429,6 +492,8 @@ class AsyncServer:
         self.draining = True
         for server in self._servers:
             server.close()
+        for listener in self.listeners:
+            listener.sock.close()  # the original: new clients are refused from now on
         log.info("draining %d connections (up to %g s)", len(self.clients),
                  self.limits.drain_timeout)
         for client in list(self.clients):
@@ -453,11 +518,7 @@ class AsyncServer:
             self.loop.add_signal_handler(signal.SIGHUP, self._reload)
 
     def _reload(self) -> None:
-        certificates = {id(lst.tls): lst.tls for lst in self.listeners if lst.tls is not None}
-        for tls in certificates.values():
-            tls.reload()
-        if not certificates:
-            log.info("SIGHUP: nothing to reload (no TLS certificate)")
+        reload_certificates(listener.tls for listener in self.listeners)
 
     async def _tick(self) -> None:
         idle_ticks = self.limits.idle_timeout / TICK
@@ -468,6 +529,11 @@ class AsyncServer:
                 log.warning("refused %d more connections in the last second (server busy "
                             "or per-client limits)", self._refused_unlogged - 1)
             self._refused_unlogged = 0
+            if self._fd_limited and self.stats.open < self.max_open:
+                self._fd_limited = False
+                log.info("accepting again: %d open", self.stats.open,
+                         extra={"event": "fd-limit-over"})
+            await self._relisten()
             for client in [c for c in self.clients if c.idle_for(self.tick) >= idle_ticks]:
                 self.stats.idle_closed += 1
                 self.observer.failed(client.service.name, "idle_timeout")

@@ -20,6 +20,11 @@ What every mode gets from it, the same way as the async mode:
   connection closes.
 * **Cancellation.**  A client that goes away (reset, or a failed write) has its
   offloaded jobs cancelled, which kills their worker processes.
+* **Metrics.**  Given an observer that measures traffic (``--metrics``), the
+  driver reports bytes, lines, replies, latency and errors by kind exactly as
+  the async mode does; without one it reads no clock.
+* **TLS.**  The socket may be an already handshaken ``ssl.SSLSocket``: reads
+  and writes that must wait for the other direction simply wait for ``poll``.
 * **Drain.**  When a stop pipe becomes readable the driver takes no more
   requests, finishes those already read, and closes — or gives up at
   ``drain_timeout``.
@@ -33,6 +38,7 @@ import math
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -44,6 +50,7 @@ from functools import partial
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.service import RequestError, Service
 from tcpkit.serving.config import Limits
+from tcpkit.serving.events import Observer, receive_measured
 from tcpkit.serving.offload import OffloadBridge
 from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed
 
@@ -54,6 +61,8 @@ LINGER_BYTES = 1 << 20
 _IN = select.POLLIN
 _OUT = select.POLLOUT
 _GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
+# "Not now": retry when poll says so.  (TLS wants are OSErrors: catch them first.)
+_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 _last_drain_warning = 0.0
@@ -79,14 +88,15 @@ class Outcome:
 
 def serve_connection(sock: socket.socket, service: Service, limits: Limits,
                      stop_fds: Sequence[int],
-                     offload: Callable[[], OffloadBridge]) -> Outcome:
+                     offload: Callable[[], OffloadBridge],
+                     metered: Observer | None = None) -> Outcome:
     """Serve one client until it is done, idle, gone or drained; then close it.
 
     ``stop_fds`` are file descriptors that become readable when the server
     drains; ``offload`` returns the bridge that runs Offload jobs (called only
-    when the client sends such work).
+    when the client sends such work); ``metered`` gets the traffic figures.
     """
-    driver = _Driver(sock, service, limits, stop_fds, offload)
+    driver = _Driver(sock, service, limits, stop_fds, offload, metered)
     try:
         driver.run()
     finally:
@@ -98,9 +108,14 @@ class _Driver:
     """The state of one client between ``poll`` calls."""
 
     def __init__(self, sock: socket.socket, service: Service, limits: Limits,
-                 stop_fds: Sequence[int], offload: Callable[[], OffloadBridge]) -> None:
+                 stop_fds: Sequence[int], offload: Callable[[], OffloadBridge],
+                 metered: Observer | None = None) -> None:
         sock.setblocking(False)
         self.sock = sock
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.service = service.name
+        self.metered = metered
+        self.job_started: dict[Job, float] = {}
         self.fd = sock.fileno()
         self.limits = limits
         self.conn = ServiceConnection(service, limits.max_line)
@@ -190,7 +205,11 @@ class _Driver:
     def _read(self) -> None:
         try:
             data = self.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+            # A TLS record already decrypted is not in the kernel's buffer:
+            # poll would not report it, so take it now.
+            while self.tls and data and self.sock.pending():  # type: ignore[attr-defined]
+                data += self.sock.recv(READ_SIZE)
+        except _AGAIN:
             return
         except OSError:
             self._lost()
@@ -201,23 +220,28 @@ class _Driver:
         lines, partial = self.conn.lines, self.conn.buffered
         if not data:
             self.peer_done = True
-        self._send(self.conn.receive_data(data) if data else self.conn.receive_eof())
+        if self.metered is not None:
+            receive_measured(self.conn, data or None, self.metered, self.service, self._send)
+        else:
+            self._send(self.conn.receive_data(data) if data else self.conn.receive_eof())
         if not partial or self.conn.lines != lines:
             self.last_seen = time.monotonic()
 
-    def _send(self, replies: bytes) -> None:
-        """Queue replies, start any new jobs, and try to write at once."""
+    def _send(self, replies: bytes) -> int:
+        """Queue replies, start any new jobs, and try to write at once; the jobs started."""
         if replies:
             self.out += replies
-        for job in self.conn.take_jobs():
+        jobs = self.conn.take_jobs()
+        for job in jobs:
             self._start(job)
         if self.out and not self.gone:
             self._flush()
+        return len(jobs)
 
     def _flush(self) -> None:
         try:
             sent = self.sock.send(self.out)
-        except (BlockingIOError, InterruptedError):
+        except _AGAIN:
             return
         except OSError:
             self._lost()
@@ -244,6 +268,8 @@ class _Driver:
             return
         job.handle = future
         self.jobs.add(job)
+        if self.metered is not None:
+            self.job_started[job] = time.perf_counter()
         future.add_done_callback(partial(self._job_finished, job))
 
     def _job_finished(self, job: Job, future: Future[bytes]) -> None:
@@ -264,15 +290,26 @@ class _Driver:
             job = self.finished_jobs.popleft()
             self.jobs.discard(job)
             future = job.handle
+            started = self.job_started.pop(job, 0.0)
             if not isinstance(future, Future) or future.cancelled():
                 continue
+            failure = None
             try:
                 replies = self.conn.job_done(job, future.result())
-            except (RequestError, TimeLimitExceeded, WorkerCrashed) as exc:
-                replies = self.conn.job_failed(job, str(exc))
+            except RequestError as exc:
+                replies, failure = self.conn.job_failed(job, str(exc)), "request"
+            except TimeLimitExceeded as exc:
+                replies, failure = self.conn.job_failed(job, str(exc)), "time_limit"
+            except WorkerCrashed as exc:
+                replies, failure = self.conn.job_failed(job, str(exc)), "worker_crashed"
             except Exception:
                 log.exception("offloaded work failed")
-                replies = self.conn.job_failed(job, "internal error")
+                replies, failure = self.conn.job_failed(job, "internal error"), "internal"
+            if self.metered is not None:
+                self.metered.traffic(self.service, 0, len(replies), 0, replies.count(b"\n"), 1,
+                                     time.perf_counter() - started)
+                if failure is not None:
+                    self.metered.failed(self.service, failure)
             self._send(replies)
 
     # -- ending -----------------------------------------------------------
@@ -313,11 +350,11 @@ class _Driver:
             self.sock.shutdown(socket.SHUT_WR)
             end = time.monotonic() + LINGER
             discarded = 0
-            readable = select.poll()  # not select(): it cannot take fds >= 1024
-            readable.register(self.fd, _IN)
+            waiter = select.poll()  # not select(): fds above 1024 are usual after raise_nofile
+            waiter.register(self.fd, _IN)
             while cap is None or discarded < cap:
                 left = end - time.monotonic()
-                if left <= 0 or not readable.poll(math.ceil(left * 1000)):
+                if left <= 0 or not waiter.poll(math.ceil(left * 1000)):
                     break
                 data = self.sock.recv(READ_SIZE)
                 if not data:

@@ -18,6 +18,7 @@ class Limits:
     drain_timeout: float = 10.0
     time_limit: float = 30.0
     pool_size: int | None = None  # worker processes for offloaded work; None = CPUs
+    executor: str | None = None  # where offloaded work runs: None = local pool, dask://H:P
     # Flow control: stop reading a client whose unsent replies pass the high
     # mark, resume below the low mark (bytes in the transport's write buffer).
     write_high: int = 256 * 1024

@@ -18,9 +18,14 @@ serving mode only measures them when :attr:`Observer.measures_traffic` is true.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tcpkit.endpoints import format_address
+
+if TYPE_CHECKING:
+    from tcpkit.connection import ServiceConnection
 
 log = logging.getLogger("tcpkit")
 
@@ -70,6 +75,9 @@ class Observer:
     def limit_refused(self, service: str, kind: str) -> None:
         """A connection refused by a limit: ``busy``, ``per_ip`` or ``rate``."""
 
+    def flush(self) -> None:
+        """Finish writing every event reported so far (a forked child, before it exits)."""
+
 
 class ObserverGroup(Observer):
     """Several observers as one (e.g. the access log and the metrics)."""
@@ -106,3 +114,30 @@ class ObserverGroup(Observer):
     def limit_refused(self, service: str, kind: str) -> None:
         for observer in self.observers:
             observer.limit_refused(service, kind)
+
+    def flush(self) -> None:
+        for observer in self.observers:
+            observer.flush()
+
+
+def receive_measured(conn: ServiceConnection, data: bytes | None, observer: Observer,
+                     service: str, send: Callable[[bytes], int]) -> None:
+    """Feed ``data`` (None: EOF) to ``conn``, ``send`` the replies, report the figures.
+
+    ``send`` queues the replies, starts the new jobs and returns how many it
+    started: those requests are answered (and timed) when their job ends.
+    """
+    lines, errors, closing = conn.lines, conn.errors, conn.closing
+    start = time.perf_counter()
+    out = conn.receive_eof() if data is None else conn.receive_data(data)
+    seconds = time.perf_counter() - start
+    lines = conn.lines - lines
+    jobs = send(out)
+    observer.traffic(service, len(data or b""), len(out), lines, out.count(b"\n"),
+                     lines - jobs, seconds)
+    errors = conn.errors - errors
+    if conn.closing and not closing:
+        observer.failed(service, "line_too_long")
+        errors -= 1
+    if errors > 0:
+        observer.failed(service, "request", errors)

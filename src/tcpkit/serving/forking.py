@@ -11,8 +11,12 @@ Stopping travels by pipe too: each child keeps the read end of the parent's
 stop pipe, so one write by the parent (on SIGINT/SIGTERM) makes every child
 drain its client, and a parent that dies without a word shows up as EOF on the
 same pipe.  A child that itself gets SIGINT/SIGTERM drains just its client.
-Offloaded work in a child runs on a bridge of its own, started lazily after the
-fork, with one worker: the cap on children is then also the cap on workers.
+Per-address limits are counted in the parent (a child's address is released
+when it is reaped); with ``--metrics`` each child counts into prometheus-client's
+multiprocess files, which the parent's scrape merges, and a reaped child's
+live gauges are dropped.  Offloaded work in a child runs on a bridge of its
+own, started lazily after the fork, with one worker: the cap on children is
+then also the cap on workers.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from dataclasses import replace
 from types import FrameType
 from typing import NoReturn
 
-from tcpkit.service import Service
+from tcpkit.serving import metrics
 from tcpkit.serving.accepting import BlockingServer
+from tcpkit.serving.aio import Listener
 from tcpkit.serving.pipes import StatsChannel, Wakeup
 from tcpkit.serving.stats import Stats
 
@@ -44,7 +49,7 @@ class ForkingServer(BlockingServer):
     mode = "fork"
 
     def serve(self) -> None:
-        self._children: set[int] = set()
+        self._children: dict[int, object] = {}  # pid -> the client's peer address
         self._exited = Wakeup()
         self._reports = StatsChannel()
         self._fork_failed = False
@@ -60,6 +65,7 @@ class ForkingServer(BlockingServer):
             for pid in list(self._children):  # only after abort_clients: they are dying
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+                metrics.worker_exited(pid)
             self._children.clear()
             self._reports.collect(self.stats)
             self.stats.open = 0
@@ -72,32 +78,34 @@ class ForkingServer(BlockingServer):
     def extra_fds(self) -> list[int]:
         return [self._exited.fileno(), self._reports.fileno()]
 
-    def dispatch(self, service: Service, sock: socket.socket, peer: object) -> None:
+    def dispatch(self, listener: Listener, sock: socket.socket, peer: object) -> None:
         try:
             pid = os.fork()
         except OSError as exc:  # EAGAIN/ENOMEM: too many processes, or no memory
             if not self._fork_failed:
                 log.warning("cannot fork for a client: %s", exc.strerror or exc)
                 self._fork_failed = True
-            self.refuse(service, sock, peer)
+            self.release(peer)
+            self.refuse(listener.service, sock, peer)
             return
         if pid == 0:
-            self._child(service, sock, peer)
+            self._child(listener, sock, peer)
         self._fork_failed = False
-        self._children.add(pid)
+        self._children[pid] = peer
         self.stats.connections += 1
         self.stats.open = len(self._children)
         sock.close()
 
-    def _child(self, service: Service, sock: socket.socket, peer: object) -> NoReturn:
+    def _child(self, listener: Listener, sock: socket.socket, peer: object) -> NoReturn:
         code = 1
         try:
             own_stop = self._become_child()
             self.watch_fds = [*self.watch_fds, own_stop.fileno()]
-            outcome = self.serve_client(service, sock, peer)
+            outcome = self.serve_client(listener, sock, peer)
             self._reports.send(Stats(0.0, lines=outcome.lines, errors=outcome.errors,
                                      idle_closed=int(outcome.idle_closed)))
             self.close_bridge()
+            self.observer.flush()  # log lines written by helper threads, before _exit
             code = 0
         except BaseException:
             log.exception("a fork-mode child failed")
@@ -110,8 +118,13 @@ class ForkingServer(BlockingServer):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: own_stop.set())
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the parent's business
         for listener in self.listeners:
             listener.sock.close()
+        for refused, _ in self._lingering.values():
+            refused.close()
+        self._lingering.clear()
+        self._poller = None
         self.stop_signal.close_writer()
         self._exited.close()
         self._reports.close_reader()
@@ -134,7 +147,10 @@ class ForkingServer(BlockingServer):
                 break
             if pid == 0:
                 break
-            self._children.discard(pid)
+            peer = self._children.pop(pid, None)
+            if peer is not None:
+                self.release(peer)
+                metrics.worker_exited(pid)
         self.stats.open = len(self._children)
         self._reports.collect(self.stats)
 

@@ -11,8 +11,8 @@ import contextlib
 import select
 import socket
 
-from tcpkit.service import Service
 from tcpkit.serving.accepting import BlockingServer
+from tcpkit.serving.aio import Listener
 
 
 class IterativeServer(BlockingServer):
@@ -21,23 +21,28 @@ class IterativeServer(BlockingServer):
     mode = "iterative"
     _current: socket.socket | None = None  # the client being served
 
-    def dispatch(self, service: Service, sock: socket.socket, peer: object) -> None:
+    def dispatch(self, listener: Listener, sock: socket.socket, peer: object) -> None:
         self.stats.connections += 1
         self.stats.open = 1
         self._current = sock
         try:
-            self.count(self.serve_client(service, sock, peer))
+            self.count(self.serve_client(listener, sock, peer))
         finally:
             self._current = None
             self.stats.open = 0
+            self.release(peer)
         # A stop that arrived while this client was served (by signal or by a
         # supervisor's pipe) must end the accept batch before another client.
         if select.select(self.stop_fds(), [], [], 0)[0]:
             self.stopping = True
+
+    def serving_socket(self, sock: socket.socket) -> None:
+        self._current = sock
 
     def abort_clients(self) -> None:
         # Called from a signal handler while serve_client blocks in poll():
         # shutting the socket down makes that poll report the client gone.
         if self._current is not None:
             with contextlib.suppress(OSError):
-                self._current.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown: an SSLSocket's would unwrap it.
+                socket.socket.shutdown(self._current, socket.SHUT_RDWR)

@@ -12,7 +12,10 @@ anything imports ``prometheus_client`` (the value store is chosen at import
 time), every process then writes its figures to memory-mapped files in that
 directory, and the scrape sums them (``livesum`` for the open-connections
 gauge, so a dead worker's connections drop out).  Call
-:func:`worker_exited` when a worker process ends.
+:func:`worker_exited` when a worker process ends: besides dropping its live
+gauges, it folds the dead process's counters and histograms into an archive
+file of the caller's, so the directory (and the time a scrape takes) does not
+grow with every process that ever served — fork mode starts one per client.
 
 Latency is observed per request: lines answered together in one read share
 that read's answer time, and are added to the histogram in one step
@@ -28,6 +31,8 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tcpkit.endpoints import Endpoint, format_address
@@ -178,12 +183,44 @@ def use_multiprocess_dir() -> str:
     return path
 
 
-def worker_exited(pid: int) -> None:
-    """Drop a finished worker's live gauges from the merged figures."""
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
+_FOLDING = threading.Lock()  # a scrape in this process never sees a fold half done
 
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+def worker_exited(pid: int) -> None:
+    """A process that counted into the shared files has ended (and been reaped).
+
+    Its live gauges leave the merged figures; its counters and histograms are
+    added to this process's archive files and its own files removed.
+    """
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    with _FOLDING:
+        for kind in ("counter", "histogram"):
+            dead = os.path.join(path, f"{kind}_{pid}.db")
+            if os.path.exists(dead):
+                _fold(dead, os.path.join(path, f"{kind}_archive{os.getpid()}.db"))
+
+
+def _fold(dead: str, archive_path: str) -> None:
+    from prometheus_client.mmap_dict import MmapedDict
+
+    archive = MmapedDict(archive_path)  # type: ignore[no-untyped-call]
+    try:
+        values: Iterable[tuple[str, float, float, int]] = (
+            MmapedDict.read_all_values_from_file(dead))  # type: ignore[no-untyped-call]
+        for key, value, timestamp, _ in values:
+            total, _ = archive.read_value(key)  # type: ignore[no-untyped-call]
+            archive.write_value(key, total + value, timestamp)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError) as exc:  # a torn file: keep it, it still counts
+        log.warning("cannot fold metrics file %s: %s", dead, exc)
+        return
+    finally:
+        archive.close()  # type: ignore[no-untyped-call]
+    os.unlink(dead)
 
 
 def exposition_registry(metrics: Metrics) -> CollectorRegistry:
@@ -193,8 +230,14 @@ def exposition_registry(metrics: Metrics) -> CollectorRegistry:
 
     if not os.environ.get(MULTIPROC_ENV):
         return metrics.registry
+
+    class Merged(MultiProcessCollector):
+        def collect(self) -> Any:
+            with _FOLDING:
+                return list(super().collect())  # type: ignore[no-untyped-call]
+
     merged = CollectorRegistry()
-    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    Merged(merged)  # type: ignore[no-untyped-call]
     return merged
 
 

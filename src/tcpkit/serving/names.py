@@ -11,6 +11,7 @@ The article's ``reverseS``/``factorS`` transcripts use the same resolver.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -46,13 +47,27 @@ class NameResolver:
                  remembered: int = 4096) -> None:
         self.timeout = timeout
         self.remembered = remembered
-        self._lookups = ThreadPoolExecutor(threads, thread_name_prefix="resolve")
-        self._printer = ThreadPoolExecutor(1, thread_name_prefix="print")
+        self.threads = threads
         self._started: OrderedDict[str, tuple[Future[str], float]] = OrderedDict()
         self._lock = threading.Lock()  # lookup() runs on the loop, name() on the printer
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        self._pid = os.getpid()
+        self._lookups = ThreadPoolExecutor(self.threads, thread_name_prefix="resolve")
+        self._printer = ThreadPoolExecutor(1, thread_name_prefix="print")
+
+    def _after_fork(self) -> None:
+        """In a forked child (fork mode, --workers) the parent's threads do not exist:
+        an executor would queue work that never runs.  Start afresh."""
+        if os.getpid() != self._pid:
+            self._lock = threading.Lock()
+            self._started.clear()
+            self._start_threads()
 
     def lookup(self, ip: str) -> Future[str]:
         """Start looking ``ip`` up (once); the future holds its name (or ``ip``)."""
+        self._after_fork()
         with self._lock:
             found = self._started.get(ip)
             if found is not None:
@@ -79,7 +94,13 @@ class NameResolver:
 
     def later(self, action: Callable[[], None]) -> None:
         """Run ``action`` on the printer thread, after every action submitted before."""
+        self._after_fork()
         self._printer.submit(action)
+
+    def flush(self) -> None:
+        """Wait until every action submitted so far has run (bounded by the lookup timeout)."""
+        if os.getpid() == self._pid:
+            self._printer.submit(lambda: None).result(timeout=self.timeout + 5.0)
 
 
 class ResolvingObserver(Observer):
@@ -101,6 +122,9 @@ class ResolvingObserver(Observer):
         closed = super().closed
         self.resolver.later(
             lambda: closed(service, self.resolver.name(lookup, host), port, lines, seconds))
+
+    def flush(self) -> None:
+        self.resolver.flush()
 
     def refused(self, service: str, host: str, port: int, reason: str) -> None:
         lookup = self.resolver.lookup(host)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from tcpkit.endpoints import Endpoint
 from tcpkit.service import Service
-from tcpkit.serving import activation
+from tcpkit.serving import activation, fdlimit
 from tcpkit.serving.accepting import BlockingServer
 from tcpkit.serving.aio import AsyncServer, Listener, install_uvloop
 from tcpkit.serving.config import MODES, Limits
@@ -111,6 +111,7 @@ def serve_listeners(listeners: Sequence[Listener], mode: str = "async",
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    fdlimit.raise_nofile()  # a connection per descriptor: allow all the system allows
     activation.notify("READY=1")  # the sockets listen: clients queue from now on
     if workers > 1:
         from tcpkit.serving.workers import Supervisor

@@ -14,8 +14,8 @@ import socket
 import threading
 import time
 
-from tcpkit.service import Service
 from tcpkit.serving.accepting import BlockingServer
+from tcpkit.serving.aio import Listener
 
 THREAD_STACK = 1 << 20  # the driver's frames are shallow: 8 MB stacks only waste memory
 
@@ -35,8 +35,8 @@ class ThreadedServer(BlockingServer):
         finally:
             threading.stack_size(previous)
 
-    def dispatch(self, service: Service, sock: socket.socket, peer: object) -> None:
-        thread = threading.Thread(target=self._client, args=(service, sock, peer),
+    def dispatch(self, listener: Listener, sock: socket.socket, peer: object) -> None:
+        thread = threading.Thread(target=self._client, args=(listener, sock, peer),
                                   name="tcpkit-client", daemon=True)
         with self._lock:
             self.stats.open += 1
@@ -49,15 +49,21 @@ class ThreadedServer(BlockingServer):
                 self.stats.open -= 1
                 self.stats.connections -= 1
                 del self._clients[thread]
-            self.refuse(service, sock, peer)
+            self.release(peer)
+            self.refuse(listener.service, sock, peer)
 
-    def _client(self, service: Service, sock: socket.socket, peer: object) -> None:
-        outcome = self.serve_client(service, sock, peer)
+    def _client(self, listener: Listener, sock: socket.socket, peer: object) -> None:
+        outcome = self.serve_client(listener, sock, peer)
+        self.release(peer)
         with self._lock:
             self.count(outcome)
             self.stats.open -= 1
             del self._clients[threading.current_thread()]
             self._done.notify_all()
+
+    def serving_socket(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._clients[threading.current_thread()] = sock
 
     def wait_for_clients(self, deadline: float) -> None:
         with self._lock:
@@ -73,4 +79,4 @@ class ThreadedServer(BlockingServer):
         # No lock: this may run in a signal handler that interrupted a holder.
         for sock in list(self._clients.values()):
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # an SSLSocket's would unwrap

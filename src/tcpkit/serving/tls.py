@@ -19,7 +19,12 @@ why in the log.
 from __future__ import annotations
 
 import logging
+import math
+import select
+import socket
 import ssl
+import time
+from collections.abc import Iterable, Sequence
 
 log = logging.getLogger("tcpkit")
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to finish the TLS handshake
@@ -89,3 +94,58 @@ class ServerTLS:
                      context: ssl.SSLContext) -> None:
         if self._current is not context:
             sslobj.context = self._current
+
+
+def reload_certificates(certificates: Iterable[ServerTLS | None]) -> None:
+    """SIGHUP: reload each distinct certificate (or say there is none)."""
+    unique = {id(tls): tls for tls in certificates if tls is not None}
+    for tls in unique.values():
+        tls.reload()
+    if not unique:
+        log.info("SIGHUP: nothing to reload (no TLS certificate)")
+
+
+def server_handshake(sock: socket.socket, tls: ServerTLS,
+                     stop_fds: Sequence[int] = ()) -> ssl.SSLSocket | None:
+    """Wrap an accepted client with the newest certificate and do the handshake.
+
+    For the blocking modes, which run this where the client is served (its
+    thread or child, or inline in iterative mode).  The whole handshake must
+    finish within ``tls.handshake_timeout`` — a client trickling bytes cannot
+    stretch it — and a readable ``stop_fds`` (the server drains) abandons it.
+    Returns the non-blocking TLS socket, or None after closing the client.
+    """
+    deadline = time.monotonic() + tls.handshake_timeout
+    try:
+        sock.setblocking(False)
+        wrapped = tls.current.wrap_socket(sock, server_side=True,
+                                          do_handshake_on_connect=False)
+    except OSError as exc:
+        log.debug("TLS setup failed: %s", exc)
+        sock.close()
+        return None
+    poller = select.poll()
+    for fd in stop_fds:
+        poller.register(fd, select.POLLIN)
+    fd = wrapped.fileno()
+    poller.register(fd, 0)
+    while True:
+        try:
+            wrapped.do_handshake()
+            return wrapped
+        except ssl.SSLWantReadError:
+            poller.modify(fd, select.POLLIN)
+        except ssl.SSLWantWriteError:
+            poller.modify(fd, select.POLLOUT)
+        except OSError as exc:  # ssl.SSLError included: a bad client, or one gone
+            log.debug("TLS handshake failed: %s", exc)
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.debug("TLS handshake timed out")
+            break
+        events = poller.poll(math.ceil(left * 1000))
+        if any(ready != fd for ready, _ in events):
+            break  # the server is stopping
+    wrapped.close()
+    return None

@@ -32,9 +32,10 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
+from tcpkit.serving import metrics
 from tcpkit.serving.aio import Listener
 from tcpkit.serving.config import Limits
-from tcpkit.serving.events import Observer
+from tcpkit.serving.events import Observer, ObserverGroup
 from tcpkit.serving.listeners import describe
 from tcpkit.serving.pipes import StatsChannel, Wakeup
 from tcpkit.serving.stats import Stats
@@ -44,23 +45,18 @@ QUICK_DEATH = 1.0  # a worker dying this soon after starting is restarted after 
 STOP_MARGIN = 2.0  # seconds past --drain-timeout before lingering workers are killed
 
 
-class WorkerObserver(Observer):
-    """A worker's observer: the supervisor alone announces the listeners."""
+class WorkerObserver(ObserverGroup):
+    """A worker's observer: everything but the listeners, which the supervisor announces.
+
+    The rest — access log, traffic figures, refusals — goes to the server's
+    observer; its metrics count into the files the supervisor's scrape merges.
+    """
 
     def __init__(self, inner: Observer) -> None:
-        self.inner = inner
+        super().__init__([inner])
 
     def listening(self, service: str, address: str, mode: str) -> None:
         pass
-
-    def accepted(self, service: str, host: str, port: int) -> None:
-        self.inner.accepted(service, host, port)
-
-    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
-        self.inner.closed(service, host, port, lines, seconds)
-
-    def refused(self, service: str, host: str, port: int, reason: str) -> None:
-        self.inner.refused(service, host, port, reason)
 
 
 class Supervisor:
@@ -84,6 +80,7 @@ class Supervisor:
         restore = {sig: signal.signal(sig, self._on_signal)
                    for sig in (signal.SIGINT, signal.SIGTERM)}
         restore[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child_exit)
+        restore[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         for listener in self.listeners:
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
         try:
@@ -114,6 +111,7 @@ class Supervisor:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)  # until the server installs its own
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # ...a reload must not kill it
             self._stop.close_writer()
             self._exited.close()
             self._reports.close_reader()
@@ -150,6 +148,7 @@ class Supervisor:
             if pid == 0:
                 break
             started = self.workers.pop(pid, None)
+            metrics.worker_exited(pid)
             if started is None or not restart:
                 continue
             quick = time.monotonic() - started < QUICK_DEATH
@@ -176,6 +175,7 @@ class Supervisor:
             for pid in list(self.workers):
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+                metrics.worker_exited(pid)
             self.workers.clear()
         self._reports.collect(self.stats)
 
@@ -197,6 +197,12 @@ class Supervisor:
 
     def _on_child_exit(self, signum: int, frame: FrameType | None) -> None:
         self._exited.set()
+
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP (systemctl reload): each worker reloads its certificate."""
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
 
 
 def _exit_text(status: int) -> str:
