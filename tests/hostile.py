@@ -410,10 +410,13 @@ def fd_exhaustion(server: Server, clients: int, mode: str) -> Outcome:
 
 
 def settle_replies(socks: list[socket.socket], timeout: float) -> dict[str, int]:
-    """Wait for each socket's one-line reply: count served, refused (closed) and hung."""
+    """Wait for each socket's one-line reply: count served, busy, refused (closed
+    without a word) and hung."""
     finals, hung = final_reads(socks, timeout)
-    served = sum(data.endswith(b"\n") for data in finals)
-    return {"served": served, "refused": len(finals) - served, "hung": hung}
+    busy = sum(data.startswith(b"error: server busy") for data in finals)
+    served = sum(data.endswith(b"\n") for data in finals) - busy
+    return {"served": served, "busy": busy, "refused": len(finals) - served - busy,
+            "hung": hung}
 
 
 def resets(server: Server, clients: int, mode: str) -> Outcome:
