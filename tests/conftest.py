@@ -199,7 +199,11 @@ def descendants(pid: int) -> list[int]:
     # Every thread's children: a process started from a worker thread (as the
     # factor pool's forkserver is) is listed under that thread only.
     direct: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+    try:  # the process may be gone between two reads of /proc
+        listings = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    except OSError:
+        return found
+    for children in listings:
         try:
             direct.extend(int(p) for p in children.read_text().split())
         except OSError:

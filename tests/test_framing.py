@@ -111,3 +111,28 @@ def test_fuzz_only_whole_lines_within_the_limit_escape(data: bytes, max_line: in
         if not overflowed:
             rebuilt = b"".join(line + b"\n" for line in lines) + (partial or b"")
             assert rebuilt == data
+
+
+# A CR ending the content would belong to the terminator (SPEC §3): not content.
+LINE_CONTENT = st.binary(max_size=12).map(lambda b: b.replace(b"\n", b".").rstrip(b"\r"))
+
+
+@given(st.lists(st.tuples(LINE_CONTENT, st.sampled_from([b"\n", b"\r\n"])), max_size=12),
+       st.lists(st.integers(min_value=0, max_value=200), max_size=12),
+       st.integers(min_value=1, max_value=12))
+def test_structured_stream_cut_anywhere_splits_at_the_limit(
+        lines: list[tuple[bytes, bytes]], cuts: list[int], max_line: int) -> None:
+    """Lines with LF or CRLF, near the limit, cut anywhere: each line within the limit
+    comes out with its own terminator, and framing stops exactly at the first one over."""
+    data = b"".join(content + end for content, end in lines)
+    points = sorted({min(c, len(data)) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    got, partial, overflowed = frame(pieces, max_line)
+    fits = []
+    for content, end in lines:
+        if len(content) > max_line:
+            break
+        fits.append((content, end))
+    assert [split_terminator(line) for line in got] == fits
+    assert overflowed == (len(fits) < len(lines))
+    assert partial is None

@@ -97,7 +97,7 @@ class ServiceConnection:
             else:
                 out = self._answer_lines(block)
         if framer.overflowed:
-            out += self._fail(f"line too long (max {framer.max_line} bytes)")
+            out += self._too_long()
         return out
 
     def receive_eof(self) -> bytes:
@@ -107,6 +107,8 @@ class ServiceConnection:
         self.eof = True
         self.settled = False
         line = None if self.closing else self._framer.feed_eof()
+        if self._framer.overflowed and not self.closing:
+            return self._too_long()
         if line is None:
             return b""
         out: list[bytes] = []
@@ -195,6 +197,9 @@ class ServiceConnection:
             self._pending = deque()
         self._pending.append(item)
         self.settled = False
+
+    def _too_long(self) -> bytes:
+        return self._fail(f"line too long (max {self._framer.max_line} bytes)")
 
     def _fail(self, message: str) -> bytes:
         self.closing = True

@@ -65,7 +65,7 @@ def resolve_port(name: str) -> int:
         return registry.services()[name].port
     try:
         return socket.getservbyname(name, "tcp")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL or an unencodable character
         raise EndpointError(f"unknown port or service name: {name!r}") from None
 
 

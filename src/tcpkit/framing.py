@@ -97,9 +97,13 @@ class LineFramer:
         """The peer finished sending: return its last, unterminated line, if any.
 
         The line comes back without any terminator; the caller answers it as if
-        it had ended in LF.
+        it had ended in LF.  One longer than ``max_line`` sets :attr:`overflowed`
+        instead.
         """
         if self.overflowed or not self._parts:
+            return None
+        if self._partial_len > self.max_line:  # no LF came, so no CR is a terminator
+            self._overflow()
             return None
         line = b"".join(self._parts)
         self._parts = None

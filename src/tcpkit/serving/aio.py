@@ -56,8 +56,8 @@ from tcpkit.serving.tls import ServerTLS, reload_certificates
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
 TICK = 1.0  # seconds between idle sweeps
-LINGER = 1.0  # seconds to read and discard a closing client's extra bytes
-LINGER_BYTES = 1 << 20
+LINGER = 2.0  # seconds to read and discard a closing client's extra bytes
+LINGER_BYTES = 1 << 20  # ...and, after an error reply, at most this many
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class _Client(asyncio.Protocol):
     # idle clients every per-connection byte counts.
     __slots__ = (
         "active", "conn", "host", "idle_ticks", "lingering", "paused_by_jobs",
-        "paused_by_writes", "port", "server", "service", "started", "transport",
+        "paused_by_writes", "peer_done", "port", "server", "service", "started", "transport",
     )
 
     def __init__(self, server: AsyncServer, service: Service) -> None:
@@ -86,12 +86,13 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.paused_by_writes = False
         self.paused_by_jobs = False
-        self.lingering: int | None = None  # bytes discarded since the error reply
+        self.lingering: int | None = None  # bytes discarded since the last reply
         # Idle tracking costs the hot path one constant store: data_received
         # sets ``active``; the server's once-a-second tick clears it and counts
         # the ticks that passed without it (see idle_tick).
         self.active = True
         self.idle_ticks = 0
+        self.peer_done = False  # the client sent EOF
         self.started = 0.0
         self.host, self.port = "", 0
 
@@ -123,12 +124,18 @@ class _Client(asyncio.Protocol):
         # The hot path: nothing pending, not metered (the common case): a chunk
         # costs one call into the sans-IO connection and one write.  A settled
         # connection is never lingering (that needs an error reply first).
-        self.active = True
         conn = self.conn
         if not conn.settled or self.server.metered:
             self._received_slowly(data)
             return
+        lines = conn.lines
         out = conn.receive_data(data)
+        # Progress is a request begun or finished: bytes that only lengthen an
+        # unfinished line (slowloris) do not keep the connection alive, so a
+        # line must be complete within the idle timeout of its first byte.
+        # (With no line finished, buffered <= len(data) means none was begun before.)
+        if conn.lines != lines or conn.buffered <= len(data):
+            self.active = True
         if conn.settled:
             transport = self.transport
             if out and transport is not None:
@@ -139,12 +146,20 @@ class _Client(asyncio.Protocol):
     def _received_slowly(self, data: bytes) -> None:
         if self.lingering is not None:
             self._discard(len(data))
-        elif self.server.metered:
+            return
+        # Progress is a request begun or finished: bytes that only lengthen an
+        # unfinished line (slowloris) do not keep the connection alive, so a
+        # line must be complete within the idle timeout of its first byte.
+        lines, partial = self.conn.lines, self.conn.buffered
+        if self.server.metered:
             self._measured(data)
         else:
             self._send(self.conn.receive_data(data))
+        if not partial or self.conn.lines != lines:
+            self.active = True
 
     def eof_received(self) -> bool:
+        self.peer_done = True
         if self.lingering is not None:
             return False  # the client has read the error and gone: close
         if self.server.metered:
@@ -222,31 +237,40 @@ class _Client(asyncio.Protocol):
             observer.failed(name, "request", errors)
 
     def _close(self, transport: asyncio.Transport) -> None:
-        """Close; after an error reply, half-close and discard input for a while first.
+        """Close; unless the client has sent EOF, half-close and discard input first.
 
-        Closing with unread bytes makes the kernel send a reset, and a reset can
-        destroy the error reply before the client reads it.
+        The client may still be sending after an error reply, and during a
+        drain.  Closing with unread bytes makes the kernel send a reset, and a
+        reset can destroy replies before the client reads them (a drain under
+        pipelined load lost 1-4% of them this way).
         """
         if self.lingering is not None:
             return  # already half-closed
-        if not self.conn.closing or self.conn.eof or not transport.can_write_eof():
+        if self.peer_done or not transport.can_write_eof():
             transport.close()
             return
         self.lingering = 0
         transport.write_eof()
-        self.server.loop.call_later(LINGER, self._discard, LINGER_BYTES)
+        self.server.loop.call_later(LINGER, transport.close)
+        self._update_reading()  # a drain paused reading: resume, to discard
 
     def _discard(self, size: int) -> None:
+        """Drop input after the last reply.  A client that broke the protocol gets
+        LINGER_BYTES of grace; a drained one all of LINGER, since capping bytes
+        would reset it while its owed replies are still on their way."""
         assert self.lingering is not None
         self.lingering += size
-        if self.lingering >= LINGER_BYTES and self.transport is not None:
+        if self.conn.closing and self.lingering >= LINGER_BYTES and self.transport:
             self.transport.close()
 
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self.paused_by_writes or self.paused_by_jobs or self.server.draining:
+        if self.lingering is not None:
+            if not transport.is_reading():
+                transport.resume_reading()
+        elif self.paused_by_writes or self.paused_by_jobs or self.server.draining:
             if transport.is_reading():
                 transport.pause_reading()
         elif not transport.is_reading():

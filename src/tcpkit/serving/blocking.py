@@ -135,6 +135,7 @@ class _Driver:
         self.deadline: float | None = None  # set when draining
         self.idle_closed = False
         self.gone = False
+        self.peer_done = False  # the client sent EOF
 
     # -- the loop ---------------------------------------------------------
 
@@ -213,24 +214,30 @@ class _Driver:
         except OSError:
             self._lost()
             return
-        self.last_seen = time.monotonic()
+        # Progress is a request begun or finished: bytes that only lengthen an
+        # unfinished line (slowloris) do not keep the connection alive, so a
+        # line must be complete within the idle timeout of its first byte.
         conn = self.conn
+        lines, partial = conn.lines, conn.buffered
+        if not data:
+            self.peer_done = True
         if self.metered is not None:
             receive_measured(conn, data or None, self.metered, self.service, self._send)
-            return
-        if not data:
+        elif not data:
             self._send(conn.receive_eof())
-            return
-        replies = conn.receive_data(data)
-        if not conn.settled or self.out:
-            self._send(replies)
-        elif replies:
-            # The hot path (nothing held, no job, nothing unsent): send straight
-            # from the reply bytes; only what the kernel does not take now is
-            # copied into the output buffer.
-            sent = self._write(replies)
-            if sent is not None and sent < len(replies):
-                self.out += replies[sent:]
+        else:
+            replies = conn.receive_data(data)
+            if not conn.settled or self.out:
+                self._send(replies)
+            elif replies:
+                # The hot path (nothing held, no job, nothing unsent): send straight
+                # from the reply bytes; only what the kernel does not take now is
+                # copied into the output buffer.
+                sent = self._write(replies)
+                if sent is not None and sent < len(replies):
+                    self.out += replies[sent:]
+        if not partial or conn.lines != lines:
+            self.last_seen = time.monotonic()
 
     def _send(self, replies: bytes) -> int:
         """Queue replies, start any new jobs, and try to write at once; the jobs started."""
@@ -344,15 +351,18 @@ class _Driver:
         if wake is not None:
             for fd in wake:
                 os.close(fd)
-        if self.conn.closing and not self.gone:
-            self._linger()
+        if (self.conn.closing or self.deadline is not None) and not self.peer_done \
+                and not self.gone:
+            self._linger(LINGER_BYTES if self.conn.closing else None)
         self.sock.close()
 
-    def _linger(self) -> None:
-        """After an error reply: half-close, then discard what the client still sends.
+    def _linger(self, cap: int | None) -> None:
+        """After an error reply or a drain: half-close, then discard what the client
+        still sends, until its EOF, LINGER seconds or ``cap`` bytes.
 
         Closing with unread bytes would make the kernel send a reset, and a
-        reset can destroy the error reply before the client reads it.
+        reset can destroy replies before the client reads them (a drain under
+        pipelined load lost some this way: no byte cap then).
         """
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
@@ -360,7 +370,7 @@ class _Driver:
             discarded = 0
             waiter = select.poll()  # not select(): fds above 1024 are usual after raise_nofile
             waiter.register(self.fd, _IN)
-            while discarded < LINGER_BYTES:
+            while cap is None or discarded < cap:
                 left = end - time.monotonic()
                 if left <= 0 or not waiter.poll(math.ceil(left * 1000)):
                     break

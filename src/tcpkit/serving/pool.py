@@ -37,6 +37,7 @@ import signal
 import traceback
 from collections import deque
 from collections.abc import Hashable
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -122,14 +123,42 @@ def die_with_parent() -> None:
 
 def _worker_main(conn: Connection, memory_limit: int | None) -> None:
     """Run jobs from ``conn`` until the parent closes it."""
-    die_with_parent()
+    _tie_to_server()
     limit_memory(memory_limit)
     while True:
         try:
             work: Offload = conn.recv()
         except (EOFError, OSError, KeyboardInterrupt):
             return
-        conn.send(run_job(work))
+        try:
+            conn.send(run_job(work))
+        except OSError:  # the server stopped waiting (cancelled, or gone)
+            return
+
+
+def _tie_to_server() -> None:
+    """Make this worker live exactly as long as the server that uses it.
+
+    Signals: SIGINT (^C reaches the whole process group) and SIGTERM (systemd
+    signals the whole cgroup) are for the server, which drains and then stops
+    its workers itself; a worker that died of them would fail the requests the
+    drain is finishing.  Death: die_with_parent() has the kernel kill the
+    worker when its parent, the forkserver, exits -- but the forkserver exits
+    only once every child has closed its "alive" pipe, which multiprocessing
+    hands each one: so close it here, or a kill -9 of the server leaves both
+    running, the worker computing for minutes.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    if os.getppid() == 1:  # the forkserver was gone before the tie was made
+        os._exit(1)
 
 
 class _Worker:
@@ -146,6 +175,8 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
+        if self.process.exitcode is not None:
+            self.process.close()  # its pipes now, not whenever it is garbage collected
 
 
 def _stop_all(workers: list[_Worker]) -> None:
