@@ -303,10 +303,11 @@ NOTES = """\
 - **Never-reading clients**: the server stops reading from a client whose
   unsent replies pass 256 KiB (or whose replies wait behind 1,024 unfinished
   jobs); its further requests stay in the kernel's buffers.
-- **Out of file descriptors**: the async mode sizes its connection cap to the
-  descriptor limit (beyond it: `error: server busy`), and every mode pauses
-  accepting on EMFILE/ENFILE, so pending clients wait in the listen backlog
-  and are served as descriptors free up: none hangs, none is lost.
+- **Out of file descriptors**: the async, thread and iterative modes size their
+  connection cap to the descriptor limit (beyond it: `error: server busy`), and
+  every mode pauses accepting on EMFILE/ENFILE should it happen anyway, so
+  pending clients wait in the listen backlog and are served as descriptors
+  free up: none hangs, none is lost.
 - **Closing with replies owed** (drain, line too long): the server sends FIN
   after the replies, then reads and discards what the client still sends
   until its EOF (at most 2 s; after a protocol error, at most 1 MiB), as

@@ -408,25 +408,29 @@ def test_workers_restart_and_stop(mode: str, servers: list[Server]) -> None:
 # -- running out of file descriptors ------------------------------------------
 
 
-def test_out_of_descriptors_recovers(servers: list[Server]) -> None:
-    """Under RLIMIT_NOFILE=40, 60 clients at once: the thread mode pauses accepting."""
+def test_thread_mode_refuses_before_descriptors_run_out(servers: list[Server]) -> None:
+    """Under RLIMIT_NOFILE=40, 60 clients at once: the thread mode serves what fits
+    below the descriptor limit and refuses the rest with a clear line at once (it
+    used to pause accepting, leaving them in the backlog with no answer), then
+    serves normally when the flood is over."""
     server = start_server(["prlimit", "--nofile=40:40", "--", *script("tcpkit"), "serve",
                            "reverse", "--listen", "127.0.0.1:0", "--mode", "thread"])
     servers.append(server)
+    room = int(server.wait_for_stderr(r"descriptor limit 40: room for (\d+) connections")
+               .group(1))
+    assert 1 < room < 40
     clients = [connect(server.port) for _ in range(60)]
-    early = clients[0]
-    early.sendall(b"early\n")
-    assert recv_lines(early, 1) == [b"ylrae\n"]
-    late = clients[-1]
-    late.sendall(b"late\n")
-    server.wait_for_stderr("accept failed: Too many open files; pausing accepts")
-    for sock in clients[:-1]:
-        sock.close()
-    # The blocking modes pause accepting and pick the waiting client up later.
-    assert recv_lines(late, 1) == [b"etal\n"]
-    assert server.stderr().count("pausing accepts") == 1  # once per episode
-    late.close()
+    try:
+        for sock in clients[room:]:  # the backlog is accepted in order: these are refused
+            assert recv_until_closed(sock) == b"error: server busy\n"
+        for number, sock in enumerate(clients[:room]):  # ...and these all served
+            sock.sendall(b"%d\n" % number)
+            assert recv_lines(sock, 1) == [str(number).encode()[::-1] + b"\n"]
+    finally:
+        for sock in clients:
+            sock.close()
     assert wait_for(lambda: answers(server.port), 10, 0.5)
+    assert "Too many open files" not in server.stderr()
     assert server.stop(signal.SIGTERM) == 0
     assert "Traceback" not in server.stderr()
 

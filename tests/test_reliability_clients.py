@@ -102,6 +102,24 @@ def test_flood_beyond_the_fd_limit_pauses_and_recovers(mode: str) -> None:
     assert code == 0, server.stderr()
 
 
+@pytest.mark.parametrize("mode", ["async", "thread"])
+def test_clients_past_the_descriptor_budget_are_refused_not_left_waiting(mode: str) -> None:
+    """Where every client holds a descriptor in the server, those that would not
+    fit get ``error: server busy`` at once (found at full size: 1,500 of 2,000
+    thread-mode clients waited in the backlog with no answer)."""
+    server = fd_limited_server(mode)
+    try:
+        # More than fit even in the first half (the half that waits for its
+        # replies before any client leaves), so some must be refused.
+        outcome = hostile.fd_exhaustion(server, clients=600, mode=mode)
+        kinds = outcome.details["clients"]
+        assert kinds.get("busy", 0) > 0, outcome
+        assert kinds.get("hung", 0) == 0, outcome
+        assert "room for" in server.stderr()  # the capacity is logged
+    finally:
+        assert server.stop() == 0, server.stderr()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_resets_and_half_closes_leak_nothing(serve: object, mode: str) -> None:
     server = start(serve, mode)

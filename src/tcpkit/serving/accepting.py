@@ -37,6 +37,7 @@ from typing import Any
 
 from tcpkit.endpoints import peer_text
 from tcpkit.service import Service
+from tcpkit.serving import fdlimit
 from tcpkit.serving.admission import BUSY as BUSY_REFUSAL
 from tcpkit.serving.admission import Admission, Refusal
 from tcpkit.serving.aio import Listener
@@ -87,6 +88,14 @@ class BlockingServer:
         self._accept_pauses = 0  # consecutive out-of-resources pauses
         self._paused_until = 0.0
         self._next_tick = 0.0
+        # Clients this process can hold (--max-connections, or fewer when the
+        # descriptor limit is lower) and refused sockets it may keep lingering.
+        self.max_open = self.limits.max_connections
+        self.max_lingering = MAX_LINGERING
+
+    # Whether each client holds a descriptor in this process for its whole
+    # life (thread, iterative) — not so in fork mode, where the child holds it.
+    clients_hold_descriptors = True
 
     # -- what a mode provides ---------------------------------------------
 
@@ -122,6 +131,8 @@ class BlockingServer:
     def serve(self) -> None:
         """Serve until SIGINT/SIGTERM (or :meth:`stop`), then drain and return."""
         restore = self._install_signals()  # before "Listening on": clients may act on it
+        if self.clients_hold_descriptors:
+            self._budget_descriptors()
         for listener in self.listeners:
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
         try:
@@ -132,6 +143,22 @@ class BlockingServer:
             self.close_bridge()
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
+
+    def _budget_descriptors(self) -> None:
+        """Refuse (``error: server busy``) before descriptors run out, not after.
+
+        Pausing on EMFILE keeps the server alive, but the clients queued in the
+        backlog meanwhile get no answer at all; a budget below the limit gives
+        each of them a clear refusal instead (as the async mode does).
+        """
+        limit = fdlimit.nofile()
+        room = fdlimit.connection_budget(limit)
+        self.max_open = min(self.limits.max_connections, room)
+        self.max_lingering = min(MAX_LINGERING, max(1, fdlimit.headroom(limit) // 2))
+        if room < self.limits.max_connections:
+            log.info("descriptor limit %d: room for %d connections (--max-connections %d)",
+                     limit, room, self.limits.max_connections,
+                     extra={"event": "capacity", "nofile": limit, "connections": room})
 
     def stop(self) -> None:
         """Begin a graceful stop; a second call cuts clients off (signal-safe)."""
@@ -171,7 +198,7 @@ class BlockingServer:
 
     def admit(self, peer: object) -> Refusal | None:
         """Why a new client may not be served (busy, per-address limits), or None."""
-        if self.active() >= self.limits.max_connections:
+        if self.active() >= self.max_open:
             return BUSY_REFUSAL
         host = peer_text(peer)[0]
         if not self.admission.enabled or host == "unix":
@@ -288,7 +315,7 @@ class BlockingServer:
             sock.send(BUSY if refusal is BUSY_REFUSAL
                       else b"error: %s\n" % refusal.message.encode())
             sock.shutdown(socket.SHUT_WR)
-            if self._poller is not None and len(self._lingering) < MAX_LINGERING:
+            if self._poller is not None and len(self._lingering) < self.max_lingering:
                 self._poller.register(sock.fileno(), select.POLLIN)
                 self._lingering[sock.fileno()] = (sock, time.monotonic() + LINGER)
                 return

@@ -46,6 +46,8 @@ log = logging.getLogger("tcpkit")
 class ForkingServer(BlockingServer):
     """Serves each client in a child process of its own."""
 
+    clients_hold_descriptors = False  # each child holds its client's socket
+
     mode = "fork"
 
     def serve(self) -> None:
