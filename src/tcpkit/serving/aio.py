@@ -46,7 +46,7 @@ from tcpkit.serving import fdlimit
 from tcpkit.serving.admission import BUSY as BUSY_REFUSAL
 from tcpkit.serving.admission import Admission, Refusal
 from tcpkit.serving.config import Limits
-from tcpkit.serving.events import Observer
+from tcpkit.serving.events import Observer, receive_measured
 from tcpkit.serving.executors import make_executor
 from tcpkit.serving.listeners import BACKLOG, describe
 from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed
@@ -220,21 +220,7 @@ class _Client(asyncio.Protocol):
 
     def _measured(self, data: bytes | None) -> None:
         """Receive ``data`` (None: EOF) and report the figures to the observer (--metrics)."""
-        conn, observer, name = self.conn, self.server.observer, self.service.name
-        lines, errors, closing = conn.lines, conn.errors, conn.closing
-        start = time.perf_counter()
-        out = conn.receive_eof() if data is None else conn.receive_data(data)
-        seconds = time.perf_counter() - start
-        lines = conn.lines - lines
-        jobs = self._send(out)
-        observer.traffic(name, len(data or b""), len(out), lines, out.count(b"\n"),
-                         lines - jobs, seconds)
-        errors = conn.errors - errors
-        if conn.closing and not closing:
-            observer.failed(name, "line_too_long")
-            errors -= 1
-        if errors > 0:
-            observer.failed(name, "request", errors)
+        receive_measured(self.conn, data, self.server.observer, self.service.name, self._send)
 
     def _close(self, transport: asyncio.Transport) -> None:
         """Close; unless the client has sent EOF, half-close and discard input first.

@@ -10,10 +10,11 @@ Running out anyway must not hurt.  The blocking modes see EMFILE from
 ``accept`` and pause (see :mod:`tcpkit.serving.accepting`) — but the clients
 waiting in the backlog meanwhile get no answer at all, so the thread and
 iterative modes, whose clients each hold a descriptor in the server, also
-refuse past :func:`connection_budget`.  The async mode must: libuv answers EMFILE by accepting and closing every waiting client
-with a reserve descriptor (they get a reset, nothing is logged), and on any
-other accept error — or when that reserve is gone — uvloop closes the
-listening socket for good.  So the async mode refuses new clients with
+refuse past :func:`connection_budget`.  The async mode must: libuv answers
+EMFILE by accepting and closing every waiting client with a reserve
+descriptor (they get a reset, nothing is logged), and on any other accept
+error — or when that reserve is gone — uvloop closes the listening socket
+for good.  So the async mode refuses new clients with
 ``error: server busy`` while they would take it within :func:`headroom` of the
 limit (:func:`connection_budget`), which keeps ``accept`` itself from failing.
 """
