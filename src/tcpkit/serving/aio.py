@@ -41,7 +41,7 @@ from typing import Any, cast
 
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import peer_text
-from tcpkit.service import RequestError, Service
+from tcpkit.service import Service
 from tcpkit.serving import fdlimit
 from tcpkit.serving.admission import BUSY as BUSY_REFUSAL
 from tcpkit.serving.admission import Admission, Refusal
@@ -49,7 +49,7 @@ from tcpkit.serving.config import Limits
 from tcpkit.serving.events import Observer, receive_measured
 from tcpkit.serving.executors import make_executor
 from tcpkit.serving.listeners import BACKLOG, describe
-from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed
+from tcpkit.serving.pool import job_failure
 from tcpkit.serving.stats import Stats
 from tcpkit.serving.tls import ServerTLS, reload_certificates
 
@@ -268,15 +268,9 @@ class _Client(asyncio.Protocol):
         try:
             reply = await self.server.pool.run(job.work, owner=self)  # fair share per client
             out = self.conn.job_done(job, reply)
-        except RequestError as exc:
-            out, failure = self.conn.job_failed(job, str(exc)), "request"
-        except TimeLimitExceeded as exc:
-            out, failure = self.conn.job_failed(job, str(exc)), "time_limit"
-        except WorkerCrashed as exc:
-            out, failure = self.conn.job_failed(job, str(exc)), "worker_crashed"
-        except Exception:  # an executor bug must cost one request, never a hung connection
-            log.exception("offloaded work failed")
-            out, failure = self.conn.job_failed(job, "internal error"), "internal"
+        except Exception as exc:
+            message, failure = job_failure(exc)
+            out = self.conn.job_failed(job, message)
         observer = self.server.observer
         if self.server.metered and self.transport is not None:
             observer.traffic(self.service.name, 0, len(out), 0, out.count(b"\n"), 1,

@@ -48,11 +48,11 @@ from dataclasses import dataclass
 from functools import partial
 
 from tcpkit.connection import Job, ServiceConnection
-from tcpkit.service import RequestError, Service
+from tcpkit.service import Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.events import Observer, receive_measured
 from tcpkit.serving.offload import OffloadBridge
-from tcpkit.serving.pool import TimeLimitExceeded, WorkerCrashed
+from tcpkit.serving.pool import job_failure
 
 log = logging.getLogger("tcpkit")
 READ_SIZE = 1 << 16
@@ -314,15 +314,9 @@ class _Driver:
             failure = None
             try:
                 replies = self.conn.job_done(job, future.result())
-            except RequestError as exc:
-                replies, failure = self.conn.job_failed(job, str(exc)), "request"
-            except TimeLimitExceeded as exc:
-                replies, failure = self.conn.job_failed(job, str(exc)), "time_limit"
-            except WorkerCrashed as exc:
-                replies, failure = self.conn.job_failed(job, str(exc)), "worker_crashed"
-            except Exception:
-                log.exception("offloaded work failed")
-                replies, failure = self.conn.job_failed(job, "internal error"), "internal"
+            except Exception as exc:
+                message, failure = job_failure(exc)
+                replies = self.conn.job_failed(job, message)
             if self.metered is not None:
                 self.metered.traffic(self.service, 0, len(replies), 0, replies.count(b"\n"), 1,
                                      time.perf_counter() - started)

@@ -58,6 +58,22 @@ class WorkerCrashed(Exception):
     """A worker process died while running a job."""
 
 
+def job_failure(exc: Exception) -> tuple[str, str]:
+    """The ``error:`` message and the metrics kind for offloaded work that raised ``exc``.
+
+    An unexpected exception (a bug in an executor) costs one request, never a
+    hung connection: it is logged and answered ``error: internal error``.
+    """
+    if isinstance(exc, RequestError):
+        return str(exc), "request"
+    if isinstance(exc, TimeLimitExceeded):
+        return str(exc), "time_limit"
+    if isinstance(exc, WorkerCrashed):
+        return str(exc), "worker_crashed"
+    log.error("offloaded work failed", exc_info=exc)
+    return "internal error", "internal"
+
+
 def default_size() -> int:
     """One worker per CPU this process may run on."""
     try:
