@@ -214,6 +214,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def tree_total(pid: int, measure: Callable[[int], int]) -> int:
+    """``measure`` summed over a process and all its live descendants."""
+    total = 0
+    for member in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):
+            total += measure(member)
+    return total
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

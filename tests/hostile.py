@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import Server, connect, descendants, recv_until_closed, rss_kb
+from conftest import Server, connect, descendants, recv_until_closed, rss_kb, tree_total
 
 LOOPBACK = "127.0.0.1"
 
@@ -67,11 +67,7 @@ def pss_kb(pid: int) -> int:
 
 def tree_pss_kb(pid: int) -> int:
     """Memory of a process and all its descendants (fork mode's children count too)."""
-    total = 0
-    for member in [pid, *descendants(pid)]:
-        with contextlib.suppress(OSError):
-            total += pss_kb(member)
-    return total
+    return tree_total(pid, pss_kb)
 
 
 @dataclass

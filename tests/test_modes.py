@@ -32,6 +32,7 @@ from conftest import (
     run,
     script,
     start_server,
+    tree_total,
 )
 from tcpkit.serving.run import MODES
 
@@ -87,11 +88,7 @@ def zombies(pid: int) -> list[int]:
 
 
 def tree_rss_kb(pid: int) -> int:
-    total = 0
-    for each in [pid, *descendants(pid)]:
-        with contextlib.suppress(OSError):
-            total += rss_kb(each)
-    return total
+    return tree_total(pid, rss_kb)
 
 
 def wait_for(condition: object, timeout: float, step: float = 0.1) -> bool:

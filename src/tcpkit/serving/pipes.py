@@ -21,16 +21,28 @@ import struct
 from tcpkit.serving.stats import COUNTERS, Stats
 
 
-class Wakeup:
-    """A pipe that becomes readable when :meth:`set` is called (from anywhere)."""
+class _Pipe:
+    """A pipe whose read end never blocks; closing is idempotent."""
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
 
     def fileno(self) -> int:
         return self._read
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Wakeup(_Pipe):
+    """A pipe that becomes readable when :meth:`set` is called (from anywhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        os.set_blocking(self._write, False)
 
     def set(self) -> None:
         """Wake the reader (safe in signal handlers and other threads)."""
@@ -51,25 +63,16 @@ class Wakeup:
         with contextlib.suppress(OSError):
             os.close(self._write)
 
-    def close(self) -> None:
-        for fd in (self._read, self._write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
 
 _RECORD = struct.Struct(f"={len(COUNTERS)}q")
 
 
-class StatsChannel:
+class StatsChannel(_Pipe):
     """Children send their :class:`Stats` to the parent over one shared pipe."""
 
     def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
+        super().__init__()
         self._partial = b""
-
-    def fileno(self) -> int:
-        return self._read
 
     def send(self, stats: Stats) -> None:
         """Report ``stats`` (in the child, just before it exits)."""
@@ -92,8 +95,3 @@ class StatsChannel:
         """In a child: only the write end is of use."""
         with contextlib.suppress(OSError):
             os.close(self._read)
-
-    def close(self) -> None:
-        for fd in (self._read, self._write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
