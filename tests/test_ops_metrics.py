@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from conftest import connect, exchange, needs, recv_until_closed, run, script
-from tcpkit.serving.admission import Admission, parse_rate
+from tcpkit.serving.guards.admission import Admission, parse_rate
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -153,7 +153,7 @@ def test_parse_rate_rejects(text: str) -> None:
 
 MULTIPROCESS = """
 import os, sys, urllib.request
-from tcpkit.serving import metrics
+from tcpkit.serving.observe import metrics
 metrics.use_multiprocess_dir()  # before prometheus_client is imported
 collector = metrics.Metrics("fork")
 address = metrics.serve_metrics(metrics.Endpoint(host="127.0.0.1", port=0),

@@ -35,11 +35,11 @@ from typing import NoReturn
 
 from tcpkit import logs, registry
 from tcpkit.endpoints import EndpointError, format_address, resolve_port
-from tcpkit.serving.aio import Listener
-from tcpkit.serving.events import Observer
+from tcpkit.serving.config import Listener
 from tcpkit.serving.listeners import ListenError
-from tcpkit.serving.names import NameResolver
-from tcpkit.serving.names import host_name as host_name  # re-exported: its old home
+from tcpkit.serving.observe.events import Observer
+from tcpkit.serving.observe.names import NameResolver
+from tcpkit.serving.observe.names import host_name as host_name  # re-exported: its old home
 from tcpkit.serving.run import serve_listeners
 from tcpkit.sockets import ConnectError, INETSocket
 
@@ -47,7 +47,7 @@ from tcpkit.sockets import ConnectError, INETSocket
 class TranscriptObserver(Observer):
     """Prints ``accept``/``close`` lines on stdout, with reverse-DNS names.
 
-    Lookups run off the event loop (:class:`~tcpkit.serving.names.NameResolver`)
+    Lookups run off the event loop (:class:`~tcpkit.serving.observe.names.NameResolver`)
     so a slow DNS server never stalls other clients; its single printer thread
     keeps each client's lines in order (its ``close`` waits for its ``accept``).
     """

@@ -154,7 +154,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ops = Operation.from_args(args, list(dict.fromkeys(name for name, _ in plan)))
     except (EndpointError, registry.UnknownService, OptionError) as exc:
         raise UsageError(str(exc)) from None
-    from tcpkit.serving.executors import check_executor
+    from tcpkit.serving.offload.executors import check_executor
 
     try:
         check_executor(args.executor)
@@ -187,7 +187,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Service],
                    plan: list[tuple[Service, Endpoint]], limits: Limits) -> int:
     """Serve the one inetd connection, systemd's sockets, or the ones in ``plan``."""
-    from tcpkit.serving.inetd import InetdError, serve_inetd, take_stdin_socket
+    from tcpkit.serving.modes.inetd import InetdError, serve_inetd, take_stdin_socket
     from tcpkit.serving.run import run, serve_listeners
 
     if ops.inetd:

@@ -34,7 +34,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, event, message, and the ``extra`` fields.
 
     Connection events carry ``event``, ``peer``, ``service``, ``lines`` and
-    ``duration`` (see :mod:`tcpkit.serving.events`); other lines get
+    ``duration`` (see :mod:`tcpkit.serving.observe.events`); other lines get
     ``"event": "log"``.
     """
 

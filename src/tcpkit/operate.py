@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint
 from tcpkit.service import Service
-from tcpkit.serving.admission import parse_rate
-from tcpkit.serving.aio import Listener
-from tcpkit.serving.events import Observer, ObserverGroup
+from tcpkit.serving.config import Listener
+from tcpkit.serving.guards.admission import parse_rate
+from tcpkit.serving.guards.tls import HANDSHAKE_TIMEOUT, ServerTLS, TLSError
 from tcpkit.serving.listeners import ListenError
-from tcpkit.serving.tls import HANDSHAKE_TIMEOUT, ServerTLS, TLSError
+from tcpkit.serving.observe.events import Observer, ObserverGroup
 
 
 class OptionError(Exception):
@@ -101,12 +101,12 @@ class Operation:
         all the processes forked after this call count into one set of figures.
         Raises ListenError when the metrics port cannot be bound.
         """
-        from tcpkit.serving.names import ResolvingObserver
+        from tcpkit.serving.observe.names import ResolvingObserver
 
         base = ResolvingObserver() if self.resolve_names else Observer()
         if self.metrics is None:
             return base
-        from tcpkit.serving import metrics
+        from tcpkit.serving.observe import metrics
 
         several = mode == "fork" or workers == "auto" or (workers is not None and int(workers) > 1)
         if several:  # processes forked later count into shared files
@@ -122,7 +122,7 @@ class Operation:
 
     def inherited_listeners(self, services: Sequence[Service]) -> list[Listener] | None:
         """systemd's sockets paired with the services, or None when not activated."""
-        from tcpkit.serving.activation import ActivationError, inherited_sockets
+        from tcpkit.serving.guards.activation import ActivationError, inherited_sockets
 
         try:
             inherited = inherited_sockets()

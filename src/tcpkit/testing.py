@@ -36,10 +36,10 @@ import pytest
 
 from tcpkit.endpoints import Endpoint, format_address
 from tcpkit.service import Service
-from tcpkit.serving.aio import AsyncServer, Listener
-from tcpkit.serving.config import Limits
-from tcpkit.serving.events import Observer
+from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.listeners import open_listener
+from tcpkit.serving.modes.aio import AsyncServer
+from tcpkit.serving.observe.events import Observer
 
 START_TIMEOUT = 10.0
 

@@ -1,17 +1,44 @@
-"""Serving models: they move bytes between sockets and sans-IO connections.
+"""The serving layer: it moves bytes between sockets and sans-IO connections.
 
-``run.py`` is the one entry point the command line uses: it opens every
-listening socket first (so a port in use fails fast, with one clear line,
-before anything is served), then hands them to the chosen mode.  Each mode has
-a module of its own: ``aio.py`` (async), ``threaded.py``, ``forking.py`` and
-``iterative.py``; the last three share ``accepting.py`` (the accept loop,
-limits, signals, drain) and ``blocking.py`` (the per-connection driver), and
-run offloaded work through ``offload.py``.  ``workers.py`` runs any mode in N
-processes under a supervisor.  ``listeners.py``, ``pool.py``, ``events.py``,
-``stats.py``, ``pipes.py`` and ``config.py`` are shared by all of them.
+The protocol itself (framing, the per-connection state machine, the services)
+lives outside this package and never sees a socket.  What is here is laid out
+by axis, a folder each, a file per job::
 
-What an operator adds is mode-independent too: ``tls.py`` (certificate and
-reload), ``admission.py`` (per-client limits, sans-IO), ``metrics.py``
-(Prometheus, an Observer), ``names.py`` (reverse DNS for the logs),
-``activation.py`` (systemd sockets and sd_notify) and ``inetd.py``.
+    run.py         the one entry point: open every listener first (a port in use
+                   fails fast, before anything is served), then pick a mode
+    config.py      Limits, Listener and the modes' names: what every mode reads
+    listeners.py   opening a listening socket from an Endpoint
+
+    modes/         how clients are served
+      aio.py         async: one event loop (uvloop) for every client
+      accepting.py   the accept loop shared by the blocking modes
+      driver.py      the blocking modes' per-connection driver (one poll loop)
+      iterative.py   one client at a time (the article's first server)
+      threaded.py    a thread per client
+      forking.py     a child process per client (the article's server)
+      inetd.py       one already connected socket (--inetd, Accept=yes)
+      supervisor.py  any mode in N worker processes (--workers)
+      pipes.py       the self-pipes the modes wake and report through
+
+    offload/       where offloaded work (an Offload answer) runs
+      executors.py   the one factory: a local pool or a Dask cluster
+      pool.py        the local pool of stoppable worker processes
+      worker.py      the kernel's backstop for a worker whose server died
+      bridge.py      the async executor, used from the blocking modes' threads
+      dask.py        the Dask executor (--executor dask://)
+
+    guards/        who may be served, and how safely
+      admission.py   per-address limits (xinetd's per_source and cps), sans-IO
+      tls.py         certificates, handshakes, reload on SIGHUP
+      activation.py  systemd socket activation and sd_notify
+      fdlimit.py     the descriptor budget: refuse before descriptors run out
+
+    observe/       what an operator sees
+      events.py      the Observer interface every mode reports to
+      stats.py       the counters of the summary line
+      metrics.py     Prometheus metrics (an Observer)
+      names.py       reverse DNS for the logs, off the event loop
+
+Arrows point down this list and never up: a mode imports guards, offload and
+observe; nothing below imports a mode; ``run.py`` alone knows every mode.
 """

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tcpkit.service import Service
+    from tcpkit.serving.guards.tls import ServerTLS
 
 # Serving models (SPEC §2.1), each a module of tcpkit.serving; see run.py.
 MODES = ("async", "thread", "fork", "iterative")
@@ -28,3 +34,12 @@ class Limits:
     # Per source address (xinetd's per_source and cps); None = no limit.
     max_per_ip: int | None = None
     rate_per_ip: float | None = None  # new connections per second
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A service bound to an already listening socket."""
+
+    service: Service
+    sock: socket.socket
+    tls: ServerTLS | None = None  # serve over TLS with this certificate

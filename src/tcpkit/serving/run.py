@@ -22,17 +22,17 @@ from collections.abc import Sequence
 
 from tcpkit.endpoints import Endpoint
 from tcpkit.service import Service
-from tcpkit.serving import activation, fdlimit
-from tcpkit.serving.accepting import BlockingServer
-from tcpkit.serving.aio import AsyncServer, Listener, install_uvloop
-from tcpkit.serving.config import MODES, Limits
-from tcpkit.serving.events import Observer
-from tcpkit.serving.forking import ForkingServer
-from tcpkit.serving.iterative import IterativeServer
+from tcpkit.serving.config import MODES, Limits, Listener
+from tcpkit.serving.guards import activation, fdlimit
+from tcpkit.serving.guards.tls import ServerTLS
 from tcpkit.serving.listeners import ListenError, open_listener
-from tcpkit.serving.stats import Stats
-from tcpkit.serving.threaded import ThreadedServer
-from tcpkit.serving.tls import ServerTLS
+from tcpkit.serving.modes.accepting import BlockingServer
+from tcpkit.serving.modes.aio import AsyncServer, install_uvloop
+from tcpkit.serving.modes.forking import ForkingServer
+from tcpkit.serving.modes.iterative import IterativeServer
+from tcpkit.serving.modes.threaded import ThreadedServer
+from tcpkit.serving.observe.events import Observer
+from tcpkit.serving.observe.stats import Stats
 
 log = logging.getLogger("tcpkit")
 BLOCKING_MODES: dict[str, type[BlockingServer]] = {
@@ -107,16 +107,16 @@ def serve_listeners(listeners: Sequence[Listener], mode: str = "async",
     """Serve already opened listeners until SIGINT/SIGTERM, then drain.
 
     With ``workers`` above 1, that many processes serve the same sockets under
-    a supervisor that restarts any that dies (see :mod:`tcpkit.serving.workers`).
+    a supervisor that restarts any that dies (see :mod:`tcpkit.serving.modes.supervisor`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
     fdlimit.raise_nofile()  # a connection per descriptor: allow all the system allows
     activation.notify("READY=1")  # the sockets listen: clients queue from now on
     if workers > 1:
-        from tcpkit.serving.workers import Supervisor
+        from tcpkit.serving.modes.supervisor import Supervisor
 
-        stats = Supervisor(listeners, mode, limits, observer, workers).serve()
+        stats = Supervisor(listeners, mode, serve_once, limits, observer, workers).serve()
     else:
         stats = serve_once(listeners, mode, limits, observer)
     activation.notify("STOPPING=1")

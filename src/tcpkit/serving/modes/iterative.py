@@ -11,8 +11,8 @@ import contextlib
 import select
 import socket
 
-from tcpkit.serving.accepting import BlockingServer
-from tcpkit.serving.aio import Listener
+from tcpkit.serving.config import Listener
+from tcpkit.serving.modes.accepting import BlockingServer
 
 
 class IterativeServer(BlockingServer):

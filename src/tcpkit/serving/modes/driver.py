@@ -50,9 +50,9 @@ from functools import partial
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits
-from tcpkit.serving.events import Observer, receive_measured
-from tcpkit.serving.offload import OffloadBridge
-from tcpkit.serving.pool import job_failure
+from tcpkit.serving.observe.events import Observer, receive_measured
+from tcpkit.serving.offload.bridge import OffloadBridge
+from tcpkit.serving.offload.pool import job_failure
 
 log = logging.getLogger("tcpkit")
 READ_SIZE = 1 << 16

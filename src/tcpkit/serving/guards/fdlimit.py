@@ -7,7 +7,7 @@ limit (often 1024) under a high hard one; like nginx's
 hard one before serving.
 
 Running out anyway must not hurt.  The blocking modes see EMFILE from
-``accept`` and pause (see :mod:`tcpkit.serving.accepting`) — but the clients
+``accept`` and pause (see :mod:`tcpkit.serving.modes.accepting`) — but the clients
 waiting in the backlog meanwhile get no answer at all, so the thread and
 iterative modes, whose clients each hold a descriptor in the server, also
 refuse past :func:`connection_budget`.  The async mode must: libuv answers

@@ -34,11 +34,11 @@ from dataclasses import replace
 from types import FrameType
 from typing import NoReturn
 
-from tcpkit.serving import metrics
-from tcpkit.serving.accepting import BlockingServer
-from tcpkit.serving.aio import Listener
-from tcpkit.serving.pipes import StatsChannel, Wakeup
-from tcpkit.serving.stats import Stats
+from tcpkit.serving.config import Listener
+from tcpkit.serving.modes.accepting import BlockingServer
+from tcpkit.serving.modes.pipes import StatsChannel, Wakeup
+from tcpkit.serving.observe import metrics
+from tcpkit.serving.observe.stats import Stats
 
 log = logging.getLogger("tcpkit")
 

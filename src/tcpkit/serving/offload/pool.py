@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tcpkit.service import Offload, RequestError
-from tcpkit.serving.backstop import limit_cpu
+from tcpkit.serving.offload.worker import limit_cpu
 
 log = logging.getLogger("tcpkit")
 PRELOAD = ["tcpkit.services.factor", "tcpkit.factoring.preload"]

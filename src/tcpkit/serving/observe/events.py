@@ -4,7 +4,7 @@ The serving modes report every listener, accept and close to an
 :class:`Observer`.  The default one writes the access log lines of SPEC §2.1
 (``accept HOST:PORT``, ``close HOST:PORT (N lines, T s)``); the article's
 programs plug in one that prints their transcripts instead, and
-:mod:`tcpkit.serving.metrics` one that counts for Prometheus.  Observers must
+:mod:`tcpkit.serving.observe.metrics` one that counts for Prometheus.  Observers must
 not block: serving modes call them on the hot path.
 
 Log records carry their figures as ``extra`` fields (``event``, ``peer``,

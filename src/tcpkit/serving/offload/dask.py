@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tcpkit.service import Offload, RequestError
-from tcpkit.serving.pool import (
+from tcpkit.serving.offload.pool import (
     MEMORY_LIMIT,
     TimeLimitExceeded,
     count_down,
@@ -72,7 +72,7 @@ class Child:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tcpkit.serving.dask_executor", "--child"],
+            [sys.executable, "-m", "tcpkit.serving.offload.dask", "--child"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.requests = Connection(os.dup(self.process.stdin.fileno()), readable=False)
@@ -137,9 +137,9 @@ def _watch(child: Child, work: Offload, time_limit: float, cancelled: Any) -> tu
 
 
 def child_main() -> None:
-    """``python -m tcpkit.serving.dask_executor --child``: run jobs from stdin."""
+    """``python -m tcpkit.serving.offload.dask --child``: run jobs from stdin."""
     from tcpkit.factoring import engine
-    from tcpkit.serving.pool import die_with_parent, limit_memory
+    from tcpkit.serving.offload.pool import die_with_parent, limit_memory
 
     die_with_parent()
     limit_memory(MEMORY_LIMIT)
@@ -244,6 +244,6 @@ class DaskExecutor:
 
 if __name__ == "__main__" and sys.argv[1:] == ["--child"]:
     # The child must not unpickle work as ``__main__`` objects: re-enter by module name.
-    from tcpkit.serving import dask_executor
+    from tcpkit.serving.offload import dask
 
-    dask_executor.child_main()
+    dask.child_main()

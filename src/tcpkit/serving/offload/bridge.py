@@ -2,7 +2,7 @@
 
 The iterative, thread and fork modes drive their clients with blocking code,
 but offloaded requests (factoring a big number) need what
-:class:`~tcpkit.serving.pool.WorkerPool` already does well: a time limit, and a
+:class:`~tcpkit.serving.offload.pool.WorkerPool` already does well: a time limit, and a
 worker that is killed the moment its job is no longer wanted.  Rather than a
 second pool, :class:`OffloadBridge` runs the one pool on an event loop of its
 own, in a background thread, and hands out ``concurrent.futures.Future``
@@ -23,7 +23,7 @@ import concurrent.futures
 import threading
 
 from tcpkit.service import Offload
-from tcpkit.serving.pool import WorkerPool
+from tcpkit.serving.offload.pool import WorkerPool
 
 CLOSE_TIMEOUT = 10.0
 

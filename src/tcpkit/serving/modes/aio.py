@@ -16,7 +16,7 @@ Running out of file descriptors (SPEC §2.1: pause, log, never stop): libuv
 answers EMFILE on accept by resetting every waiting client, silently, and
 uvloop closes the listening socket for good on other accept errors.  So the
 server refuses clients with ``error: server busy`` before descriptors run out
-(``max_open``, from :mod:`tcpkit.serving.fdlimit`; the same comparison as
+(``max_open``, from :mod:`tcpkit.serving.guards.fdlimit`; the same comparison as
 ``--max-connections``, so it costs nothing per connection), logs each such
 episode once, and gives libuv a duplicate of each listening socket: if libuv
 closes it anyway, the tick notices and serves the original again.
@@ -36,37 +36,27 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import peer_text
 from tcpkit.service import Service
-from tcpkit.serving import fdlimit
-from tcpkit.serving.admission import BUSY as BUSY_REFUSAL
-from tcpkit.serving.admission import Admission, Refusal
-from tcpkit.serving.config import Limits
-from tcpkit.serving.events import Observer, receive_measured
-from tcpkit.serving.executors import make_executor
+from tcpkit.serving.config import Limits, Listener
+from tcpkit.serving.guards import fdlimit
+from tcpkit.serving.guards.admission import BUSY as BUSY_REFUSAL
+from tcpkit.serving.guards.admission import Admission, Refusal
+from tcpkit.serving.guards.tls import ServerTLS, reload_certificates
 from tcpkit.serving.listeners import BACKLOG, describe
-from tcpkit.serving.pool import job_failure
-from tcpkit.serving.stats import Stats
-from tcpkit.serving.tls import ServerTLS, reload_certificates
+from tcpkit.serving.observe.events import Observer, receive_measured
+from tcpkit.serving.observe.stats import Stats
+from tcpkit.serving.offload.executors import make_executor
+from tcpkit.serving.offload.pool import job_failure
 
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
 TICK = 1.0  # seconds between idle sweeps
 LINGER = 2.0  # seconds to read and discard a closing client's extra bytes
 LINGER_BYTES = 1 << 20  # ...and, after an error reply, at most this many
-
-
-@dataclass(frozen=True)
-class Listener:
-    """A service bound to an already listening socket."""
-
-    service: Service
-    sock: socket.socket
-    tls: ServerTLS | None = None  # serve over TLS with this certificate
 
 
 class _Client(asyncio.Protocol):

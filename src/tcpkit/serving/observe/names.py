@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 
-from tcpkit.serving.events import Observer
+from tcpkit.serving.observe.events import Observer
 
 LOOKUP_TIMEOUT = 2.0
 

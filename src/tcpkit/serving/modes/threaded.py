@@ -14,8 +14,8 @@ import socket
 import threading
 import time
 
-from tcpkit.serving.accepting import BlockingServer
-from tcpkit.serving.aio import Listener
+from tcpkit.serving.config import Listener
+from tcpkit.serving.modes.accepting import BlockingServer
 
 THREAD_STACK = 1 << 20  # the driver's frames are shallow: 8 MB stacks only waste memory
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tcpkit.endpoints import Endpoint, format_address
-from tcpkit.serving.events import Observer
+from tcpkit.serving.observe.events import Observer
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

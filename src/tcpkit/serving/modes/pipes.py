@@ -18,7 +18,7 @@ import os
 import select
 import struct
 
-from tcpkit.serving.stats import COUNTERS, Stats
+from tcpkit.serving.observe.stats import COUNTERS, Stats
 
 
 class _Pipe:

@@ -28,17 +28,16 @@ import os
 import select
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn
 
-from tcpkit.serving import metrics
-from tcpkit.serving.aio import Listener
-from tcpkit.serving.config import Limits
-from tcpkit.serving.events import Observer, ObserverGroup
+from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.listeners import describe
-from tcpkit.serving.pipes import StatsChannel, Wakeup
-from tcpkit.serving.stats import Stats
+from tcpkit.serving.modes.pipes import StatsChannel, Wakeup
+from tcpkit.serving.observe import metrics
+from tcpkit.serving.observe.events import Observer, ObserverGroup
+from tcpkit.serving.observe.stats import Stats
 
 log = logging.getLogger("tcpkit")
 QUICK_DEATH = 1.0  # a worker dying this soon after starting is restarted after a pause
@@ -59,13 +58,20 @@ class WorkerObserver(ObserverGroup):
         pass
 
 
+# How a worker serves: run.serve_once, passed in so that this module (a mode)
+# never imports the module that picks modes.
+ServeOnce = Callable[[Sequence[Listener], str, Limits, Observer, int], Stats]
+
+
 class Supervisor:
     """Keeps ``count`` worker processes serving ``listeners`` in ``mode``."""
 
-    def __init__(self, listeners: Sequence[Listener], mode: str, limits: Limits | None = None,
-                 observer: Observer | None = None, count: int = 2) -> None:
+    def __init__(self, listeners: Sequence[Listener], mode: str, serve_once: ServeOnce,
+                 limits: Limits | None = None, observer: Observer | None = None,
+                 count: int = 2) -> None:
         self.listeners = list(listeners)
         self.mode = mode
+        self.serve_once = serve_once
         self.limits = limits or Limits()
         self.observer = observer or Observer()
         self.count = count
@@ -115,9 +121,7 @@ class Supervisor:
             self._stop.close_writer()
             self._exited.close()
             self._reports.close_reader()
-            from tcpkit.serving.run import serve_once
-
-            stats = serve_once(self.listeners, self.mode, self.limits,
+            stats = self.serve_once(self.listeners, self.mode, self.limits,
                                WorkerObserver(self.observer), self._stop.fileno())
             self._reports.send(stats)
             code = 0

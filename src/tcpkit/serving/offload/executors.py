@@ -14,7 +14,7 @@ from typing import Protocol
 
 from tcpkit.service import Offload
 from tcpkit.serving.config import Limits
-from tcpkit.serving.pool import WorkerPool
+from tcpkit.serving.offload.pool import WorkerPool
 
 SCHEMES = ("dask://", "tcp://", "tls://")
 
@@ -42,6 +42,6 @@ def make_executor(limits: Limits) -> Executor:
     if url in (None, "", "local"):
         return WorkerPool(limits.pool_size, limits.time_limit)
     assert url is not None
-    from tcpkit.serving.dask_executor import DaskExecutor
+    from tcpkit.serving.offload.dask import DaskExecutor
 
     return DaskExecutor(url, limits.time_limit)

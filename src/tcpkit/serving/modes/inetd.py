@@ -20,11 +20,11 @@ import socket
 import stat
 
 from tcpkit.service import Service
-from tcpkit.serving.aio import AsyncServer, install_uvloop
 from tcpkit.serving.config import Limits
-from tcpkit.serving.events import Observer
-from tcpkit.serving.stats import Stats
-from tcpkit.serving.tls import ServerTLS
+from tcpkit.serving.guards.tls import ServerTLS
+from tcpkit.serving.modes.aio import AsyncServer, install_uvloop
+from tcpkit.serving.observe.events import Observer
+from tcpkit.serving.observe.stats import Stats
 
 SYSLOG = "/dev/log"
 

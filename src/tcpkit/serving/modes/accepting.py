@@ -9,7 +9,7 @@ signal handlers, and the drain.  A subclass only says how a client is served
 cut them off when the drain times out.
 
 Operator features work here as in the async mode: per-address limits
-(:class:`~tcpkit.serving.admission.Admission`, checked before a client is
+(:class:`~tcpkit.serving.guards.admission.Admission`, checked before a client is
 handed on), TLS (the handshake runs where the client is served — its thread,
 its child, or inline in iterative mode — bounded by the handshake timeout and
 by a stop), SIGHUP reloading the certificate, and traffic figures for
@@ -37,18 +37,17 @@ from typing import Any
 
 from tcpkit.endpoints import peer_text
 from tcpkit.service import Service
-from tcpkit.serving import fdlimit
-from tcpkit.serving.admission import BUSY as BUSY_REFUSAL
-from tcpkit.serving.admission import Admission, Refusal
-from tcpkit.serving.aio import Listener
-from tcpkit.serving.blocking import Outcome, serve_connection
-from tcpkit.serving.config import Limits
-from tcpkit.serving.events import Observer
+from tcpkit.serving.config import Limits, Listener
+from tcpkit.serving.guards import fdlimit
+from tcpkit.serving.guards.admission import BUSY as BUSY_REFUSAL
+from tcpkit.serving.guards.admission import Admission, Refusal
+from tcpkit.serving.guards.tls import reload_certificates, server_handshake
 from tcpkit.serving.listeners import describe
-from tcpkit.serving.offload import OffloadBridge
-from tcpkit.serving.pipes import Wakeup
-from tcpkit.serving.stats import Stats
-from tcpkit.serving.tls import reload_certificates, server_handshake
+from tcpkit.serving.modes.driver import Outcome, serve_connection
+from tcpkit.serving.modes.pipes import Wakeup
+from tcpkit.serving.observe.events import Observer
+from tcpkit.serving.observe.stats import Stats
+from tcpkit.serving.offload.bridge import OffloadBridge
 
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
