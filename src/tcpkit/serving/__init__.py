@@ -28,6 +28,8 @@ by axis, a folder each, a file per job::
       dask.py        the Dask executor (--executor dask://)
 
     guards/        who may be served, and how safely
+      gate.py        who gets in, one rule for every mode: busy, descriptor budget,
+                     per-address limits, refusal counts and logs, lingering; sans-IO
       admission.py   per-address limits (xinetd's per_source and cps), sans-IO
       tls.py         certificates, handshakes, reload on SIGHUP
       activation.py  systemd socket activation and sd_notify
