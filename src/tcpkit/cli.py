@@ -219,7 +219,7 @@ def run_services(args: argparse.Namespace) -> int:
     source = "tcpkit" if args.name in registry.services() else "system"
     if args.name.isdigit():
         try:
-            source, name = "system", socket.getservbyport(port, "tcp")
+            name = socket.getservbyport(port, "tcp")
             print(f"{port}/tcp  {name}")
         except OSError:
             print(f"{port}/tcp")
