@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from tcpkit import __version__, logs, registry
 from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint, resolve_port
+from tcpkit.errors import Error
 from tcpkit.service import Options, Service
 from tcpkit.serving.config import MODES, Limits
 
@@ -29,7 +30,7 @@ MODE_HELP = (
     "iterative = one client at a time, the others wait (default: async)")
 
 
-class UsageError(Exception):
+class UsageError(Error):
     """Bad arguments discovered after parsing (exit 2)."""
 
 
@@ -80,7 +81,9 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "serve", help="run services (default: reverse on 7800 and factor on 7801)",
         description="Serve one or more registered services until SIGINT/SIGTERM.")
     serve.add_argument("services", nargs="*", metavar="SERVICE",
-                       help="services to run (default: reverse factor)")
+                       help="services to run: registered names, or package.module:SERVICE "
+                            "(imported, from the current directory too; default: "
+                            "reverse factor)")
     serve.add_argument("--listen", action="append", default=[], metavar="ENDPOINT",
                        help="PORT, HOST:PORT, [V6]:PORT, HOST:NAME or unix:/path; "
                             "with several services SERVICE=ENDPOINT (repeatable)")

@@ -23,11 +23,13 @@ because the fastest services answer a whole block with a few C-level calls; see
 
 from __future__ import annotations
 
+from tcpkit.errors import Error
+
 LF = b"\n"
 CRLF = b"\r\n"
 
 
-class LineTooLong(Exception):
+class LineTooLong(Error):
     """A line passed the framer's ``max_line`` limit."""
 
     def __init__(self, max_line: int) -> None:
