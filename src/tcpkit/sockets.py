@@ -19,6 +19,7 @@ article's do.  Perl's own argument names work through :meth:`INETSocket.new`.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ def _reason(exc: OSError) -> str:
         return "timed out"
     if isinstance(exc, ssl.SSLError):
         return handshake_failure(exc)
+    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno)  # asyncio's strerror is "Connect call failed (...)"
     return exc.strerror or str(exc)
 
 
