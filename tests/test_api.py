@@ -108,6 +108,7 @@ ERRORS = [  # (module, class, what it subclassed before tcpkit.Error existed)
     ("tcpkit.serving.offload.pool", "TimeLimitExceeded", Exception),
     ("tcpkit.serving.offload.pool", "WorkerCrashed", Exception),
     ("tcpkit.serving.offload.dask", "DaskUnavailable", Exception),
+    ("tcpkit.hub", "HubUnavailable", ConnectionError),
 ]
 
 
