@@ -11,7 +11,8 @@ import pytest
 
 from tcpkit.framers import Int32Prefixed, Lines, Netstrings
 from tcpkit.service import Blocking, Offload, RequestError, Service
-from tcpkit.session import Peer, Reply, Session, SessionConnection
+from tcpkit.session import Peer, Reply, Session
+from tcpkit.session_connection import SessionConnection
 
 
 class Counter(Session):
