@@ -108,6 +108,9 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
                        help="longest number the factor service accepts")
     serve.add_argument("--factor-workers", type=positive(int), default=None, metavar="N",
                        help="worker processes for large factorizations (default: CPUs)")
+    serve.add_argument("--pubsub", default=None, metavar="local|redis://HOST:PORT",
+                       help="where session services' rooms live: this process (default) or "
+                            "Redis, shared by every worker and server (needs tcpkit[redis])")
     serve.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
                        help="where large factorizations run: local worker processes "
                             "(default) or a Dask cluster's scheduler (needs tcpkit[dask])")
@@ -154,22 +157,29 @@ def run_serve(args: argparse.Namespace) -> int:
         ops = Operation.from_args(args, list(dict.fromkeys(name for name, _ in plan)))
     except (EndpointError, registry.UnknownService, OptionError) as exc:
         raise UsageError(str(exc)) from None
+    from tcpkit.hub import check_pubsub
     from tcpkit.serving.offload.executors import check_executor
+    from tcpkit.serving.run import shared_state_refusal
 
     try:
         check_executor(args.executor)
+        check_pubsub(args.pubsub)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     options = Options(max_digits=args.max_digits)
     services: dict[str, Service] = {}
     for name, _ in plan:
         services.setdefault(name, registry.get(name).configured(options))
+    refusal = shared_state_refusal(services.values(), args.mode, args.workers, args.pubsub)
+    if refusal is not None:
+        raise UsageError(refusal)
     limits = Limits(
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         max_line=args.max_line, drain_timeout=args.drain_timeout,
         time_limit=args.time_limit, pool_size=args.factor_workers,
         max_per_ip=args.max_per_ip, rate_per_ip=args.rate_per_ip,
         executor=None if args.executor == "local" else args.executor,
+        pubsub=None if args.pubsub in (None, "local") else args.pubsub,
     )
     if args.check_config:
         print("config ok")
