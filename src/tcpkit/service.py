@@ -99,7 +99,6 @@ class Options:
     """Per-service settings a server passes to :attr:`Service.configure`."""
 
     max_digits: int = 1000
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
