@@ -235,3 +235,24 @@ def test_inetd_serves_a_session(plugin: dict[str, str]) -> None:
 def test_unknown_plugin_service_is_a_usage_error() -> None:
     done = run([*script("tcpkit"), "serve", "t-nosuch"])
     assert done.returncode == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_limits_hold_for_sessions(mode: str, serve: Start) -> None:
+    """--max-line closes after an error reply; --idle-timeout closes a silent client;
+    disconnected() hears why each time."""
+    server = serve("t-counter", mode, "--max-line", "8", "--idle-timeout", "1")
+    client = Peer(server.port)
+    assert client.line() == b"ready"
+    client.send(b"a", b"x" * 20)
+    assert client.line() == b"1"
+    assert client.line() == b"error: line too long (max 8 bytes)"
+    assert client.rest() == b""
+    client.close()
+    server.wait_for_stderr("counter session ended: line too long")
+    silent = Peer(server.port)
+    assert silent.line() == b"ready"
+    assert silent.rest() == b""  # closed by the server, having sent nothing
+    silent.close()
+    server.wait_for_stderr("counter session ended: idle")
+    assert server.stop() == 0
