@@ -41,8 +41,10 @@ if TYPE_CHECKING:
     from tcpkit.framers import Framer
     from tcpkit.session import Session
 
+from tcpkit.errors import Error
 
-class RequestError(Exception):
+
+class RequestError(Error):
     """A request the service cannot answer; the client gets ``error: <message>``."""
 
 
