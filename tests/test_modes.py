@@ -108,27 +108,30 @@ def wait_cpu_busy(pid: int, seconds: float, timeout: float = 30.0) -> None:
         "the server never started working"
 
 
-def busiest_descendant(pid: int) -> int:
-    """The descendant using the most CPU right now (the factor worker, when one runs).
+def pool_worker(pid: int, timeout: float = 30.0) -> int:
+    """The factor pool's worker process under ``pid``: the child of its forkserver.
 
-    On a loaded machine a 0.3 s sample may show no ticks at all, and then any
-    process would "win": sample again until one has clearly worked.
+    Found by the process tree, not by sampling CPU: on a loaded machine the
+    forkserver (forking, preloading) can outwork a worker that has just started.
+    With ``--factor-workers 1`` and one job in flight there is exactly one.
     """
-    for _ in range(30):
-        before = {each: own_cpu_ticks(each) for each in descendants(pid)}
-        time.sleep(0.3)
-        used = {each: own_cpu_ticks(each) - ticks for each, ticks in before.items()}
-        if used and max(used.values()) >= 5:
-            return max(used, key=lambda each: used[each])
-    raise AssertionError("no descendant of the server is working")
+    def find() -> int | None:
+        for each in descendants(pid):
+            try:
+                parent = int(Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if b"forkserver" in Path(f"/proc/{parent}/cmdline").read_bytes():
+                    return each
+            except (OSError, ValueError, IndexError):
+                continue
+        return None
 
-
-def own_cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = find()
+        if found is not None:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("the server has no pool worker")
 
 
 def alive(pid: int) -> bool:
@@ -329,7 +332,7 @@ def test_cancel_on_disconnect_then_drain(mode: str, servers: list[Server]) -> No
     leaver = connect(server.port)
     leaver.sendall(f"{HARD}\n".encode())
     wait_cpu_busy(server.pid, 0.2)
-    worker = busiest_descendant(server.pid)
+    worker = pool_worker(server.pid)
     abort(leaver)
     # The worker running the job is killed (a fresh one replaces it)...
     assert wait_for(lambda: not alive(worker), 15), "factor work went on after its client left"
