@@ -58,6 +58,8 @@ struct member {
     char out[MAX_NAME + 64];   /* one line being written (closed loop: never more) */
     size_t out_len, out_off;
     uint64_t seq;              /* its message in flight (0: none sent yet) */
+    char text[64];             /* that message's text, as every other member must get it */
+    size_t text_len;
     int pending;               /* other members that have not received it yet */
     uint64_t sent_ns;
     int joins, byes, closed;
@@ -164,26 +166,30 @@ static void send_line(struct member *m, const char *line, size_t len) {
 }
 
 static void send_next(struct member *m, uint64_t now) {
-    char line[64];
+    char line[sizeof m->text + 1];
     m->seq++;
-    size_t n = message_text(line, m->seq);
-    line[n++] = '\n';
+    m->text_len = message_text(m->text, m->seq);
+    memcpy(line, m->text, m->text_len);
+    line[m->text_len] = '\n';
     m->pending = nmembers - 1;
     m->sent_ns = now;
-    send_line(m, line, n);
+    send_line(m, line, m->text_len + 1);
 }
 
 /* ---- reading: one line at a time ---- */
 
 static void delivered(struct member *r, struct member *s, const char *text, size_t len,
                       uint64_t now) {
-    uint64_t seq = strtoull(text, NULL, 10);
-    char want[64];
-    size_t want_len = message_text(want, seq);
-    uint64_t *last = &last_seen[(size_t)r->index * nmembers + s->index];
-    if (want_len != len || memcmp(want, text, len) != 0) {
-        corrupt++; complain(r, "corrupt line", text, len); return;
+    uint64_t seq = s->seq;
+    if (len != s->text_len || memcmp(text, s->text, len) != 0) {  /* not the one in flight */
+        char want[64];
+        seq = strtoull(text, NULL, 10);
+        size_t want_len = message_text(want, seq);
+        if (want_len != len || memcmp(want, text, len) != 0) {
+            corrupt++; complain(r, "corrupt line", text, len); return;
+        }
     }
+    uint64_t *last = &last_seen[(size_t)r->index * nmembers + s->index];
     if (seq <= *last) { duplicates++; complain(r, "duplicate", text, len); return; }
     if (seq != *last + 1) { out_of_order++; complain(r, "out of order", text, len); }
     *last = seq;

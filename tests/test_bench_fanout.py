@@ -4,7 +4,7 @@ Every anchor in ``bench/anchors/`` whose runtime is installed is checked twice:
 line by line against the chat protocol (welcome, join and leave notices, NICK,
 QUIT, no echo), and under ``fanout`` with 10 members for a second, which must
 see every message reach every other member exactly once and in order.  A chat
-room that drops, duplicates or echoes a delivery on purpose
+room that drops, duplicates, echoes or corrupts a delivery on purpose
 (``tests/peers/chat_faulty.py``) proves the driver notices.  Nothing here is
 timed: speed is ``bench/run.py``'s business.
 """
@@ -159,7 +159,8 @@ def test_anchor_speaks_the_chat_protocol(room: Server) -> None:
 
 
 @pytest.mark.parametrize(("fault", "check"), [
-    ("drop", "missing"), ("duplicate", "duplicates"), ("echo", "echoed")])
+    ("drop", "missing"), ("duplicate", "duplicates"), ("echo", "echoed"),
+    ("corrupt", "corrupt")])
 def test_fanout_notices_a_broken_room(fanout: Path, fault: str, check: str) -> None:
     server = start_room([sys.executable, str(PEERS / "chat_faulty.py"), fault])
     try:

@@ -1,7 +1,7 @@
 """A chat room that breaks its promise on purpose, to prove bench/fanout.c notices.
 
-Usage: chat_faulty.py PORT drop|duplicate|echo — every 50th delivery is dropped,
-sent twice, or the line also goes back to its sender.  Otherwise the protocol of
+Usage: chat_faulty.py PORT drop|duplicate|echo|corrupt — every 50th delivery is
+dropped, sent twice, goes back to its sender too, or loses its last byte.  Otherwise the protocol of
 bench/anchors/chat_asyncio.py.
 """
 
@@ -38,6 +38,8 @@ class Member(asyncio.Protocol):
             if member is self:
                 if nth and FAULT == "echo":
                     member.transport.write(data)
+            elif nth and FAULT == "corrupt":
+                member.transport.write(data[:-2] + b"\n")
             elif not (nth and FAULT == "drop"):
                 member.transport.write(data * (2 if nth and FAULT == "duplicate" else 1))
 
