@@ -33,10 +33,10 @@ from tcpkit.testing import running
 MODES = ["async", "thread", "fork", "iterative"]
 
 PUBLIC = [
-    "AsyncFactorClient", "AsyncLineClient", "AsyncReverseClient", "ConnectError",
+    "AsyncFactorClient", "AsyncLineClient", "AsyncReverseClient", "Blocking", "ConnectError",
     "ConnectionClosed", "Error", "FactorClient", "INETSocket", "LineClient", "ListenError",
-    "Offload", "Options", "RequestError", "ReverseClient", "ServerError", "Service",
-    "__version__", "factorize", "serve", "serve_async",
+    "Offload", "Options", "Peer", "RequestError", "ReverseClient", "ServerError", "Service",
+    "Session", "__version__", "factorize", "serve", "serve_async",
 ]
 
 
