@@ -62,6 +62,7 @@ struct member {
     size_t text_len;
     int pending;               /* other members that have not received it yet */
     uint64_t sent_ns;
+    char (*joined)[MAX_NAME]; /* names in the `* NAME joined` lines it got while seating */
     int joins, byes, closed;
 };
 
@@ -211,7 +212,12 @@ static void on_line(struct member *r, const char *line, size_t len, uint64_t now
         unexpected++; complain(r, "expected `welcome NAME`", line, len); return;
     }
     if (len >= 2 && line[0] == '*' && line[1] == ' ') {
-        if (len > 7 && memcmp(line + len - 7, " joined", 7) == 0) { r->joins++; return; }
+        if (phase == SETUP && len > 9 && len - 9 < MAX_NAME && r->joins < nmembers &&
+            memcmp(line + len - 7, " joined", 7) == 0) {
+            memcpy(r->joined[r->joins], line + 2, len - 9);
+            r->joined[r->joins++][len - 9] = 0;
+            return;
+        }
         /* Ours may leave only at the end; another's leaving (the probe a benchmark
          * makes to see that the server is up, say) is no concern of this room's. */
         if (len > 7 && memcmp(line + len - 5, " left", 5) == 0 &&
@@ -290,9 +296,18 @@ static void join(struct member *m, const struct addrinfo *ai) {
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, m->fd, &e) < 0) { perror("epoll_ctl"); exit(2); }
 }
 
+/* Whether each member has seen every later member join.  Names, not a count:
+ * a stranger's join (a benchmark's probe that the server is up, say) must not
+ * stand in for a member's.  Only once every name is known: member i may read
+ * `* NAME joined` before the driver reads NAME's welcome. */
 static int seated(void) {
-    for (int i = 0; i < nmembers; i++)
-        if (members[i].joins < nmembers - 1 - i) return 0;
+    for (int i = 0; i < nmembers; i++) {
+        struct member *m = &members[i];
+        int later = 0;
+        for (int k = 0; k < m->joins; k++)
+            later += find_member(m->joined[k], strlen(m->joined[k])) > i;
+        if (later < nmembers - 1 - i) return 0;
+    }
     return 1;
 }
 
@@ -393,7 +408,11 @@ int main(int argc, char **argv) {
     by_name = malloc(name_slots * sizeof *by_name);
     if (!members || !last_seen || !by_name) { perror("calloc"); return 2; }
     memset(by_name, -1, name_slots * sizeof *by_name);
-    for (int i = 0; i < nmembers; i++) members[i].index = i;
+    for (int i = 0; i < nmembers; i++) {
+        members[i].index = i;
+        members[i].joined = calloc(nmembers, MAX_NAME);
+        if (!members[i].joined) { perror("calloc"); return 2; }
+    }
     if ((epfd = epoll_create1(0)) < 0) { perror("epoll_create1"); return 2; }
 
     set_up(ai);

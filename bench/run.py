@@ -161,7 +161,7 @@ CHAT = ("chat",)
 
 SERVERS: list[Server] = [
     Server("c_epoll", lambda ctx, port, _: [str(ctx.build / "c_epoll_reverse"), str(port)]),
-    # chat: the tcpkit-chat example (examples/chat), once installed; skipped until then.
+    # chat: the tcpkit-chat example (pip install -e examples/chat); skipped without it.
     Server("tcpkit-async", tcpkit("async"), services=("reverse", "factor", "chat")),
     Server("tcpkit-thread", tcpkit("thread"), services=("reverse", "factor", "chat")),
     Server("tcpkit-fork", tcpkit("fork"), services=("reverse", "factor"), no_hold=PROCESS_EACH,
