@@ -1,8 +1,11 @@
-"""The ``tcpkit serve`` command itself, as a real process on real loopback sockets (SPEC §2.1,
-§3, §4, §7): its options, endpoints, the services' replies, exit codes and messages, in the
-default mode.  Scope: how every serving mode behaves is test_modes', the operator features
-(TLS, metrics, logs, per-IP) in every mode test_allmodes' (each alone: test_ops_*), faults
-of the server (kill -9) and hostile clients test_reliability_*'."""
+"""Scope: the ``tcpkit serve`` command itself -- options, endpoints, replies, exit codes, messages.
+
+Real processes on real loopback sockets, in the default mode (SPEC §2.1, §3,
+§4, §7).  How every serving mode behaves is test_modes'; the operator features
+(TLS, metrics, logs, per-IP) in every mode test_allmodes' (each alone:
+test_ops_*); faults of the server (kill -9) and hostile clients
+test_reliability_*'.
+"""
 
 from __future__ import annotations
 

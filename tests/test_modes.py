@@ -38,21 +38,12 @@ from helpers.processes import (
     wait_working,
     zombies,
 )
-from helpers.servers import Server, script, start_server
+from helpers.servers import Server, Servers, script, start_server
 from tcpkit.serving.run import MODES
 
 
 def tcpkit_serve(*args: str, services: int = 1) -> Server:
     return start_server([*script("tcpkit"), "serve", *args], services)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    """Servers a test starts; SIGKILLed after it if still running."""
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -187,10 +178,9 @@ def test_no_zombies_left(basic: Server) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_busy_and_idle(mode: str, servers: list[Server]) -> None:
-    server = tcpkit_serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
+def test_busy_and_idle(mode: str, serve: Servers) -> None:
+    server = serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--max-connections", "2", "--idle-timeout", "1")
-    servers.append(server)
     first = connect(server.port)
     first.sendall(b"one\n")
     assert recv_lines(first, 1) == [b"eno\n"]
@@ -228,10 +218,9 @@ def test_busy_and_idle(mode: str, servers: list[Server]) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_factor_time_limit(mode: str, servers: list[Server]) -> None:
-    server = tcpkit_serve("factor", "--listen", "127.0.0.1:0", "--mode", mode,
+def test_factor_time_limit(mode: str, serve: Servers) -> None:
+    server = serve("factor", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--time-limit", "1")
-    servers.append(server)
     with connect(server.port, timeout=30) as sock:
         sock.sendall(f"{HARD}\n42\n".encode())
         assert recv_lines(sock, 2) == [b"error: time limit exceeded (1 s)\n", b"2 3 7\n"]
@@ -239,12 +228,11 @@ def test_factor_time_limit(mode: str, servers: list[Server]) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_cancel_on_disconnect_then_drain(mode: str, servers: list[Server]) -> None:
+def test_cancel_on_disconnect_then_drain(mode: str, serve: Servers) -> None:
     """A client that leaves stops its work; SIGTERM lets a request in flight finish."""
-    server = tcpkit_serve("factor", "--listen", "127.0.0.1:0", "--mode", mode,
+    server = serve("factor", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--time-limit", "60", "--factor-workers", "1",
                           "--drain-timeout", "60")  # a loaded machine is slow, not wrong
-    servers.append(server)
     leaver = connect(server.port)
     leaver.sendall(f"{HARD}\n".encode())
     # The job's worker, found by what it is: the only child of the pool's forkserver.
@@ -272,10 +260,9 @@ def test_cancel_on_disconnect_then_drain(mode: str, servers: list[Server]) -> No
 
 @pytest.mark.parametrize("mode", MODES)
 def test_drain_timeout_cuts_off_a_client_that_never_reads(mode: str,
-                                                         servers: list[Server]) -> None:
-    server = tcpkit_serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
+                                                         serve: Servers) -> None:
+    server = serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--drain-timeout", "1")
-    servers.append(server)
     with connect(server.port) as sock:
         server.wait_for_stderr("accept ")
         sock.settimeout(0.5)
@@ -293,10 +280,9 @@ def test_drain_timeout_cuts_off_a_client_that_never_reads(mode: str,
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_workers_restart_and_stop(mode: str, servers: list[Server]) -> None:
-    server = tcpkit_serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
+def test_workers_restart_and_stop(mode: str, serve: Servers) -> None:
+    server = serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--workers", "2")
-    servers.append(server)
     server.wait_for_stderr(r"(?s)worker \d+ started.*worker \d+ started")
     workers = [int(p) for p in re.findall(r"worker (\d+) started", server.stderr())]
     assert len(workers) == 2
@@ -389,15 +375,14 @@ def test_async_listens_again_after_the_loop_closes_its_socket() -> None:
 
 
 @pytest.mark.parametrize(("mode", "limit", "count"), [("async", 64, 100), ("thread", 40, 60)])
-def test_refuses_before_descriptors_run_out(servers: list[Server], mode: str, limit: int,
+def test_refuses_before_descriptors_run_out(serve: Servers, mode: str, limit: int,
                                             count: int) -> None:
     """Under a low RLIMIT_NOFILE, more clients at once than fit: the server serves
     what fits, refuses the rest with a clear line at once — never a reset (libuv's
     EMFILE trick, async) nor a wait in the backlog with no answer (thread) — and
     serves normally when the flood is over, flood after flood."""
-    server = start_server(["prlimit", f"--nofile={limit}:{limit}", "--", *script("tcpkit"),
+    server = serve.command(["prlimit", f"--nofile={limit}:{limit}", "--", *script("tcpkit"),
                            "serve", "reverse", "--listen", "127.0.0.1:0", "--mode", mode])
-    servers.append(server)
     room = int(server.wait_for_stderr(
         rf"descriptor limit {limit}: room for (\d+) connections").group(1))
     assert 1 < room < limit

@@ -1,6 +1,8 @@
-"""Faults of the server itself: signals during load, kill -9 of the server or of a worker
-(SPEC §2.1, §7).  Scope: what the server does when it, not a client, is hit; hostile
-clients are test_reliability_clients', start-up errors test_e2e_serve's."""
+"""Scope: faults of the server itself -- signals during load, kill -9 of the server or a worker.
+
+SPEC §2.1, §7: what the server does when it, not a client, is hit.  Hostile
+clients are test_reliability_clients'; start-up errors test_e2e_serve's.
+"""
 
 from __future__ import annotations
 

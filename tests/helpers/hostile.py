@@ -556,6 +556,13 @@ def haproxy_stats(path: str) -> dict[str, dict[str, str]]:
     return {row["svname"]: row for row in rows if row.get("pxname") == "reverse_servers"}
 
 
+def _sessions(path: str, name: str) -> int:
+    """Sessions HAProxy has sent to backend server ``name`` so far (-1 if unknown)."""
+    with contextlib.suppress(OSError, KeyError, IndexError, ValueError):
+        return int(haproxy_stats(path)[name]["stot"])
+    return -1
+
+
 def wait_status(path: str, name: str, status: str, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -634,8 +641,10 @@ def behind_haproxy(start_instance: Callable[[dict[str, int]], Server], workdir: 
             sessions_before = int(haproxy_stats(stats)["tcpkit1"]["stot"])
             instances[0] = start_instance(ports[0])
             came_back = wait_status(stats, "tcpkit1", "UP")
-            time.sleep(seconds / 3)
-            sessions_after = int(haproxy_stats(stats)["tcpkit1"]["stot"])
+            time.sleep(seconds / 3)  # the last third of the load, both instances up
+            # ...and at least until HAProxy has sent the restarted one a session.
+            wait_for(lambda: _sessions(stats, "tcpkit1") > sessions_before, 10)
+            sessions_after = _sessions(stats, "tcpkit1")
         early = [t for t in load.failures if t < killed_at]
         late = [t for t in load.failures if t > down_at + 1.0]
     finally:
@@ -758,7 +767,8 @@ def worker_killed(server: Server, clients: int, seconds: float, mode: str) -> Ou
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: len(workers()) >= 3, 20, step=0.02)
         replaced_at = time.monotonic()
-        time.sleep(seconds / 3)
+        time.sleep(seconds / 3)  # the last third of the load
+        wait_for(lambda: load.ok > ok_before, 10)  # ...and until someone is served again
         ok_after = load.ok
     late = [t for t in load.failures if t < killed_at or t > replaced_at + 1.0]
     running = [pid for pid in workers() if pid != victim and alive(pid)]

@@ -2,9 +2,9 @@
 
 Tests find a process by *what it is* -- its parent, its command line -- and
 never by sampling CPU use: while the multiprocessing forkserver is still
-importing the factor engine it is the busiest process of a server's tree, and
-a test that picked "the busiest descendant" as the factor worker watched the
-forkserver (which never dies) instead.  CPU time is read only to tell whether
+importing the factor engine it uses more CPU than anything else in a server's
+tree, and a test that took "the descendant using most CPU" for the factor
+worker watched the forkserver (which never dies) instead.  CPU time is read only to tell whether
 a process already identified is working (:func:`wait_working`).
 
 /proc/PID/stat is parsed here and nowhere else (:func:`stat`).

@@ -137,7 +137,11 @@ class Servers:
                 command += ["--listen", f"{name}=127.0.0.1:0" if len(names) > 1
                             else "127.0.0.1:0"]
             services = len(names)
-        server = start_server(command, services)
+        return self.command(command, services)
+
+    def command(self, args: list[str], services: int = 1) -> Server:
+        """Start any server command (e.g. ``tcpkit serve`` under prlimit), stopped likewise."""
+        server = start_server(args, services)
         self.started.append(server)
         return server
 
