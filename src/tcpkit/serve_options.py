@@ -78,10 +78,13 @@ def shown_default(value: float | int | str) -> str:
 def add_options(serve: argparse.ArgumentParser) -> None:
     """Every option of ``tcpkit serve``, grouped as ``--help`` shows them."""
     serve.add_argument("services", nargs="*", metavar="SERVICE",
-                       help="services to run (default: reverse factor)")
+                       help="services to run: registered names, or package.module:SERVICE "
+                            "(imported, from the current directory too; default: "
+                            "reverse factor)")
     _add_listening(serve.add_argument_group("listening"))
     _add_limits(serve.add_argument_group("limits"))
     _add_factor(serve.add_argument_group("factor service"))
+    _add_sessions(serve.add_argument_group("session services"))
     _add_production(serve.add_argument_group("production"))
     _add_logging(serve.add_argument_group("logging"))
 
@@ -138,6 +141,14 @@ def _add_factor(group: argparse._ArgumentGroup) -> None:
                             f"{shown_default('local')}")
 
 
+def _add_sessions(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--pubsub", default=None, metavar="local|redis://HOST:PORT",
+                       help="where session services' rooms, counters and names live: this "
+                            "process, or Redis, shared by every worker and server (needs "
+                            f"tcpkit[redis]); required by shared-state services under "
+                            f"--mode fork or --workers {shown_default('local')}")
+
+
 def _add_production(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--tls-cert", metavar="FILE", help="serve over TLS with this "
                        "certificate chain (PEM); SIGHUP reloads it")
@@ -175,6 +186,7 @@ def limits(args: argparse.Namespace) -> Limits:
         time_limit=args.time_limit, pool_size=args.factor_workers,
         max_per_ip=args.max_per_ip, rate_per_ip=args.rate_per_ip,
         executor=None if args.executor == "local" else args.executor,
+        pubsub=None if args.pubsub in (None, "local") else args.pubsub,
     )
 
 
