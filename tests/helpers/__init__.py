@@ -9,4 +9,5 @@
 - ``tls``: throw-away CAs and certificates (trustme).
 - ``metrics``: scraping a server's Prometheus endpoint.
 - ``hostile``: hostile clients and the reliability scenarios they make.
+- ``redis``: a throw-away redis-server on loopback (the pub/sub tests).
 """
