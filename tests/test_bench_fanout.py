@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from conftest import PEERS, Server, free_ports, run, start_on_port
+from helpers.net import free_ports
+from helpers.servers import PEERS, Server, run, start_on_port
 
 REPO = Path(__file__).resolve().parent.parent
 ANCHORS = REPO / "bench" / "anchors"
