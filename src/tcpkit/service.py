@@ -21,7 +21,7 @@ reply ``error: <message>`` and keeps the connection open.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -51,7 +51,6 @@ class Options:
     """Per-service settings a server passes to :attr:`Service.configure`."""
 
     max_digits: int = 1000
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
