@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint
 from tcpkit.service import Service
 from tcpkit.serving.config import Listener
+from tcpkit.serving.guards.privileges import Credentials, PrivilegeError, resolve
 from tcpkit.serving.guards.tls import ServerTLS, TLSError
 from tcpkit.serving.listeners import ListenError
 from tcpkit.serving.observe.events import Observer, ObserverGroup
@@ -38,6 +39,8 @@ class Operation:
     resolve_names: bool
     inetd: bool
     activated: bool  # LISTEN_FDS is set for this process
+    credentials: Credentials | None = None  # whom to become once everything is open
+    pid_file: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, names: Sequence[str]) -> Operation:
@@ -57,7 +60,12 @@ class Operation:
                 raise OptionError(f"--metrics: {exc}") from None
             if metrics.is_unix:
                 raise OptionError("--metrics needs a TCP [HOST:]PORT, not a unix socket")
-        return cls(_load_tls(args), metrics, bool(args.resolve_names), inetd, activated)
+        try:
+            credentials = resolve(args.user, args.group)
+        except PrivilegeError as exc:
+            raise OptionError(str(exc)) from None
+        return cls(_load_tls(args), metrics, bool(args.resolve_names), inetd, activated,
+                   credentials, args.pid_file)
 
     # -- what the serving mode gets -------------------------------------------------
 
@@ -122,7 +130,7 @@ def _check_inetd(args: argparse.Namespace, names: Sequence[str]) -> None:
     clashes = [("--listen", bool(args.listen)), ("--metrics", args.metrics is not None),
                ("--max-per-ip", args.max_per_ip is not None),
                ("--rate-per-ip", args.rate_per_ip is not None),
-               ("--workers", args.workers != 1),
+               ("--workers", args.workers != 1), ("--pid-file", args.pid_file is not None),
                ("--mode", args.mode != "async")]
     for option, given in clashes:
         if given:
