@@ -332,3 +332,44 @@ def test_a_refused_reader_holds_nothing() -> None:
     with pytest.raises(ProxyHeaderError):
         reader.feed(proxy_v2(("10.0.0.1", 1))[:15] + b"\xff" + b"\xf2" * 500)
     assert reader.buffered == 0
+
+
+# -- peeking: the header off a real socket, and not a byte more ---------------------------
+
+
+@pytest.mark.parametrize("data", VALID)
+def test_peek_takes_exactly_the_header_whatever_the_chunks(data: bytes) -> None:
+    whole = parse_header(data)
+    assert whole is not None
+    for size in (1, 2, 5, 16, len(data)):
+        reader, taken, header = HeaderReader(), 0, None
+        for at in range(0, len(data), size):
+            # The kernel queue holds everything sent but not taken yet.
+            header, take = reader.peek(data[taken : at + size])
+            taken += take
+            if header is not None:
+                break
+        assert header == whole and taken == whole.length, size
+
+
+def test_pending_header_leaves_the_rest_on_the_socket() -> None:
+    import socket
+
+    from tcpkit.serving.guards.proxied import PendingHeader
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        pending = PendingHeader(ours, HeaderReader(), deadline=0.0)
+        assert pending.read() is None  # nothing yet: wait
+        header = proxy_v2(("192.0.2.1", 5000))
+        theirs.sendall(header[:10])
+        assert pending.read() is None and pending.reader.buffered == 10
+        theirs.sendall(header[10:] + b"\x16\x03\x01hello")
+        assert pending.read() == parse_header(header)
+        assert ours.recv(100) == b"\x16\x03\x01hello"  # the TLS layer's bytes, untouched
+        assert pending.expired(0.0)
+        second = PendingHeader(ours, HeaderReader(), deadline=1.0)
+        theirs.close()
+        with pytest.raises(ProxyHeaderError, match="closed before its PROXY header"):
+            second.read()

@@ -119,6 +119,22 @@ class HeaderReader:
             self._buffer.clear()
         return header
 
+    def peek(self, data: bytes) -> tuple[ProxyHeader | None, int]:
+        """Like :meth:`feed`, for bytes still queued in the kernel (``MSG_PEEK``).
+
+        Returns the header (or None) and how many of ``data`` to take off the
+        socket: all of them while the header is incomplete (they can only be
+        header), else exactly its last bytes.  What follows stays queued, so a
+        TLS handshake or the service reads it from the socket as if no header
+        had been there.
+        """
+        held = len(self._buffer)
+        header = self.feed(data)
+        if header is None:
+            return None, len(data)
+        self.rest = b""
+        return header, header.length - held
+
     @property
     def buffered(self) -> int:
         """Bytes held while the header is incomplete (at most ``max_size``)."""
