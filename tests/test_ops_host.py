@@ -10,13 +10,13 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import signal
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
