@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn, cast
 
 from tcpkit import __version__, logs, registry, serve_options
 from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint, resolve_port
+from tcpkit.errors import Error
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(Exception):
+class UsageError(Error):
     """Bad arguments discovered after parsing (exit 2)."""
 
 

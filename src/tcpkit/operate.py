@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint
+from tcpkit.errors import Error
 from tcpkit.service import Service
 from tcpkit.serving.config import Listener
 from tcpkit.serving.guards.privileges import Credentials, PrivilegeError, resolve
@@ -26,7 +27,7 @@ from tcpkit.serving.listeners import ListenError
 from tcpkit.serving.observe.events import Observer, ObserverGroup
 
 
-class OptionError(Exception):
+class OptionError(Error):
     """A bad option or combination of options (exit 2); the message says which."""
 
 

@@ -88,7 +88,9 @@ def shown_default(value: float | int | str) -> str:
 def add_options(serve: argparse.ArgumentParser) -> None:
     """Every option of ``tcpkit serve``, grouped as ``--help`` shows them."""
     serve.add_argument("services", nargs="*", metavar="SERVICE",
-                       help="services to run (default: reverse factor)")
+                       help="services to run: registered names, or package.module:SERVICE "
+                            "(imported, from the current directory too; default: "
+                            "reverse factor)")
     _add_listening(serve.add_argument_group("listening"))
     _add_limits(serve.add_argument_group("limits"))
     _add_factor(serve.add_argument_group("factor service"))

@@ -24,8 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tcpkit.errors import Error
 
-class RequestError(Exception):
+
+class RequestError(Error):
     """A request the service cannot answer; the client gets ``error: <message>``."""
 
 
