@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 import tcpkit
-from conftest import exchange, script, start_server
+from helpers.net import exchange
+from helpers.servers import script, start_server
 from tcpkit import AsyncLineClient, ConnectError, INETSocket, RequestError, Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.observe.events import Observer
@@ -33,10 +34,10 @@ from tcpkit.testing import running
 MODES = ["async", "thread", "fork", "iterative"]
 
 PUBLIC = [
-    "AsyncFactorClient", "AsyncLineClient", "AsyncReverseClient", "ConnectError",
+    "AsyncFactorClient", "AsyncLineClient", "AsyncReverseClient", "Blocking", "ConnectError",
     "ConnectionClosed", "Error", "FactorClient", "INETSocket", "LineClient", "ListenError",
-    "Offload", "Options", "RequestError", "ReverseClient", "ServerError", "Service",
-    "__version__", "factorize", "serve", "serve_async",
+    "Offload", "Options", "Peer", "RequestError", "ReverseClient", "ServerError", "Service",
+    "Session", "__version__", "factorize", "serve", "serve_async",
 ]
 
 

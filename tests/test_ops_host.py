@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import connect, descendants, exchange, recv_lines, run, script, start_server
+from helpers.net import connect, exchange, recv_lines
+from helpers.processes import descendants
+from helpers.servers import run, script, start_server
 
 TEST_USER = "tcpkit-test"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")

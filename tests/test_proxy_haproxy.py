@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_ports, needs, recv_lines
+from helpers.net import free_ports, recv_lines
+from helpers.servers import needs
 from tcpkit.serving.guards.proxied import PendingHeader
 from tcpkit.serving.guards.proxy import LOCAL, PROXY, HeaderReader, ProxyHeader
 

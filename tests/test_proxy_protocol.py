@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import PROXY_V2_SIGNATURE, proxy_v1, proxy_v2
+from helpers.proxy import PROXY_V2_SIGNATURE, proxy_v1, proxy_v2
 from tcpkit.serving.guards.proxy import (
     DEFAULT_MAX_SIZE,
     LOCAL,

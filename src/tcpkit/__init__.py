@@ -4,6 +4,8 @@ The pieces, from the bottom up:
 
 * :mod:`tcpkit.framing` and :mod:`tcpkit.connection` — sans-IO line protocol;
 * :mod:`tcpkit.service` and :mod:`tcpkit.services` — what services answer;
+* :mod:`tcpkit.session`, :mod:`tcpkit.session_connection` and
+  :mod:`tcpkit.framers` — per-connection services and their sans-IO engine;
 * :mod:`tcpkit.serving` — the serving models that move the bytes;
 * :mod:`tcpkit.sockets` and :mod:`tcpkit.client` — IO::Socket::INET-like
   sockets and the clients built on them;
@@ -29,8 +31,9 @@ from tcpkit.client import (
     ServerError,
 )
 from tcpkit.errors import Error
-from tcpkit.service import Offload, Options, RequestError, Service
+from tcpkit.service import Blocking, Offload, Options, RequestError, Service
 from tcpkit.serving.listeners import ListenError
+from tcpkit.session import Peer, Session
 from tcpkit.sockets import ConnectError, INETSocket
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ __all__ = [
     "AsyncFactorClient",
     "AsyncLineClient",
     "AsyncReverseClient",
+    "Blocking",
     "ConnectError",
     "ConnectionClosed",
     "Error",
@@ -51,10 +55,12 @@ __all__ = [
     "ListenError",
     "Offload",
     "Options",
+    "Peer",
     "RequestError",
     "ReverseClient",
     "ServerError",
     "Service",
+    "Session",
     "__version__",
     "factorize",
     "serve",

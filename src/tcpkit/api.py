@@ -72,7 +72,7 @@ def serve(services: Service | Iterable[Service], listen: Listen = None, mode: st
     Raises ListenError (a port in use...), TLSError, TypeError/ValueError for
     bad arguments — all but the last two are :class:`tcpkit.Error`.
     """
-    from tcpkit.serving.run import run
+    from tcpkit.serving.run import run, shared_state_refusal
 
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("tcpkit.serve() stops on SIGINT/SIGTERM, which only the main "
@@ -83,6 +83,10 @@ def serve(services: Service | Iterable[Service], listen: Listen = None, mode: st
         raise ValueError(f"workers must be a whole number of at least 1 (got {workers!r})")
     limits, options = split_settings(settings)
     plan = listen_plan([s.configured(options) for s in as_services(services)], listen)
+    refusal = shared_state_refusal([service for service, _ in plan], mode, workers,
+                                   limits.pubsub)
+    if refusal is not None:
+        raise ValueError(refusal)
     tls = _server_tls(tls_cert, tls_key)
     _log_by_default()
     run(plan, mode, limits, tls=tls, workers=workers)

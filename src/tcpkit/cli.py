@@ -104,16 +104,22 @@ def run_serve(args: argparse.Namespace) -> int:
         ops = Operation.from_args(args, list(dict.fromkeys(name for name, _ in plan)))
     except (EndpointError, registry.UnknownService, OptionError) as exc:
         raise UsageError(str(exc)) from None
+    from tcpkit.hub import check_pubsub
     from tcpkit.serving.offload.executors import check_executor
+    from tcpkit.serving.run import shared_state_refusal
 
     try:
         check_executor(args.executor)
+        check_pubsub(args.pubsub)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     options = serve_options.service_options(args)
     services: dict[str, Service] = {}
     for name, _ in plan:
         services.setdefault(name, registry.get(name).configured(options))
+    refusal = shared_state_refusal(services.values(), args.mode, args.workers, args.pubsub)
+    if refusal is not None:
+        raise UsageError(refusal)
     limits = serve_options.limits(args)
     if args.check_config:
         print("config ok")

@@ -94,6 +94,7 @@ def add_options(serve: argparse.ArgumentParser) -> None:
     _add_listening(serve.add_argument_group("listening"))
     _add_limits(serve.add_argument_group("limits"))
     _add_factor(serve.add_argument_group("factor service"))
+    _add_sessions(serve.add_argument_group("session services"))
     _add_production(serve.add_argument_group("production"))
     _add_host(serve.add_argument_group("behind a proxy, on a real host"))
     _add_logging(serve.add_argument_group("logging"))
@@ -149,6 +150,14 @@ def _add_factor(group: argparse._ArgumentGroup) -> None:
                        help="where large factorizations run: local worker processes or a "
                             "Dask cluster's scheduler (needs tcpkit[dask]) "
                             f"{shown_default('local')}")
+
+
+def _add_sessions(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--pubsub", default=None, metavar="local|redis://HOST:PORT",
+                       help="where session services' rooms, counters and names live: this "
+                            "process, or Redis, shared by every worker and server (needs "
+                            f"tcpkit[redis]); required by shared-state services under "
+                            f"--mode fork or --workers {shown_default('local')}")
 
 
 def _add_production(group: argparse._ArgumentGroup) -> None:
@@ -212,6 +221,7 @@ def limits(args: argparse.Namespace) -> Limits:
         executor=None if args.executor == "local" else args.executor,
         allow=_joined(args.allow), deny=_joined(args.deny), quiet_deny=args.quiet_deny,
         proxy_from=_joined(args.proxy_protocol) or None,
+        pubsub=None if args.pubsub in (None, "local") else args.pubsub,
     )
 
 

@@ -6,6 +6,8 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tcpkit.session_connection import MAX_UNSENT
+
 if TYPE_CHECKING:
     from tcpkit.service import Service
     from tcpkit.serving.guards.access import IPNetwork
@@ -41,6 +43,10 @@ class Limits:
     deny: tuple[IPNetwork, ...] = ()
     quiet_deny: bool = False  # close a denied client without "error: access denied"
     proxy_from: tuple[IPNetwork, ...] | None = None
+    # Sessions: unsolicited output a connection may hold unsent before it is
+    # dropped ("send buffer full"), and the hub behind self.hub (None: in-process).
+    max_unsent: int = MAX_UNSENT
+    pubsub: str | None = None
 
 
 @dataclass(frozen=True)

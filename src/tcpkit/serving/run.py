@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from tcpkit.endpoints import Endpoint
 from tcpkit.service import Service
@@ -44,7 +44,27 @@ BLOCKING_MODES: dict[str, type[BlockingServer]] = {
 }
 
 __all__ = ["MODES", "AsyncServer", "Limits", "ListenError", "Listener", "Observer",
-           "make_server", "open_listeners", "opened", "run", "serve_listeners", "serve_once"]
+           "make_server", "open_listeners", "opened", "run", "serve_listeners", "serve_once",
+           "shared_state_refusal"]
+
+
+def shared_state_refusal(services: Iterable[Service], mode: str, workers: int,
+                         pubsub: str | None) -> str | None:
+    """Why these services cannot be served so (a usage error), or None.
+
+    A ``shared_state`` service keeps state that all its connections share in
+    one process (a chat room, a key-value store).  Split across processes
+    (``--mode fork``, ``--workers`` above 1) each process would have its own,
+    silently, unless that state lives in a shared backend (``--pubsub redis://``).
+    """
+    if pubsub not in (None, "", "local") or (mode != "fork" and workers <= 1):
+        return None
+    for service in services:
+        if service.shared_state:
+            how = "--mode fork" if mode == "fork" else f"--workers {workers}"
+            return (f"{service.name} shares state between its connections: it cannot run "
+                    f"with {how} unless --pubsub redis://HOST:PORT shares it")
+    return None
 
 
 def open_listeners(plan: Sequence[tuple[Service, Endpoint]],

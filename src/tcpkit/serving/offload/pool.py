@@ -54,6 +54,11 @@ PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 class TimeLimitExceeded(Error):
     """A job ran past the pool's time limit and was stopped."""
 
+    @classmethod
+    def after(cls, time_limit: float) -> TimeLimitExceeded:
+        """The one wording of a time-limit error (factor, sessions' jobs, every mode)."""
+        return cls(f"time limit exceeded ({time_limit:g} s)")
+
 
 class WorkerCrashed(Error):
     """A worker process died while running a job."""
@@ -102,7 +107,7 @@ def reply_from(kind: str, value: Any, time_limit: float) -> bytes:
     if kind == "request-error":
         raise RequestError(value)
     if kind == "time-limit":
-        raise TimeLimitExceeded(f"time limit exceeded ({time_limit:g} s)")
+        raise TimeLimitExceeded.after(time_limit)
     if kind == "died":
         raise WorkerCrashed(value)
     log.error("a worker failed on a request:\n%s", value)
@@ -251,7 +256,7 @@ class WorkerPool:
             result = await self._call(worker, work)
             keep = True
         except TimeoutError:
-            raise TimeLimitExceeded(f"time limit exceeded ({self.time_limit:g} s)") from None
+            raise TimeLimitExceeded.after(self.time_limit) from None
         finally:
             self._let_go(key)
             if keep:
