@@ -40,12 +40,16 @@ def test_user() -> pwd.struct_passwd:
         user = pwd.getpwnam(TEST_USER)
     # The server's factor pool starts Python processes after the drop: the user
     # must be able to run this interpreter (not so when it lives under a 0700 /root).
-    probe = subprocess.run([sys.executable, "-c", "import tcpkit"], capture_output=True,
-                           timeout=60, check=False, user=user.pw_uid, group=user.pw_gid,
-                           extra_groups=[], cwd="/")
-    if probe.returncode != 0:
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import tcpkit"], capture_output=True,
+                               timeout=60, check=False, user=user.pw_uid, group=user.pw_gid,
+                               extra_groups=[], cwd="/")
+        problem = probe.stderr.decode()[-200:] if probe.returncode else ""
+    except OSError as exc:  # e.g. the interpreter lives under a 0700 /root
+        problem = str(exc)
+    if problem:
         pytest.skip(f"{TEST_USER} cannot run {sys.executable} (a server that dropped to it "
-                    f"could not start its factor pool): {probe.stderr.decode()[-200:]}")
+                    f"could not start its factor pool): {problem}")
     return user
 
 
