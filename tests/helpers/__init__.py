@@ -12,4 +12,5 @@
 - ``metrics``: scraping a server's Prometheus endpoint.
 - ``hostile``: hostile clients and the reliability scenarios they make.
 - ``redis``: a throw-away redis-server on loopback (the pub/sub tests).
+- ``proxy``: PROXY protocol headers as HAProxy sends them (v1 text, v2 binary).
 """
