@@ -33,6 +33,8 @@ by axis, a folder each, a file per job::
       gate.py        who gets in, one rule for every mode: busy, descriptor budget,
                      per-address limits, refusal counts and logs, lingering; sans-IO
       admission.py   per-address limits (xinetd's per_source and cps), sans-IO
+      access.py      allow/deny lists by network (xinetd's only_from), sans-IO
+      proxy.py       the PROXY protocol header (HAProxy v1/v2): the real client, sans-IO
       tls.py         certificates, handshakes, reload on SIGHUP
       activation.py  systemd socket activation and sd_notify
       fdlimit.py     the descriptor budget: refuse before descriptors run out
