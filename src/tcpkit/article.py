@@ -201,6 +201,7 @@ def factor_client_main(argv: Sequence[str] | None = None) -> None:
     from tcpkit.cli_clients import one_line
     from tcpkit.client import FactorClient
     from tcpkit.endpoints import Endpoint
+    from tcpkit.quoting import escape
 
     args = _arguments(argv, "factorC HOST PORT N", factor_client_main.__doc__)
     if len(args) != 3:
@@ -216,7 +217,7 @@ def factor_client_main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if reply.startswith(b"error: "):
-        shown = one_line(number).decode("utf-8", "replace")
+        shown = escape(one_line(number))  # as the server quotes it: no raw control bytes
         print(f"{shown}: {reply.decode('utf-8', 'replace')}", file=sys.stderr)
         raise SystemExit(1)
     print(reply.decode("ascii"))

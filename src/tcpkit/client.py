@@ -22,6 +22,7 @@ import asyncio
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Self, TypeVar
@@ -159,9 +160,11 @@ class StreamSender(threading.Thread):
     got its reply.
     """
 
-    def __init__(self, sock: INETSocket, source: int) -> None:
+    def __init__(self, sock: INETSocket, source: int,
+                 on_lines: Callable[[int], None] | None = None) -> None:
         super().__init__(daemon=True)
         self.sock, self.source = sock, source
+        self.on_lines = on_lines  # told of each request before it is sent
         self.lines = 0
         self.error: str | None = None
         self.start()
@@ -170,14 +173,75 @@ class StreamSender(threading.Thread):
         last = b"\n"
         try:
             while chunk := os.read(self.source, CHUNK):
-                self.lines += chunk.count(b"\n")
+                self._count(chunk.count(b"\n"))
                 last = chunk
                 self.sock.write(chunk)
             if not last.endswith(b"\n"):
-                self.lines += 1
+                self._count(1)
             self.sock.shutdown_write()
         except OSError as exc:
             self.error = exc.strerror or str(exc)
+
+
+    def _count(self, lines: int) -> None:
+        self.lines += lines
+        if lines and self.on_lines is not None:
+            self.on_lines(lines)
+
+
+class ReplyWatch(threading.Thread):
+    """End the connection once a reply has been awaited ``timeout`` seconds.
+
+    A per-read socket timeout would also fire while *stdin* is quiet, cutting
+    off a person who pauses with every reply received.  So the sender reports
+    each request (:meth:`sent`), the reader each reply (:meth:`answered`), and
+    the clock runs only while a request is outstanding: from the later of its
+    sending and the last reply.  On expiry the socket is shut down, which ends
+    the reader's wait (plain or TLS) without a second thread touching its state.
+    """
+
+    def __init__(self, sock: INETSocket, timeout: float) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.timeout = sock, timeout
+        self.expired = False
+        self._outstanding = 0
+        self._since = time.monotonic()
+        self._done = False
+        self._changed = threading.Condition()
+        self.start()
+
+    def sent(self, requests: int) -> None:
+        with self._changed:
+            if self._outstanding <= 0 < self._outstanding + requests:
+                self._since = time.monotonic()  # the wait begins now, not at the last reply
+            self._outstanding += requests
+            self._changed.notify()
+
+    def answered(self, replies: int) -> None:
+        with self._changed:
+            self._outstanding -= replies
+            self._since = time.monotonic()
+            self._changed.notify()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._done = True
+            self._changed.notify()
+        self.join()
+
+    def run(self) -> None:
+        with self._changed:
+            while not self._done:
+                if self._outstanding <= 0:
+                    self._changed.wait()
+                    continue
+                left = self._since + self.timeout - time.monotonic()
+                if left <= 0:
+                    self.expired = True
+                    break
+                self._changed.wait(left)
+        if self.expired:
+            self.sock.abort()
 
 
 class LineClient:

@@ -19,6 +19,7 @@ article's do.  Perl's own argument names work through :meth:`INETSocket.new`.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import Iterator
@@ -236,6 +237,12 @@ class INETSocket:
             self._tls.close_write()
         else:
             self.sock.shutdown(socket.SHUT_WR)
+
+    def abort(self) -> None:
+        """Shut the connection both ways at once; a read blocked in another
+        thread then sees the end of the stream (a timeout uses this)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     def fileno(self) -> int:
         return self.sock.fileno()
