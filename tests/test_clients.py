@@ -383,10 +383,11 @@ def test_services_resolves_a_name(name: str, line: list[str]) -> None:
 
 
 def test_services_unknown_name() -> None:
+    """A lookup failure is a usage error, as for ``tcpkit serve NAME`` (test_ops_cli)."""
     result = run([*TCPKIT, "services", "no-such-service"])
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert no_traceback(result).splitlines() == [
-        "error: unknown port or service name: 'no-such-service'"]
+        "tcpkit services: error: unknown port or service name: 'no-such-service'"]
 
 
 def test_version() -> None:
