@@ -9,6 +9,7 @@ import select
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -167,6 +168,22 @@ def test_factor_error_prefix_is_quoted_as_the_server_quotes() -> None:
 def test_factor_help_says_stdin_is_read_as_gnu_factor_reads_it() -> None:
     shown = " ".join(run([*TCPKIT, "factor", "--help"]).stdout.decode().split())
     assert "as GNU factor reads them" in shown and "not line by line" in shown
+
+
+def test_readme_reverse_example_uses_a_combining_tilde_and_is_real(server: Server) -> None:
+    """The README's `añb` is n + U+0303 (not a precomposed ñ), and its transcript is true."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "\u00f1" not in readme  # no precomposed ñ left anywhere
+    assert "`an\u0303b` written with a combining" in readme and "`bn\u0303a`" in readme
+    lines = readme.splitlines()
+    at = next(i for i, line in enumerate(lines) if "| tcpkit reverse" in line)
+    command = lines[at].strip().removeprefix("$ ").removesuffix("| tcpkit reverse")
+    shown = [line.strip() for line in lines[at + 1:at + 3]]
+    stdin = subprocess.run(["bash", "-c", command], capture_output=True, check=True).stdout
+    assert "an\u0303b".encode() in stdin  # the example really sends a combining tilde
+    result = reverse(server, stdin)
+    assert (result.returncode, result.stdout.decode().splitlines()) == (0, shown)
+    assert shown[1] == "bn\u0303a"
 
 
 # -- tcpkit factor -----------------------------------------------------------------

@@ -65,7 +65,8 @@ class TranscriptObserver(Observer):
         self._names[host, port] = name
         self.resolver.later(lambda: _print(self.accept_line(self.resolver.name(name, host), port)))
 
-    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
+    def closed(self, service: str, host: str, port: int, lines: int, seconds: float,
+               reason: str = "") -> None:
         name = self._names.pop((host, port), None)
         if self.close_line is None or name is None:
             return
