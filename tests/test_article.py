@@ -11,8 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcpkit import __version__
-
 from conftest import (
     LOOPBACKS,
     Server,
@@ -23,6 +21,7 @@ from conftest import (
     script,
     start_server,
 )
+from tcpkit import __version__
 
 LINE_TIMEOUT = 10.0
 
