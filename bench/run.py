@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import importlib.util
@@ -747,11 +748,37 @@ def targets(figures: dict[tuple[str, str], Figure], plan: Plan, ctx: Context) ->
             fig, other = get(mine, each.name), get(peer, each.name)
             if fig and other and not each.hold:
                 rows.append(compare(f"{mine} ≥ {peer}, {each.name}", fig, other, 1.0))
+    lines = []
+    if rows:
+        lines = ["", "### Targets (medians of this run)", "",
+                 "| target | req/s ratio | CPU-per-request ratio | met (req/s) |",
+                 "|---|---:|---:|---|", *rows]
+    return lines + a_b(figures, plan)
+
+
+def a_b(figures: dict[tuple[str, str], Figure], plan: Plan) -> list[str]:
+    """Each ``SERVER`` against ``SERVER@REV`` (``--baseline``): this tree over that one.
+
+    CPU per request is the figure to read for a change (steadier than
+    requests/s on a shared machine); above 1.00 the change costs more.
+    """
+    rows = []
+    for server in plan.servers:
+        base, sep, _ = server.name.partition("@")
+        if not sep:
+            continue
+        for cell in plan.cells:
+            new, old = figures.get((base, cell.name)), figures.get((server.name, cell.name))
+            if not (new and old and new.runs and old.runs) or cell.hold:
+                continue
+            cpu = (f"{new.cpu_us:.2f} / {old.cpu_us:.2f} = **{new.cpu_us / old.cpu_us:.3f}**"
+                   if new.has_cpu and old.has_cpu and old.cpu_us else "-")
+            rows.append(f"| {base} | {cell.name} | {new.rps / old.rps:.3f} | {cpu} |")
     if not rows:
         return []
-    return ["", "### Targets (medians of this run)", "",
-            "| target | req/s ratio | CPU-per-request ratio | met (req/s) |",
-            "|---|---:|---:|---|", *rows]
+    return ["", "### A/B against the baseline revision (this tree / baseline, medians)", "",
+            "| server | cell | req/s ratio | CPU µs per request, this / baseline |",
+            "|---|---|---:|---:|", *rows]
 
 
 def rel(path: Path) -> str:
@@ -848,6 +875,40 @@ def pick(items: Sequence[Any], names: str | None, kind: str,
     return [by_name[n] for n in names.split(",")]
 
 
+def baseline_servers(servers: Sequence[Server], rev: str, build_dir: Path) -> list[Server]:
+    """The tcpkit servers among ``servers`` again, run from the source tree of ``rev``.
+
+    The tree is exported with ``git archive`` (no checkout is touched) and put
+    first on PYTHONPATH, so the installed dependencies and interpreter are the
+    same for both sides: only tcpkit's own code differs.
+    """
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    tree = (build_dir / f"baseline-{sha}").resolve()
+    if not (tree / "src" / "tcpkit").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "src"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    clones = []
+    for server in servers:
+        if not server.name.startswith("tcpkit-"):
+            continue
+        clones.append(dataclasses.replace(
+            server, name=f"{server.name}@{rev}", argv=_from_tree(server.argv, tree / "src")))
+    return clones
+
+
+def _from_tree(argv: Callable[[Context, int, str], list[str]],
+               src: Path) -> Callable[[Context, int, str], list[str]]:
+    def run(ctx: Context, port: int, service: str) -> list[str]:
+        # ctx.tcpkit is the console script (or python -c ...): swap it for the
+        # interpreter running tcpkit from ``src``.
+        rest = argv(ctx, port, service)[len(ctx.tcpkit):]
+        return ["env", f"PYTHONPATH={src}", ctx.python, "-m", "tcpkit", *rest]
+    return run
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark tcpkit in every mode against C epoll and the usual peers.")
@@ -877,6 +938,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="JSON-lines output (default bench/results/run-STAMP.jsonl)")
     parser.add_argument("--report", type=Path, metavar="RAW",
                         help="measure nothing: rebuild the report and plot from a raw file")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run every selected tcpkit server from git revision REV "
+                             "(named SERVER@REV), interleaved in the same run: an A/B of a change")
     parser.add_argument("--note", action="append", default=[],
                         help="a line to add to the report (e.g. machine conditions)")
     args = parser.parse_args(argv)
@@ -893,6 +957,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_again(args)
     command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     servers = pick(SERVERS, args.servers, "server", lambda s: not s.optional)
+    if args.baseline:
+        servers += baseline_servers(servers, args.baseline, args.build)
     cells = pick(CELLS, args.cells, "cell", lambda c: True)
     shared = args.shared.resolve()
     if not (shared / "loadgen.c").exists():
@@ -964,7 +1030,8 @@ def report_again(args: argparse.Namespace) -> int:
     if not meta:
         raise SystemExit(f"{args.report}: no meta line (not written by bench/run.py?)")
     by_name = {s.name: s for s in SERVERS}
-    servers = [by_name[n] for n in meta["servers"] if n in by_name]
+    servers = [dataclasses.replace(by_name[n.partition("@")[0]], name=n)
+               for n in meta["servers"] if n.partition("@")[0] in by_name]
     cells = [c for c in CELLS if c.name in meta["cells"]]
     ctx = Context(shared=args.shared, build=args.build, python=sys.executable, tcpkit=[],
                   seconds=meta["seconds"], idle=meta["idle"], hold=meta["hold"])

@@ -136,6 +136,20 @@ def serve() -> Iterator[Callable[..., Server]]:
         server.stop(signal.SIGKILL)
 
 
+def plugin_env(target: Path, module: Path, points: dict[str, str],
+               name: str = "tcpkit-test-plugin") -> dict[str, str]:
+    """Make ``module`` importable as an installed plug-in registering ``points`` in the
+    ``tcpkit.services`` group (a ``*.dist-info`` beside it); the environment to use."""
+    shutil.copy(module, target)
+    info = target / f"{name.replace('-', '_')}-0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(
+        "[tcpkit.services]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path}
+
+
 def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=timeout)
     return sock

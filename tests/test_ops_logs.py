@@ -7,11 +7,16 @@ import json
 import re
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from conftest import exchange, free_ports, script
+from tcpkit.services import reverse
+from tcpkit.serving.config import Limits
+from tcpkit.serving.observe.events import Observer
+from tcpkit.testing import running
 
 
 def test_json_log_lines(serve) -> None:
@@ -103,3 +108,26 @@ def test_json_close_has_a_reason_only_when_the_server_closed(serve) -> None:
               if entry["event"] == "close"]
     assert [entry.get("reason") for entry in closes] == ["idle_timeout", None]
     assert closes[0]["message"].endswith(", idle timeout)")
+
+
+class OnlyClosed(Observer):
+    """An observer written before close reasons existed: it overrides closed() only."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.done = threading.Event()
+
+    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
+        self.seen.append(port)
+        self.done.set()
+
+
+@pytest.mark.parametrize("mode", ["async", "thread"])
+def test_an_observer_without_reasons_still_hears_every_close(mode: str) -> None:
+    observer = OnlyClosed()
+    with running(reverse.SERVICE, Limits(idle_timeout=1), observer=observer,
+                 mode=mode) as server, \
+            socket.create_connection((server.host, server.port), timeout=10) as idle:
+        assert idle.recv(10) == b""  # closed by the server once idle
+        assert observer.done.wait(10)
+        assert observer.seen == [idle.getsockname()[1]]

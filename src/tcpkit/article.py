@@ -41,7 +41,6 @@ from tcpkit.serving.config import Listener
 from tcpkit.serving.listeners import ListenError
 from tcpkit.serving.observe.events import Observer
 from tcpkit.serving.observe.names import NameResolver
-from tcpkit.serving.observe.names import host_name as host_name  # re-exported: its old home
 from tcpkit.serving.run import serve_listeners
 from tcpkit.sockets import ConnectError, INETSocket
 
@@ -65,8 +64,7 @@ class TranscriptObserver(Observer):
         self._names[host, port] = name
         self.resolver.later(lambda: _print(self.accept_line(self.resolver.name(name, host), port)))
 
-    def closed(self, service: str, host: str, port: int, lines: int, seconds: float,
-               reason: str = "") -> None:
+    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
         name = self._names.pop((host, port), None)
         if self.close_line is None or name is None:
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
@@ -19,7 +20,6 @@ from typing import Any, BinaryIO
 from tcpkit.client import (
     WINDOW,
     ConnectionClosed,
-    ReplyWatch,
     StreamSender,
     pipeline,
     read_blocks,
@@ -37,7 +37,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     reverse = commands.add_parser(
         "reverse", help="reverse stdin's lines through a server", description=REVERSE_ABOUT)
     reverse.add_argument("endpoint", nargs="?", default="localhost:7800", metavar="HOST[:PORT]",
-                         help="server (default localhost:7800); HOST PORT works too")
+                         help="server (default: localhost:7800); HOST PORT works too")
     reverse.add_argument("port", nargs="?", metavar="PORT", help=argparse.SUPPRESS)
     add_client_options(reverse)
     reverse.set_defaults(run=run_reverse)
@@ -47,13 +47,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="numbers to factor (default: the whitespace-separated "
                              "numbers of stdin, as GNU factor reads them)")
     factor.add_argument("-s", "--server", default="localhost:7801", metavar="ENDPOINT",
-                        help="server (default localhost:7801)")
+                        help="server (default: localhost:7801)")
     factor.add_argument("--show-number", action="store_true",
                         help="print 'N: factors' as GNU factor does")
     factor.add_argument("--no-progress", action="store_true",
                         help="no progress line on stderr, even on a terminal")
     factor.add_argument("--window", type=_at_least_one, default=WINDOW, metavar="N",
-                        help=f"numbers in flight at most (default {WINDOW}): bounds memory "
+                        help=f"numbers in flight at most (default: {WINDOW}): bounds memory "
                              "on both ends however long stdin is")
     add_client_options(factor)
     factor.set_defaults(run=run_factor)
@@ -101,7 +101,7 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=timeout_seconds, default=60.0, metavar="SECONDS",
                         help="for connecting, and for each reply while one is awaited "
                              "(a quiet stdin never times out); 0 waits forever "
-                             "(default 60)")
+                             "(default: 60)")
     parser.add_argument("--tls", action="store_true",
                         help="speak TLS, checking the server's certificate")
     parser.add_argument("--ca", metavar="FILE",
@@ -222,6 +222,61 @@ def _relay_replies(sock: INETSocket, sink: BinaryIO,
 def is_error_reply(block: bytes) -> bool:
     """Whether a block of whole reply lines holds one starting ``error: ``."""
     return block.startswith(b"error: ") or b"\nerror: " in block
+
+
+class ReplyWatch(threading.Thread):
+    """End the connection once a reply has been awaited ``timeout`` seconds.
+
+    A per-read socket timeout would also fire while *stdin* is quiet, cutting
+    off a person who pauses with every reply received.  So the sender reports
+    each request (:meth:`sent`), the reader each reply (:meth:`answered`), and
+    the clock runs only while a request is outstanding: from the later of its
+    sending and the last reply.  On expiry the socket is shut down, which ends
+    the reader's wait (plain or TLS) without a second thread touching its state.
+    """
+
+    def __init__(self, sock: INETSocket, timeout: float) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.timeout = sock, timeout
+        self.expired = False
+        self._outstanding = 0
+        self._since = time.monotonic()
+        self._done = False
+        self._changed = threading.Condition()
+        self.start()
+
+    def sent(self, requests: int) -> None:
+        with self._changed:
+            if self._outstanding <= 0 < self._outstanding + requests:
+                self._since = time.monotonic()  # the wait begins now, not at the last reply
+            self._outstanding += requests
+            self._changed.notify()
+
+    def answered(self, replies: int) -> None:
+        with self._changed:
+            self._outstanding -= replies
+            self._since = time.monotonic()
+            self._changed.notify()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._done = True
+            self._changed.notify()
+        self.join()
+
+    def run(self) -> None:
+        with self._changed:
+            while not self._done:
+                if self._outstanding <= 0:
+                    self._changed.wait()
+                    continue
+                left = self._since + self.timeout - time.monotonic()
+                if left <= 0:
+                    self.expired = True
+                    break
+                self._changed.wait(left)
+        if self.expired:
+            self.sock.abort()
 
 
 REFUSALS = (b"error: server busy\n", b"error: connection rate exceeded\n",

@@ -6,6 +6,8 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tcpkit.session_connection import MAX_UNSENT
+
 if TYPE_CHECKING:
     from tcpkit.service import Service
     from tcpkit.serving.guards.tls import ServerTLS
@@ -34,6 +36,10 @@ class Limits:
     # Per source address (xinetd's per_source and cps); None = no limit.
     max_per_ip: int | None = None
     rate_per_ip: float | None = None  # new connections per second
+    # Sessions: unsolicited output a connection may hold unsent before it is
+    # dropped ("send buffer full"), and the hub behind self.hub (None: in-process).
+    max_unsent: int = MAX_UNSENT
+    pubsub: str | None = None
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,11 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import peer_text
-from tcpkit.service import Service
+from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards import fdlimit
 from tcpkit.serving.guards.admission import BUSY as BUSY_REFUSAL
@@ -51,6 +51,9 @@ from tcpkit.serving.observe.events import Observer, close_reason, receive_measur
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.executors import make_executor
 from tcpkit.serving.offload.pool import job_failure
+
+if TYPE_CHECKING:
+    from tcpkit.hub import Hub
 
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
@@ -72,7 +75,7 @@ class _Client(asyncio.Protocol):
     def __init__(self, server: AsyncServer, service: Service) -> None:
         self.server = server
         self.service = service
-        self.conn = ServiceConnection(service, server.limits.max_line)
+        self.conn = self.make_connection(server, service)
         self.transport: asyncio.Transport | None = None
         self.paused_by_writes = False
         self.paused_by_jobs = False
@@ -86,6 +89,10 @@ class _Client(asyncio.Protocol):
         self.peer_done = False  # the client sent EOF
         self.started = 0.0
         self.host, self.port = "", 0
+
+    @staticmethod
+    def make_connection(server: AsyncServer, service: Service) -> ServiceConnection:
+        return ServiceConnection(service, server.limits.max_line)
 
     # -- asyncio callbacks ------------------------------------------------
 
@@ -176,8 +183,8 @@ class _Client(asyncio.Protocol):
         server.stats.lines += self.conn.lines
         server.stats.errors += self.conn.errors
         seconds = server.loop.time() - self.started
-        server.observer.closed(self.service.name, self.host, self.port, self.conn.lines, seconds,
-                               close_reason(self.idle_closed, self.conn.closing))
+        server.observer.ended(self.service.name, self.host, self.port, self.conn.lines, seconds,
+                               close_reason(self.idle_closed, self.conn.line_too_long))
         server.maybe_finish_drain()
 
     def pause_writing(self) -> None:
@@ -257,12 +264,17 @@ class _Client(asyncio.Protocol):
     async def _run(self, job: Job) -> None:
         start = time.perf_counter()
         failure = None
+        assert isinstance(job.work, Offload)
         try:
             reply = await self.server.pool.run(job.work, owner=self)  # fair share per client
             out = self.conn.job_done(job, reply)
         except Exception as exc:
             message, failure = job_failure(exc)
-            out = self.conn.job_failed(job, message)
+            out = self.conn.job_failed(job, message, failure)
+        self.job_finished(out, failure, start)
+
+    def job_finished(self, out: bytes, failure: str | None, start: float) -> None:
+        """Report a finished job's figures and send what it released."""
         observer = self.server.observer
         if self.server.metered and self.transport is not None:
             observer.traffic(self.service.name, 0, len(out), 0, out.count(b"\n"), 1,
@@ -290,6 +302,11 @@ class _Client(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def close_idle(self) -> None:
+        self.idle_closed = True  # its close line says why
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Refused(asyncio.Protocol):
@@ -367,6 +384,7 @@ class AsyncServer:
         self._stop: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop  # set by serve()
+        self.hub: Hub | None = None  # made when the first session needs it
 
     async def serve(self) -> None:
         """Serve until SIGINT/SIGTERM (or :meth:`stop`), then drain and return."""
@@ -388,14 +406,16 @@ class AsyncServer:
         finally:
             ticker.cancel()
             await self.pool.close()
+            self._close_hub()
 
     async def _listen(self, listener: Listener) -> tuple[asyncio.Server, socket.socket]:
         """Serve ``listener`` (again): libuv gets a duplicate of its socket to close."""
         tls = listener.tls
         sock = listener.sock.dup()
+        service, client = listener.service, _client_class(listener.service)
         try:
             server = await self.loop.create_server(
-                lambda svc=listener.service: _Client(self, svc),
+                lambda: client(self, service),
                 sock=sock,
                 backlog=BACKLOG,
                 ssl=tls.context if tls else None,
@@ -451,8 +471,9 @@ class AsyncServer:
         ticker = self.loop.create_task(self._tick())
         waiters = [self.loop.create_task(event.wait()) for event in (self._stop, self._drained)]
         try:
+            client = _client_class(service)
             await self.loop.connect_accepted_socket(
-                lambda: _Client(self, service), sock, ssl=tls.context if tls else None,
+                lambda: client(self, service), sock, ssl=tls.context if tls else None,
                 ssl_handshake_timeout=tls.handshake_timeout if tls else None)
             self.maybe_finish_drain()
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -463,6 +484,11 @@ class AsyncServer:
             for waiter in waiters:
                 waiter.cancel()
             await self.pool.close()
+            self._close_hub()
+
+    def _close_hub(self) -> None:
+        if self.hub is not None:
+            self.hub.close()
 
     def admit(self, client: _Client) -> Refusal | None:
         """Why a new client may not be served (busy, per-IP limits), or None."""
@@ -545,9 +571,17 @@ class AsyncServer:
             for client in [c for c in self.clients if c.idle_tick() >= idle_ticks]:
                 self.stats.idle_closed += 1
                 self.observer.failed(client.service.name, "idle_timeout")
-                client.idle_closed = True
-                if client.transport is not None:
-                    client.transport.close()
+                client.close_idle()
+
+
+def _client_class(service: Service) -> type[_Client]:
+    """The protocol class for ``service``, chosen once per listener: sessions have their
+    own, so the stateless clients' hot path does not change."""
+    if not service.uses_sessions:
+        return _Client
+    from tcpkit.serving.modes.aio_sessions import SessionClient
+
+    return SessionClient
 
 
 def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -12,9 +12,9 @@ Log records carry their figures as ``extra`` fields (``event``, ``peer``,
 as separate keys instead of making log shippers parse the message.
 
 A connection the server ended itself says why on its ``close`` line
-(:func:`close_reason`): ``idle_timeout`` or ``line_too_long``, the same kinds
-the metrics count, so one client's fate is in the log and not only in the
-summary's totals.
+(:meth:`Observer.ended`, :func:`close_reason`): ``idle_timeout`` or
+``line_too_long``, the same kinds the metrics count, so one client's fate is
+in the log and not only in the summary's totals.
 
 Per-read figures (:meth:`Observer.traffic`) cost a clock read per read, so a
 serving mode only measures them when :attr:`Observer.measures_traffic` is true.
@@ -66,9 +66,25 @@ class Observer:
             log.info("accept %s (%s)", peer, service,
                      extra={"event": "accept", "peer": peer, "service": service})
 
-    def closed(self, service: str, host: str, port: int, lines: int, seconds: float,
-               reason: str = "") -> None:
-        """The end of a connection; ``reason`` says why when the server ended it."""
+    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
+        """A connection closed: the access log's ``close`` line."""
+        self._log_close(service, host, port, lines, seconds, "")
+
+    def ended(self, service: str, host: str, port: int, lines: int, seconds: float,
+              reason: str = "") -> None:
+        """What the modes report: :meth:`closed`, plus why when the server ended it.
+
+        An observer that overrides only ``closed`` (written before reasons
+        existed) still gets ``closed``; the access log puts the reason on the
+        ``close`` line.
+        """
+        if type(self).closed is Observer.closed:
+            self._log_close(service, host, port, lines, seconds, reason)
+        else:
+            self.closed(service, host, port, lines, seconds)
+
+    def _log_close(self, service: str, host: str, port: int, lines: int, seconds: float,
+                   reason: str) -> None:
         if log.isEnabledFor(logging.INFO):
             peer = _peer(host, port)
             extra: dict[str, object] = {"event": "close", "peer": peer, "service": service,
@@ -116,10 +132,14 @@ class ObserverGroup(Observer):
         for observer in self.observers:
             observer.accepted(service, host, port)
 
-    def closed(self, service: str, host: str, port: int, lines: int, seconds: float,
-               reason: str = "") -> None:
+    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
         for observer in self.observers:
-            observer.closed(service, host, port, lines, seconds, reason)
+            observer.closed(service, host, port, lines, seconds)
+
+    def ended(self, service: str, host: str, port: int, lines: int, seconds: float,
+              reason: str = "") -> None:
+        for observer in self.observers:
+            observer.ended(service, host, port, lines, seconds, reason)
 
     def refused(self, service: str, host: str, port: int, reason: str) -> None:
         for observer in self.observers:

@@ -116,8 +116,7 @@ class Metrics(Observer):
         figures.connections.inc()
         figures.open.inc()
 
-    def closed(self, service: str, host: str, port: int, lines: int, seconds: float,
-               reason: str = "") -> None:
+    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
         self._of(service).open.dec()
 
     def refused(self, service: str, host: str, port: int, reason: str) -> None:

@@ -41,6 +41,7 @@ from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any
 
+from tcpkit.errors import Error
 from tcpkit.service import Offload, RequestError
 from tcpkit.serving.offload.worker import limit_cpu
 
@@ -50,11 +51,16 @@ MEMORY_LIMIT = 2 << 30  # bytes of address space per worker process
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
-class TimeLimitExceeded(Exception):
+class TimeLimitExceeded(Error):
     """A job ran past the pool's time limit and was stopped."""
 
+    @classmethod
+    def after(cls, time_limit: float) -> TimeLimitExceeded:
+        """The one wording of a time-limit error (factor, sessions' jobs, every mode)."""
+        return cls(f"time limit exceeded ({time_limit:g} s)")
 
-class WorkerCrashed(Exception):
+
+class WorkerCrashed(Error):
     """A worker process died while running a job."""
 
 
@@ -101,7 +107,7 @@ def reply_from(kind: str, value: Any, time_limit: float) -> bytes:
     if kind == "request-error":
         raise RequestError(value)
     if kind == "time-limit":
-        raise TimeLimitExceeded(f"time limit exceeded ({time_limit:g} s)")
+        raise TimeLimitExceeded.after(time_limit)
     if kind == "died":
         raise WorkerCrashed(value)
     log.error("a worker failed on a request:\n%s", value)
@@ -250,7 +256,7 @@ class WorkerPool:
             result = await self._call(worker, work)
             keep = True
         except TimeoutError:
-            raise TimeLimitExceeded(f"time limit exceeded ({self.time_limit:g} s)") from None
+            raise TimeLimitExceeded.after(self.time_limit) from None
         finally:
             self._let_go(key)
             if keep:
