@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, run, script, start_server
-from longwork import semiprime
+from helpers.numbers import semiprime
+from helpers.servers import Server, run, script, start_server
 from tcpkit import __version__, factorize
 from tcpkit.services import factor as factor_service
 from tcpkit.testing import running

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from conftest import free_ports, needs, run
+from helpers.net import free_ports
+from helpers.servers import needs, run
 from tcpkit import INETSocket
 from tcpkit.services import reverse
 from tcpkit.serving.listeners import ListenError

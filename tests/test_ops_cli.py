@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run, script, start_server
+from helpers.servers import run, script, start_server
 
 trustme = pytest.importorskip("trustme")
 

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import exchange, free_ports, script
+from helpers.net import exchange, free_ports
+from helpers.servers import script
 from tcpkit.services import reverse
 from tcpkit.serving.config import Limits
 from tcpkit.serving.observe.events import Observer
