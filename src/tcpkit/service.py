@@ -63,6 +63,10 @@ class Service:
     LF-terminated lines it returns the whole reply block, or ``None`` to fall back
     to ``answer`` line by line (for instance when the block holds CRLF lines).
     ``configure`` returns a copy of the service adjusted to server options.
+    ``preload`` names modules the worker processes running its Offload work
+    import before their first job (heavy imports, warmed-up libraries), so a
+    fresh worker answers at once; a server's workers preload what all its
+    services declare, and a service with no Offload work needs none.
     """
 
     name: str
@@ -71,6 +75,7 @@ class Service:
     answer: LineHandler
     answer_block: BlockHandler | None = None
     configure: Callable[[Service, Options], Service] | None = None
+    preload: tuple[str, ...] = ()
 
     def configured(self, options: Options) -> Service:
         """This service as the server's options ask for it."""
