@@ -95,3 +95,22 @@ def abort(sock: socket.socket) -> None:
 
 def readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
+
+# In the command line of the local pool's forkserver and of every worker it forks.
+FORKSERVER = "multiprocessing.forkserver"
+
+
+def command_line(pid: int) -> str:
+    """A process's command line, arguments joined by spaces ("" once it has exited:
+    a zombie's is empty too)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def descendants_running(pid: int, marker: str) -> list[int]:
+    """Live descendants of ``pid`` whose command line contains ``marker``: processes
+    found by what they are (a forkserver, a Dask task's child), not by CPU use."""
+    return [child for child in descendants(pid) if marker in command_line(child)]
+

@@ -15,17 +15,21 @@ import pytest
 
 from conftest import Server, connect, exchange, recv_lines
 from factor_helpers import (
+    FORKSERVER,
     HUGE,
     HUGE2,
     MID,
     abort,
+    command_line,
     descendants,
+    descendants_running,
     readable,
     reply_for,
     wait_busy,
     wait_idle,
     wait_until,
 )
+from tcpkit.serving.run import MODES
 
 
 def test_pipelined_mix_comes_back_in_order(serve: Callable[..., Server]) -> None:
@@ -70,6 +74,22 @@ def test_disconnect_stops_the_work_and_the_pool_stays_full(
     wait_until(lambda: len(set(descendants(server.pid))) == len(busy), 10, "a new worker")
     assert set(descendants(server.pid)) != busy
     assert exchange(server.port, b"%d\n" % MID[1]) == reply_for(MID[1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_workers_preload_what_the_services_declare(
+        mode: str, serve: Callable[..., Server]) -> None:
+    server = serve("reverse", "factor", "--mode", mode)
+    assert exchange(server.ports["reverse"], b"abc\n") == b"cba\n"
+    assert descendants_running(server.pid, FORKSERVER) == []  # no offloaded work, no pool
+    with connect(server.ports["factor"], timeout=30) as sock:  # open: a fork child stays
+        sock.sendall(b"%d\n" % MID[0])
+        assert recv_lines(sock, 1) == [reply_for(MID[0])]
+        pool = descendants_running(server.pid, FORKSERVER)  # the forkserver and its worker
+        assert pool
+        # What the factor service declares, and nothing for reverse (it declares none).
+        for pid in pool:
+            assert "['tcpkit.services.factor', 'tcpkit.factoring.preload']" in command_line(pid)
 
 
 def test_a_huge_number_does_not_delay_other_clients(serve: Callable[..., Server]) -> None:

@@ -43,6 +43,8 @@ log = logging.getLogger("tcpkit")
 POLL = 0.2  # seconds between a task's checks for cancellation
 SLACK = 30.0  # the front end's own bound beyond the time limit (a lost worker, a stuck queue)
 CONNECT_TIMEOUT = 5.0
+START_TIMEOUT = 60.0  # seconds a fresh child may take to start and preload
+READY = ("ready", None)  # a fresh child's first message
 
 
 class DaskUnavailable(RequestError):
@@ -65,7 +67,9 @@ class Child:
     A plain subprocess, not ``multiprocessing.Process``: Dask workers are
     daemonic processes, which multiprocessing forbids to have children.  It
     imports the ``preload`` modules the front end's services declare before
-    its first job, as the local pool's workers do.
+    its first job, as the local pool's workers do, and says "ready" when done:
+    a job's time limit counts from then, so the seconds a fresh child spends
+    starting Python and importing are not charged to the request.
     """
 
     def __init__(self, preload: tuple[str, ...] = ()) -> None:
@@ -78,6 +82,21 @@ class Child:
         self.replies = Connection(os.dup(self.process.stdout.fileno()), writable=False)
         self.process.stdin.close()
         self.process.stdout.close()
+        self.ready = False
+
+    def wait_ready(self, cancelled: Any) -> str | None:
+        """Wait for a fresh child's "ready"; None, or why it will not come."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.ready:
+            if self.replies.poll(POLL):
+                self.ready = self.replies.recv() == READY
+                if not self.ready:
+                    return "died"
+            elif cancelled.is_set():
+                return "cancelled"
+            elif time.monotonic() > deadline:
+                return "died"
+        return None
 
     def stop(self) -> None:
         self.requests.close()
@@ -126,6 +145,9 @@ def run_in_child(work: Offload, time_limit: float, token: str,
 
 def _watch(child: Child, work: Offload, time_limit: float, cancelled: Any) -> tuple[str, Any]:
     try:
+        failed = child.wait_ready(cancelled)
+        if failed is not None:
+            return (failed, "worker process died" if failed == "died" else "")
         child.requests.send(work)
         deadline = time.monotonic() + time_limit
         while not child.replies.poll(POLL):
@@ -146,12 +168,13 @@ def child_main(preload: list[str]) -> None:
 
     die_with_parent()
     limit_memory(MEMORY_LIMIT)
-    for module in preload:
-        importlib.import_module(module)
     requests = Connection(os.dup(0), writable=False)
     replies = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # anything a library prints must not corrupt the reply pipe
+    for module in preload:
+        importlib.import_module(module)
     with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):
+        replies.send(READY)
         while True:
             replies.send(run_job(requests.recv()))
 
