@@ -66,8 +66,14 @@ class FakeStarter:
     def __init__(self) -> None:
         self.started: list[FakeWorker] = []
         self.calls: asyncio.Queue[Call] = asyncio.Queue()
+        self.failures = 0  # starts to fail before the next one succeeds
+        self.failed = 0
 
     async def __call__(self) -> FakeWorker:
+        if self.failures:
+            self.failures -= 1
+            self.failed += 1
+            raise EOFError("unexpected EOF")  # as from a forkserver that died
         worker = FakeWorker(len(self.started) + 1, self.calls)
         self.started.append(worker)
         return worker
@@ -250,3 +256,26 @@ def test_no_job_no_worker_and_close_stops_everything() -> None:
 
     drive(test)
 
+
+
+def test_a_failed_start_is_tried_again_a_few_times() -> None:
+    async def test(starter: FakeStarter) -> None:
+        starter.failures = 2  # e.g. the forkserver died of a ^C while preloading
+        pool = WorkerPool(1, burst=0, start_worker=starter)
+        job = submit(pool, "a", "a1")
+        call = await starter.next_call()
+        assert starter.failed == 2 and call.worker.number == 1
+        call.finish()
+        assert await job == b"a1"
+        await pool.close()
+
+        starter.failures = 100  # a start that can never succeed is not tried forever
+        doomed = WorkerPool(1, burst=0, start_worker=starter)
+        waiting = submit(doomed, "a", "never")
+        await expect_no_call(starter)
+        assert starter.failed == 2 + 4  # the first try and three more
+        await doomed.close()
+        await settle()
+        assert waiting.cancelled()
+
+    drive(test)

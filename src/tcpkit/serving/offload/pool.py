@@ -42,6 +42,7 @@ from tcpkit.serving.offload.worker import ProcessStarter
 
 log = logging.getLogger("tcpkit")
 CLOSE_WAIT = 10.0  # seconds close() waits for workers still starting or stopping
+START_RETRIES = 3  # failed worker starts in a row that are tried again
 
 
 class Worker(Protocol):
@@ -94,6 +95,7 @@ class WorkerPool:
         self._waiting: dict[Hashable, deque[asyncio.Future[Worker]]] = {}  # round-robin order
         self._running: dict[Hashable, int] = {}  # workers held, per owner
         self._started = False
+        self._start_failures = 0  # in a row
         self._closed = False
         self._anonymous = 0
 
@@ -267,12 +269,27 @@ class WorkerPool:
         task.add_done_callback(self._background.discard)
         return task
 
+    def _start_failed(self, future: asyncio.Future[Worker], owner: Hashable,
+                      waiter: asyncio.Future[Worker] | None) -> None:
+        """Try a failed start again, a few times: the pool must not stay short.
+
+        The usual cause is a forkserver that died (a ^C to the process group
+        while it was still importing its preload, before it ignores SIGINT; an
+        OOM kill); multiprocessing starts a new one on the next try.
+        """
+        log.error("could not start a factor worker: %s",
+                  "cancelled" if future.cancelled() else future.exception())
+        self._start_failures += 1
+        if not self._closed and self._start_failures <= START_RETRIES:
+            self._spawn(owner, waiter)
+
     def _adopt(self, future: asyncio.Future[Worker], owner: Hashable,
                waiter: asyncio.Future[Worker] | None) -> None:
         self._starting -= 1
         if future.cancelled() or future.exception() is not None:
-            log.error("could not start a factor worker: %s", future.exception())
+            self._start_failed(future, owner, waiter)
             return
+        self._start_failures = 0
         fresh = future.result()
         if self._closed:
             self._in_background(fresh.stop())
