@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tcpkit.service import Offload, RequestError
+from tcpkit.serving.offload import pool as pool_module
 from tcpkit.serving.offload.jobs import TimeLimitExceeded, WorkerCrashed
 from tcpkit.serving.offload.pool import WorkerPool
 
@@ -258,7 +259,9 @@ def test_no_job_no_worker_and_close_stops_everything() -> None:
 
 
 
-def test_a_failed_start_is_tried_again_a_few_times() -> None:
+def test_a_failed_start_is_tried_again_a_few_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "START_RETRY_PAUSE", 0)
+
     async def test(starter: FakeStarter) -> None:
         starter.failures = 2  # e.g. the forkserver died of a ^C while preloading
         pool = WorkerPool(1, burst=0, start_worker=starter)

@@ -42,7 +42,8 @@ from tcpkit.serving.offload.worker import ProcessStarter
 
 log = logging.getLogger("tcpkit")
 CLOSE_WAIT = 10.0  # seconds close() waits for workers still starting or stopping
-START_RETRIES = 3  # failed worker starts in a row that are tried again
+START_RETRIES = 3  # times a failed worker start is tried again...
+START_RETRY_PAUSE = 0.1  # ...after this many seconds, then twice, three times as many
 
 
 class Worker(Protocol):
@@ -95,7 +96,6 @@ class WorkerPool:
         self._waiting: dict[Hashable, deque[asyncio.Future[Worker]]] = {}  # round-robin order
         self._running: dict[Hashable, int] = {}  # workers held, per owner
         self._started = False
-        self._start_failures = 0  # in a row
         self._closed = False
         self._anonymous = 0
 
@@ -231,7 +231,7 @@ class WorkerPool:
     # -- starting and stopping workers -----------------------------------------
 
     def _spawn(self, owner: Hashable = None, waiter: asyncio.Future[Worker] | None = None,
-               after: asyncio.Future[Any] | None = None) -> None:
+               after: asyncio.Future[Any] | None = None, attempt: int = 0) -> None:
         """Start a worker (after ``after``, if given); for ``waiter`` if given."""
         self._starting += 1
 
@@ -240,7 +240,7 @@ class WorkerPool:
                 self._starting -= 1
                 return
             started = self._in_background(self._start_worker())
-            started.add_done_callback(lambda done: self._adopt(done, owner, waiter))
+            started.add_done_callback(lambda done: self._adopt(done, owner, waiter, attempt))
 
         if after is None:
             start()
@@ -270,26 +270,27 @@ class WorkerPool:
         return task
 
     def _start_failed(self, future: asyncio.Future[Worker], owner: Hashable,
-                      waiter: asyncio.Future[Worker] | None) -> None:
-        """Try a failed start again, a few times: the pool must not stay short.
+                      waiter: asyncio.Future[Worker] | None, attempt: int) -> None:
+        """Try a failed start again, a few times, after a pause: the pool must not
+        stay short.
 
         The usual cause is a forkserver that died (a ^C to the process group
         while it was still importing its preload, before it ignores SIGINT; an
-        OOM kill); multiprocessing starts a new one on the next try.
+        OOM kill).  multiprocessing starts a new one on a later try, once the
+        dead one has been noticed: not always on an immediate retry.
         """
         log.error("could not start a factor worker: %s",
                   "cancelled" if future.cancelled() else future.exception())
-        self._start_failures += 1
-        if not self._closed and self._start_failures <= START_RETRIES:
-            self._spawn(owner, waiter)
+        if not self._closed and attempt < START_RETRIES:
+            pause = self._in_background(asyncio.sleep(START_RETRY_PAUSE * (attempt + 1)))
+            self._spawn(owner, waiter, after=pause, attempt=attempt + 1)
 
     def _adopt(self, future: asyncio.Future[Worker], owner: Hashable,
-               waiter: asyncio.Future[Worker] | None) -> None:
+               waiter: asyncio.Future[Worker] | None, attempt: int) -> None:
         self._starting -= 1
         if future.cancelled() or future.exception() is not None:
-            self._start_failed(future, owner, waiter)
+            self._start_failed(future, owner, waiter, attempt)
             return
-        self._start_failures = 0
         fresh = future.result()
         if self._closed:
             self._in_background(fresh.stop())
