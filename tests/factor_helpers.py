@@ -114,3 +114,17 @@ def descendants_running(pid: int, marker: str) -> list[int]:
     found by what they are (a forkserver, a Dask task's child), not by CPU use."""
     return [child for child in descendants(pid) if marker in command_line(child)]
 
+
+
+def pool_workers(pid: int) -> list[int]:
+    """The local pool's workers under ``pid``: forked by its forkserver, so their
+    parent is a forkserver too (the forkserver's own parent is the server)."""
+    found = descendants_running(pid, FORKSERVER)
+    return [child for child in found if parent(child) in found]
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0

@@ -34,6 +34,7 @@ from conftest import (
     start_server,
     tree_total,
 )
+from factor_helpers import pool_workers
 from tcpkit.serving.run import MODES
 
 # 100 digits, two 50-digit primes: far beyond any time limit used here.
@@ -106,29 +107,6 @@ def wait_cpu_busy(pid: int, seconds: float, timeout: float = 30.0) -> None:
     start = process_cpu_seconds(pid)
     assert wait_for(lambda: process_cpu_seconds(pid) - start >= seconds, timeout), \
         "the server never started working"
-
-
-def busiest_descendant(pid: int) -> int:
-    """The descendant using the most CPU right now (the factor worker, when one runs).
-
-    On a loaded machine a 0.3 s sample may show no ticks at all, and then any
-    process would "win": sample again until one has clearly worked.
-    """
-    for _ in range(30):
-        before = {each: own_cpu_ticks(each) for each in descendants(pid)}
-        time.sleep(0.3)
-        used = {each: own_cpu_ticks(each) - ticks for each, ticks in before.items()}
-        if used and max(used.values()) >= 5:
-            return max(used, key=lambda each: used[each])
-    raise AssertionError("no descendant of the server is working")
-
-
-def own_cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
 
 
 def alive(pid: int) -> bool:
@@ -328,8 +306,11 @@ def test_cancel_on_disconnect_then_drain(mode: str, servers: list[Server]) -> No
     servers.append(server)
     leaver = connect(server.port)
     leaver.sendall(f"{HARD}\n".encode())
+    # The one worker (--factor-workers 1), found by what it is: sampling CPU
+    # picked the forkserver, still busy preloading PARI on a loaded machine.
+    assert wait_for(lambda: len(pool_workers(server.pid)) == 1, 30), "no worker started"
+    [worker] = pool_workers(server.pid)
     wait_cpu_busy(server.pid, 0.2)
-    worker = busiest_descendant(server.pid)
     abort(leaver)
     # The worker running the job is killed (a fresh one replaces it)...
     assert wait_for(lambda: not alive(worker), 15), "factor work went on after its client left"
