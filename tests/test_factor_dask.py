@@ -19,22 +19,14 @@ from typing import Any
 
 import pytest
 
-from conftest import Server, connect, exchange, recv_lines
-from factor_helpers import (
-    FORKSERVER,
-    HUGE,
-    MID,
-    abort,
-    command_line,
-    descendants_running,
-    reply_for,
-    wait_until,
-)
+from helpers.net import abort, connect, exchange, recv_lines
+from helpers.numbers import HUGE, MID, reply_for
+from helpers.processes import alive, cmdline, dask_children, forkservers, wait_for
+from helpers.servers import Server
 from tcpkit.serving.run import MODES
 
 distributed = pytest.importorskip("distributed")
 
-CHILD = "tcpkit.serving.offload.dask --child"  # a Dask task's factoring child process
 
 
 @dataclass
@@ -71,7 +63,7 @@ class Cluster:
                         for child in children]
 
         idle_pids = {pid for pids in self.client.run(idle).values() for pid in pids}
-        return set(descendants_running(os.getpid(), CHILD)) - idle_pids
+        return set(dask_children(os.getpid())) - idle_pids
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +81,7 @@ def serve_on(cluster: Cluster, serve: Callable[..., Server], mode: str, *args: s
 
 
 def no_local_pool(server: Server) -> bool:
-    return descendants_running(server.pid, FORKSERVER) == []
+    return forkservers(server.pid) == []
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -117,7 +109,7 @@ def wait_for_busy_child(cluster: Cluster) -> set[int]:
         busy.update(cluster.busy_children())
         return bool(busy)
 
-    wait_until(found, 30, "the cluster to start the task")
+    assert wait_for(found, 30), "the cluster did not start the task"
     return busy
 
 
@@ -130,11 +122,11 @@ def test_time_limit_on_the_cluster(
         sock.sendall(b"%d\n" % HUGE)
         busy = wait_for_busy_child(cluster)
         # The child imported what the factor service declares, as local workers do.
-        assert all("tcpkit.factoring.preload" in command_line(pid) for pid in busy)
+        assert all("tcpkit.factoring.preload" in cmdline(pid) for pid in busy)
         sock.sendall(b"%d\n" % MID[0])
         assert recv_lines(sock, 2) == [b"error: time limit exceeded (1 s)\n", reply_for(MID[0])]
     # The task itself stopped the work: it killed its child and returned.
-    assert not any(command_line(pid) for pid in busy)
+    assert not any(alive(pid) for pid in busy)
     assert len(cluster.finished_keys() - before) == 2
     assert no_local_pool(server)
 
@@ -151,9 +143,8 @@ def test_disconnect_cancels_the_cluster_task(
     abort(sock)
     # The front end cancels the future (the scheduler forgets the task) and the
     # running task kills its child within its poll interval.
-    wait_until(lambda: key not in cluster.task_states(), 15, "the task to be cancelled")
-    wait_until(lambda: not any(command_line(pid) for pid in busy), 15,
-               "the task's child to be killed")
+    assert wait_for(lambda: key not in cluster.task_states(), 15), "the task went on"
+    assert wait_for(lambda: not any(alive(pid) for pid in busy), 15), "its child went on"
     assert key not in cluster.finished_keys() - before  # cancelled, never finished
     # The worker is still there and takes new work.
     with connect(server.port, timeout=30) as again:

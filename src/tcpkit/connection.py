@@ -25,23 +25,35 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from tcpkit.framing import LF, LineFramer, split_lines, split_terminator
-from tcpkit.service import Offload, RequestError, Service
+from tcpkit.service import Blocking, Offload, RequestError, Service
 
 log = logging.getLogger("tcpkit")
 ERROR = b"error: "
 
 
+JobKind = Literal["offload", "blocking", "awaitable"]
+
+
 @dataclass(eq=False)
 class Job:
-    """An offloaded request waiting for its reply."""
+    """A request whose reply is computed elsewhere, waiting for it.
 
-    work: Offload
+    ``kind`` says where the serving layer must run ``work``: ``"offload"`` in
+    a worker process (an :class:`Offload`), ``"blocking"`` in a thread (a
+    :class:`Blocking` call, sessions only), ``"awaitable"`` on an event loop
+    (a coroutine, sessions only).  Stateless services only make offload jobs.
+    """
+
+    work: Offload | Blocking | Awaitable[Any]
     terminator: bytes
     reply: bytes | None = None
     handle: object = field(default=None, repr=False)  # the serving layer's task or future
+    kind: JobKind = "offload"
 
 
 class ServiceConnection:
@@ -61,7 +73,10 @@ class ServiceConnection:
     )
 
     def __init__(self, service: Service, max_line: int = 1 << 20) -> None:
-        self._answer = service.answer
+        answer = service.answer
+        if answer is None:
+            raise TypeError(f"{service.name} is served by tcpkit.session.SessionConnection")
+        self._answer = answer
         self._block = service.answer_block
         self._framer = LineFramer(max_line)
         # Created on first use: most connections never hold a reply or start a
@@ -132,8 +147,12 @@ class ServiceConnection:
         job.reply = reply + job.terminator
         return self._release()
 
-    def job_failed(self, job: Job, message: str) -> bytes:
-        """A job could not finish (time limit, worker crash): reply with an error."""
+    def job_failed(self, job: Job, message: str, kind: str = "internal") -> bytes:
+        """A job could not finish (time limit, worker crash): reply with an error.
+
+        ``kind`` (the metrics kind: time_limit, worker_crashed, ...) matters to
+        sessions, whose services may write errors in their own syntax.
+        """
         self.errors += 1
         return self.job_done(job, ERROR + message.encode("utf-8", "replace"))
 

@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 from tcpkit.endpoints import peer_text
+from tcpkit.hub import Hub, make_hub
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards import fdlimit
@@ -83,6 +84,7 @@ class BlockingServer:
         self._bridge: OffloadBridge | None = None
         self.preload = preload_for(listener.service for listener in self.listeners)
         self._bridge_lock = threading.Lock()
+        self._hub: Hub | None = None  # sessions' hub, made on first use
         self._refused_unlogged = 0
         self._poller: select.poll | None = None  # the accept loop's
         self._lingering: dict[int, tuple[socket.socket, float]] = {}  # fd -> (sock, until)
@@ -142,6 +144,7 @@ class BlockingServer:
         finally:
             self._close_listeners()
             self.close_bridge()
+            self.close_hub()
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
 
@@ -187,7 +190,8 @@ class BlockingServer:
         observer.accepted(service.name, host, port)
         try:
             outcome = serve_connection(sock, service, self.limits, self.stop_fds(), self.bridge,
-                                       observer if observer.measures_traffic else None)
+                                       observer if observer.measures_traffic else None,
+                                       peer=(host, port), hub=self.session_hub)
         except Exception:
             log.exception("a connection failed")
             sock.close()
@@ -227,6 +231,19 @@ class BlockingServer:
             if self._bridge is None:
                 self._bridge = OffloadBridge(self.limits, self.preload)
             return self._bridge
+
+    def session_hub(self) -> Hub:
+        """The hub every session of this process shares, made on first use (thread-safe)."""
+        with self._bridge_lock:
+            if self._hub is None:
+                self._hub = make_hub(self.limits.pubsub)
+            return self._hub
+
+    def close_hub(self) -> None:
+        with self._bridge_lock:
+            hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.close()
 
     def close_bridge(self) -> None:
         with self._bridge_lock:

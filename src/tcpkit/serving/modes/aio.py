@@ -36,11 +36,11 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import peer_text
-from tcpkit.service import Service
+from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards import fdlimit
 from tcpkit.serving.guards.admission import BUSY as BUSY_REFUSAL
@@ -51,6 +51,9 @@ from tcpkit.serving.observe.events import Observer, receive_measured
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.executors import make_executor, preload_for
 from tcpkit.serving.offload.jobs import finish_job
+
+if TYPE_CHECKING:
+    from tcpkit.hub import Hub
 
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
@@ -72,7 +75,7 @@ class _Client(asyncio.Protocol):
     def __init__(self, server: AsyncServer, service: Service) -> None:
         self.server = server
         self.service = service
-        self.conn = ServiceConnection(service, server.limits.max_line)
+        self.conn = self.make_connection(server, service)
         self.transport: asyncio.Transport | None = None
         self.paused_by_writes = False
         self.paused_by_jobs = False
@@ -85,6 +88,10 @@ class _Client(asyncio.Protocol):
         self.peer_done = False  # the client sent EOF
         self.started = 0.0
         self.host, self.port = "", 0
+
+    @staticmethod
+    def make_connection(server: AsyncServer, service: Service) -> ServiceConnection:
+        return ServiceConnection(service, server.limits.max_line)
 
     # -- asyncio callbacks ------------------------------------------------
 
@@ -255,11 +262,17 @@ class _Client(asyncio.Protocol):
     async def _run(self, job: Job) -> None:
         server = self.server
         start = time.perf_counter()
+        assert isinstance(job.work, Offload)
         outcome: bytes | Exception
         try:
             outcome = await server.pool.run(job.work, owner=self)  # fair share per client
         except Exception as exc:
             outcome = exc
+        self.job_finished(job, outcome, start)
+
+    def job_finished(self, job: Job, outcome: Any, start: float) -> None:
+        """Send what a finished job released, and report its figures (when metered)."""
+        server = self.server
         metered = server.observer if server.metered and self.transport is not None else None
         self._send(finish_job(self.conn, job, outcome, metered, self.service.name, start))
 
@@ -282,6 +295,10 @@ class _Client(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def close_idle(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Refused(asyncio.Protocol):
@@ -359,6 +376,7 @@ class AsyncServer:
         self._stop: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop  # set by serve()
+        self.hub: Hub | None = None  # made when the first session needs it
 
     async def serve(self) -> None:
         """Serve until SIGINT/SIGTERM (or :meth:`stop`), then drain and return."""
@@ -380,14 +398,16 @@ class AsyncServer:
         finally:
             ticker.cancel()
             await self.pool.close()
+            self._close_hub()
 
     async def _listen(self, listener: Listener) -> tuple[asyncio.Server, socket.socket]:
         """Serve ``listener`` (again): libuv gets a duplicate of its socket to close."""
         tls = listener.tls
         sock = listener.sock.dup()
+        service, client = listener.service, _client_class(listener.service)
         try:
             server = await self.loop.create_server(
-                lambda svc=listener.service: _Client(self, svc),
+                lambda: client(self, service),
                 sock=sock,
                 backlog=BACKLOG,
                 ssl=tls.context if tls else None,
@@ -443,8 +463,9 @@ class AsyncServer:
         ticker = self.loop.create_task(self._tick())
         waiters = [self.loop.create_task(event.wait()) for event in (self._stop, self._drained)]
         try:
+            client = _client_class(service)
             await self.loop.connect_accepted_socket(
-                lambda: _Client(self, service), sock, ssl=tls.context if tls else None,
+                lambda: client(self, service), sock, ssl=tls.context if tls else None,
                 ssl_handshake_timeout=tls.handshake_timeout if tls else None)
             self.maybe_finish_drain()
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -455,6 +476,11 @@ class AsyncServer:
             for waiter in waiters:
                 waiter.cancel()
             await self.pool.close()
+            self._close_hub()
+
+    def _close_hub(self) -> None:
+        if self.hub is not None:
+            self.hub.close()
 
     def admit(self, client: _Client) -> Refusal | None:
         """Why a new client may not be served (busy, per-IP limits), or None."""
@@ -537,8 +563,17 @@ class AsyncServer:
             for client in [c for c in self.clients if c.idle_tick() >= idle_ticks]:
                 self.stats.idle_closed += 1
                 self.observer.failed(client.service.name, "idle_timeout")
-                if client.transport is not None:
-                    client.transport.close()
+                client.close_idle()
+
+
+def _client_class(service: Service) -> type[_Client]:
+    """The protocol class for ``service``, chosen once per listener: sessions have their
+    own, so the stateless clients' hot path does not change."""
+    if not service.uses_sessions:
+        return _Client
+    from tcpkit.serving.modes.aio_sessions import SessionClient
+
+    return SessionClient
 
 
 def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -46,13 +46,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from tcpkit.connection import Job, ServiceConnection
-from tcpkit.service import Service
+from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.observe.events import Observer, receive_measured
 from tcpkit.serving.offload.bridge import OffloadBridge
 from tcpkit.serving.offload.jobs import finish_job
+
+if TYPE_CHECKING:
+    from tcpkit.hub import Hub
 
 log = logging.getLogger("tcpkit")
 READ_SIZE = 1 << 16
@@ -89,14 +93,24 @@ class Outcome:
 def serve_connection(sock: socket.socket, service: Service, limits: Limits,
                      stop_fds: Sequence[int],
                      offload: Callable[[], OffloadBridge],
-                     metered: Observer | None = None) -> Outcome:
+                     metered: Observer | None = None,
+                     peer: tuple[str, int] = ("", 0),
+                     hub: Callable[[], Hub] | None = None) -> Outcome:
     """Serve one client until it is done, idle, gone or drained; then close it.
 
     ``stop_fds`` are file descriptors that become readable when the server
     drains; ``offload`` returns the bridge that runs Offload jobs (called only
     when the client sends such work); ``metered`` gets the traffic figures.
+    A session service's client also gets its ``peer`` (host, port) and the
+    server's ``hub`` (a function making it on first use).
     """
-    driver = _Driver(sock, service, limits, stop_fds, offload, metered)
+    if service.uses_sessions:
+        from tcpkit.serving.modes.driver_sessions import SessionDriver
+
+        driver: _Driver = SessionDriver(sock, service, limits, stop_fds, offload, metered,
+                                        peer, hub)
+    else:
+        driver = _Driver(sock, service, limits, stop_fds, offload, metered)
     try:
         driver.run()
     finally:
@@ -118,7 +132,7 @@ class _Driver:
         self.job_started: dict[Job, float] = {}
         self.fd = sock.fileno()
         self.limits = limits
-        self.conn = ServiceConnection(service, limits.max_line)
+        self.conn = self.make_connection(service, limits)
         self.offload = offload
         self.out = bytearray()  # replies the client has not taken yet
         self.poller = select.poll()
@@ -136,6 +150,10 @@ class _Driver:
         self.idle_closed = False
         self.gone = False
         self.peer_done = False  # the client sent EOF
+
+    @staticmethod
+    def make_connection(service: Service, limits: Limits) -> ServiceConnection:
+        return ServiceConnection(service, limits.max_line)
 
     # -- the loop ---------------------------------------------------------
 
@@ -273,24 +291,33 @@ class _Driver:
 
     # -- offloaded jobs ---------------------------------------------------
 
-    def _start(self, job: Job) -> None:
+    def _open_wake(self) -> None:
+        """The pipe other threads wake this driver through (made when first needed)."""
         if self.wake is None:
             self.wake = os.pipe()
             os.set_blocking(self.wake[0], False)
             os.set_blocking(self.wake[1], False)
             self.poller.register(self.wake[0], _IN)
+
+    def _start(self, job: Job) -> None:
+        self._open_wake()
+        assert isinstance(job.work, Offload)
         try:
             future = self.offload().submit(job.work)
         except RuntimeError as exc:  # the bridge is closed: the server is stopping
             self._send(self.conn.job_failed(job, str(exc)))
             return
+        self._track(job, future)
+
+    def _track(self, job: Job, future: Future[Any]) -> None:
+        """Collect ``job``'s reply when ``future`` is done (on whatever thread)."""
         job.handle = future
         self.jobs.add(job)
         if self.metered is not None:
             self.job_started[job] = time.perf_counter()
         future.add_done_callback(partial(self._job_finished, job))
 
-    def _job_finished(self, job: Job, future: Future[bytes]) -> None:
+    def _job_finished(self, job: Job, future: Future[Any]) -> None:
         """Runs on the offload thread (or wherever cancel() was called)."""
         with self.wake_lock:
             if self.wake is None:
@@ -298,6 +325,13 @@ class _Driver:
             self.finished_jobs.append(job)
             with contextlib.suppress(BlockingIOError):
                 os.write(self.wake[1], b"!")
+
+    def wake_up(self) -> None:
+        """Make the driver's poll return (from any thread); a no-op once it is closed."""
+        with self.wake_lock:
+            if self.wake is not None:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self.wake[1], b"!")
 
     def _collect_jobs(self) -> None:
         assert self.wake is not None

@@ -19,6 +19,7 @@ import os
 import socket
 import stat
 
+from tcpkit.errors import Error
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.guards.tls import ServerTLS
@@ -30,7 +31,7 @@ from tcpkit.serving.offload.executors import make_executor, preload_for
 SYSLOG = "/dev/log"
 
 
-class InetdError(Exception):
+class InetdError(Error):
     """stdin is not a connected socket; the message is ready for the user."""
 
 

@@ -209,7 +209,7 @@ class DaskExecutor:
             kind, value = await asyncio.wait_for(future, self.time_limit + SLACK)
             done = True
         except TimeoutError:
-            raise TimeLimitExceeded(f"time limit exceeded ({self.time_limit:g} s)") from None
+            raise TimeLimitExceeded.after(self.time_limit) from None
         except Exception as exc:  # a lost worker or scheduler: fail this request, not the server
             log.error("dask task for a request failed: %r", exc)
             raise RequestError("factor cluster error") from None

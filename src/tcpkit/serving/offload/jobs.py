@@ -17,20 +17,26 @@ import logging
 import time
 import traceback
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Protocol
 
-from tcpkit.connection import Job, ServiceConnection
+from tcpkit.connection import Job
+from tcpkit.errors import Error
 from tcpkit.service import Offload, RequestError
 from tcpkit.serving.observe.events import Observer
 
 log = logging.getLogger("tcpkit")
 
 
-class TimeLimitExceeded(Exception):
+class TimeLimitExceeded(Error):
     """A job ran past the executor's time limit and was stopped."""
 
+    @classmethod
+    def after(cls, time_limit: float) -> TimeLimitExceeded:
+        """The one wording of a time-limit error (factor, sessions' jobs, every mode)."""
+        return cls(f"time limit exceeded ({time_limit:g} s)")
 
-class WorkerCrashed(Exception):
+
+class WorkerCrashed(Error):
     """A worker process died while running a job."""
 
 
@@ -53,7 +59,7 @@ def reply_from(kind: str, value: Any, time_limit: float) -> bytes:
     if kind == "request-error":
         raise RequestError(value)
     if kind == "time-limit":
-        raise TimeLimitExceeded(f"time limit exceeded ({time_limit:g} s)")
+        raise TimeLimitExceeded.after(time_limit)
     if kind == "died":
         raise WorkerCrashed(value)
     log.error("a worker failed on a request:\n%s", value)
@@ -76,10 +82,21 @@ def job_failure(exc: Exception) -> tuple[str, str]:
     return "internal error", "internal"
 
 
-def finish_job(conn: ServiceConnection, job: Job, outcome: bytes | Exception,
+class JobReplies(Protocol):
+    """What a connection does with a finished job (ServiceConnection, SessionConnection)."""
+
+    def job_done(self, job: Job, reply: Any, /) -> bytes: ...
+
+    def job_failed(self, job: Job, message: str, kind: str = ..., /) -> bytes: ...
+
+
+def finish_job(conn: JobReplies, job: Job, outcome: Any,
                metered: Observer | None, service: str, started: float) -> bytes:
     """A job ended with ``outcome`` (its reply, or what its executor raised):
     return the replies now due on ``conn``, and report the figures to ``metered``.
+
+    A reply is bytes for a stateless service's Offload job, any Reply for a
+    session's job; an exception becomes an error reply of its kind.
 
     ``started`` is the ``time.perf_counter()`` reading when the job began; it
     is read only when metered (without an observer no clock is read).  The
@@ -89,7 +106,7 @@ def finish_job(conn: ServiceConnection, job: Job, outcome: bytes | Exception,
     """
     if isinstance(outcome, Exception):
         message, failure = job_failure(outcome)
-        out = conn.job_failed(job, message)
+        out = conn.job_failed(job, message, failure)
     else:
         failure = None
         out = conn.job_done(job, outcome)

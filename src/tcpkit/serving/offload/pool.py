@@ -115,7 +115,7 @@ class WorkerPool:
             result = await worker.call(work, self.time_limit)
             keep = True
         except TimeoutError:
-            raise TimeLimitExceeded(f"time limit exceeded ({self.time_limit:g} s)") from None
+            raise TimeLimitExceeded.after(self.time_limit) from None
         finally:
             self._let_go(key)
             if keep:

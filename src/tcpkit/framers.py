@@ -1,0 +1,282 @@
+"""Sans-IO message framers for session services: bytes in, messages out.
+
+Like Twisted's LineReceiver, NetstringReceiver and Int32StringReceiver, but
+without the transport: a framer is fed whatever ``recv`` returned and hands
+back the complete messages; :meth:`Framer.encode` frames a reply.
+
+* :class:`Lines` — LF-terminated lines; a CR before the LF belongs to the
+  terminator and each reply ends with its request's terminator (the reverse
+  and factor behaviour).  It wraps :class:`tcpkit.framing.LineFramer`, so there
+  is one line splitter in tcpkit, linear-cost and bounded.
+* :class:`Netstrings` — ``5:hello,`` (D. J. Bernstein's netstrings).
+* :class:`Int32Prefixed` — a 4-byte big-endian length, then the payload.
+
+Every framer enforces ``max_size`` (a message's payload length, terminator or
+header not counted) and reports a break as soon as it is certain: a netstring
+whose announced length is too big is refused at its header, before any payload
+is buffered.  So memory per connection stays about ``max_size`` whatever a
+client sends.  After an over-long (:attr:`Framer.overflowed`) or malformed
+(:attr:`Framer.malformed`) message the stream cannot be framed reliably any
+more: the framer discards all further input and the connection closes after
+the replies so far.
+
+A :class:`Service` holds a framer as a *template*; each connection gets its
+own copy from :meth:`Framer.new`, with the server's ``--max-line`` applied
+when the template does not set ``max_size``.
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+
+from tcpkit.framing import LF, LineFramer, split_lines, split_terminator
+
+DEFAULT_MAX_SIZE = 1 << 20  # = the --max-line default
+
+# What feed_framed returns: a message, and the terminator its reply ends with
+# (b"" for framers whose replies do not depend on the request).
+Framed = tuple[bytes, bytes]
+
+
+class Framer(ABC):
+    """The interface every framer has; see the module docstring."""
+
+    max_size: int | None
+    overflowed: bool
+    malformed: bool
+
+    @abstractmethod
+    def new(self, max_size: int | None = None) -> Framer:
+        """A fresh framer for one connection; ``max_size`` applies unless this one sets its own
+        (then the smaller wins)."""
+
+    @abstractmethod
+    def feed_framed(self, data: bytes) -> list[Framed]:
+        """Take received bytes; return the complete messages with their reply terminators."""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Take received bytes; return the complete messages."""
+        return [message for message, _ in self.feed_framed(data)]
+
+    def feed_eof(self) -> bytes | None:
+        """The peer finished sending: its last unterminated message, if the framing has one."""
+        return None
+
+    @abstractmethod
+    def encode(self, message: bytes, terminator: bytes | None = None) -> bytes:
+        """``message`` framed for the wire (``terminator``: the request's, for Lines)."""
+
+    @property
+    @abstractmethod
+    def buffered(self) -> int:
+        """Bytes held for an unfinished message."""
+
+    @property
+    def failed(self) -> bool:
+        """The stream broke the framing: discard the rest, close after the replies so far."""
+        return self.overflowed or self.malformed
+
+    @property
+    def limit(self) -> int:
+        """The largest message accepted."""
+        return self.max_size or DEFAULT_MAX_SIZE
+
+    def too_long_message(self) -> str:
+        return f"message too long (max {self.limit} bytes)"
+
+    def malformed_message(self) -> str:
+        return "malformed message"
+
+
+def _combined(own: int | None, server: int | None) -> int | None:
+    if own is None or server is None:
+        return own if server is None else server
+    return min(own, server)
+
+
+class Lines(Framer):
+    """LF-terminated lines (CR LF too); ``newline`` ends lines that answer no request
+    (``connected()`` and ``send()`` lines, the reply to a last line that had no LF)."""
+
+    __slots__ = ("_lines", "max_size", "newline")
+
+    def __init__(self, max_size: int | None = None, newline: bytes = LF) -> None:
+        if max_size is not None and max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        if newline not in (b"\n", b"\r\n"):
+            raise ValueError("newline must be LF or CR LF")
+        self.max_size = max_size
+        self.newline = newline
+        self._lines = LineFramer(self.limit)
+
+    def new(self, max_size: int | None = None) -> Lines:
+        return Lines(_combined(self.max_size, max_size), self.newline)
+
+    @property
+    def overflowed(self) -> bool:  # type: ignore[override]
+        return self._lines.overflowed
+
+    @property
+    def malformed(self) -> bool:  # type: ignore[override]
+        return False  # any bytes are a line
+
+    @property
+    def buffered(self) -> int:
+        return self._lines.buffered
+
+    def feed_framed(self, data: bytes) -> list[Framed]:
+        block = self._lines.feed(data)
+        return [split_terminator(line) for line in split_lines(block)] if block else []
+
+    def feed_eof(self) -> bytes | None:
+        return self._lines.feed_eof()
+
+    def encode(self, message: bytes, terminator: bytes | None = None) -> bytes:
+        return message + (terminator or self.newline)
+
+    def too_long_message(self) -> str:
+        return f"line too long (max {self.limit} bytes)"
+
+
+class Netstrings(Framer):
+    """``LENGTH:PAYLOAD,`` with LENGTH in decimal, no sign and no leading zero."""
+
+    __slots__ = ("_buf", "_digits", "_length", "malformed", "max_size", "overflowed")
+
+    def __init__(self, max_size: int | None = None) -> None:
+        if max_size is not None and max_size < 0:
+            raise ValueError("max_size must not be negative")
+        self.max_size = max_size
+        self.overflowed = False
+        self.malformed = False
+        self._buf = bytearray()
+        self._length: int | None = None  # of the message being read, once its header is in
+        self._digits = len(str(self.limit))  # a longer header is over the limit for sure
+
+    def new(self, max_size: int | None = None) -> Netstrings:
+        return Netstrings(_combined(self.max_size, max_size))
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed_framed(self, data: bytes) -> list[Framed]:
+        if self.failed or not data:
+            return []
+        buf = self._buf
+        buf += data
+        out: list[Framed] = []
+        start = 0
+        while True:
+            if self._length is None:
+                header_end = self._header(start)
+                if header_end is None:
+                    break
+                start = header_end
+            assert self._length is not None
+            end = start + self._length
+            if len(buf) <= end:  # the payload or its comma is still to come
+                break
+            if buf[end] != 0x2C:  # ","
+                self._fail(malformed=True)
+                break
+            out.append((bytes(buf[start:end]), b""))
+            self._length = None
+            start = end + 1
+        if start:
+            del buf[:start]  # once per feed: each byte is moved O(1) times
+        return out
+
+    def _header(self, start: int) -> int | None:
+        """Parse the header at ``start``: the payload's offset, or None (incomplete or failed)."""
+        buf = self._buf
+        colon = buf.find(b":", start, start + self._digits + 1)
+        head = bytes(buf[start:colon if colon >= 0 else start + self._digits + 1])
+        if (head and not head.isdigit()) or (len(head) > 1 and head[0] == 0x30):
+            self._fail(malformed=True)
+            return None
+        if colon < 0:
+            if len(head) > self._digits or (head and int(head) > self.limit):
+                self._fail(malformed=False)
+            return None
+        if not head:
+            self._fail(malformed=True)
+            return None
+        length = int(head)
+        if length > self.limit:
+            self._fail(malformed=False)
+            return None
+        self._length = length
+        return colon + 1
+
+    def _fail(self, malformed: bool) -> None:
+        self.malformed = malformed
+        self.overflowed = not malformed
+        self._buf = bytearray()
+        self._length = None
+
+    def encode(self, message: bytes, terminator: bytes | None = None) -> bytes:
+        return b"%d:%s," % (len(message), message)
+
+    def malformed_message(self) -> str:
+        return "malformed netstring"
+
+
+_LENGTH = struct.Struct(">I")
+
+
+class Int32Prefixed(Framer):
+    """A 4-byte big-endian unsigned length, then that many bytes of payload."""
+
+    __slots__ = ("_buf", "_length", "malformed", "max_size", "overflowed")
+
+    def __init__(self, max_size: int | None = None) -> None:
+        if max_size is not None and not 0 <= max_size < 1 << 32:
+            raise ValueError("max_size must be between 0 and 2**32 - 1")
+        self.max_size = max_size
+        self.overflowed = False
+        self.malformed = False  # every 4 bytes are a valid length: never set
+        self._buf = bytearray()
+        self._length: int | None = None
+
+    def new(self, max_size: int | None = None) -> Int32Prefixed:
+        return Int32Prefixed(_combined(self.max_size, max_size))
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed_framed(self, data: bytes) -> list[Framed]:
+        if self.overflowed or not data:
+            return []
+        buf = self._buf
+        buf += data
+        out: list[Framed] = []
+        start = 0
+        while True:
+            if self._length is None:
+                if len(buf) - start < 4:
+                    break
+                (length,) = _LENGTH.unpack_from(buf, start)
+                if length > self.limit:
+                    self.overflowed = True
+                    self._buf = bytearray()
+                    return out
+                self._length = length
+                start += 4
+            end = start + self._length
+            if len(buf) < end:
+                break
+            out.append((bytes(buf[start:end]), b""))
+            self._length = None
+            start = end
+        if start:
+            del buf[:start]
+        return out
+
+    def encode(self, message: bytes, terminator: bytes | None = None) -> bytes:
+        return _LENGTH.pack(len(message)) + message
+
+
+__all__ = ["DEFAULT_MAX_SIZE", "Framer", "Int32Prefixed", "Lines", "Netstrings"]
