@@ -50,7 +50,7 @@ log = logging.getLogger("tcpkit")
 MAX_UNSENT = 1 << 20  # bytes of unsolicited output a connection may hold unsent
 SEND_BUFFER_FULL = "send buffer full"
 _LINES = Lines()  # the default framer's template
-# The metrics kinds of failed jobs (pool.job_failure) as the errors= kinds.
+# The metrics kinds of failed jobs (offload.jobs.job_failure) as the errors= kinds.
 _FAILURE_KINDS = {"time_limit": "time limit", "worker_crashed": "worker crashed"}
 
 

@@ -49,6 +49,7 @@ from tcpkit.serving.modes.pipes import Wakeup
 from tcpkit.serving.observe.events import Observer, close_reason
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.bridge import OffloadBridge
+from tcpkit.serving.offload.executors import preload_for
 
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
@@ -81,6 +82,7 @@ class BlockingServer:
         self.watch_fds: list[int] = []  # more fds meaning "stop" (a supervisor's pipe)
         self.stopping = False
         self._bridge: OffloadBridge | None = None
+        self.preload = preload_for(listener.service for listener in self.listeners)
         self._bridge_lock = threading.Lock()
         self._hub: Hub | None = None  # sessions' hub, made on first use
         self._refused_unlogged = 0
@@ -221,10 +223,14 @@ class BlockingServer:
         return [self.stop_signal.fileno(), *self.watch_fds]
 
     def bridge(self) -> OffloadBridge:
-        """The offload bridge, started on first use (thread-safe)."""
+        """The offload bridge, started on first use (thread-safe).
+
+        It runs the executor ``--executor`` names, as the async mode does, with
+        workers preloading what this server's services declare.
+        """
         with self._bridge_lock:
             if self._bridge is None:
-                self._bridge = OffloadBridge(self.limits.pool_size, self.limits.time_limit)
+                self._bridge = OffloadBridge(self.limits, self.preload)
             return self._bridge
 
     def session_hub(self) -> Hub:

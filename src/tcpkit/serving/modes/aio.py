@@ -49,8 +49,8 @@ from tcpkit.serving.guards.tls import ServerTLS, reload_certificates
 from tcpkit.serving.listeners import BACKLOG, describe
 from tcpkit.serving.observe.events import Observer, close_reason, receive_measured
 from tcpkit.serving.observe.stats import Stats
-from tcpkit.serving.offload.executors import make_executor
-from tcpkit.serving.offload.pool import job_failure
+from tcpkit.serving.offload.executors import make_executor, preload_for
+from tcpkit.serving.offload.jobs import finish_job
 
 if TYPE_CHECKING:
     from tcpkit.hub import Hub
@@ -262,26 +262,21 @@ class _Client(asyncio.Protocol):
             transport.resume_reading()
 
     async def _run(self, job: Job) -> None:
+        server = self.server
         start = time.perf_counter()
-        failure = None
         assert isinstance(job.work, Offload)
+        outcome: bytes | Exception
         try:
-            reply = await self.server.pool.run(job.work, owner=self)  # fair share per client
-            out = self.conn.job_done(job, reply)
+            outcome = await server.pool.run(job.work, owner=self)  # fair share per client
         except Exception as exc:
-            message, failure = job_failure(exc)
-            out = self.conn.job_failed(job, message, failure)
-        self.job_finished(out, failure, start)
+            outcome = exc
+        self.job_finished(job, outcome, start)
 
-    def job_finished(self, out: bytes, failure: str | None, start: float) -> None:
-        """Report a finished job's figures and send what it released."""
-        observer = self.server.observer
-        if self.server.metered and self.transport is not None:
-            observer.traffic(self.service.name, 0, len(out), 0, out.count(b"\n"), 1,
-                             time.perf_counter() - start)
-        if failure is not None:
-            observer.failed(self.service.name, failure)
-        self._send(out)
+    def job_finished(self, job: Job, outcome: Any, start: float) -> None:
+        """Send what a finished job released, and report its figures (when metered)."""
+        server = self.server
+        metered = server.observer if server.metered and self.transport is not None else None
+        self._send(finish_job(self.conn, job, outcome, metered, self.service.name, start))
 
     def idle_tick(self) -> int:
         """Count one tick; return how many passed since the client last sent
@@ -370,7 +365,7 @@ class AsyncServer:
         self.one_shot = False  # serving a single connection (inetd): stop when it closes
         self.stats = Stats()
         self.clients: set[_Client] = set()
-        self.pool = make_executor(self.limits)
+        self.pool = make_executor(self.limits, preload_for(lst.service for lst in self.listeners))
         self.tick = 0
         self.draining = False
         self._refused_unlogged = 0

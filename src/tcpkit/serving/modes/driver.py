@@ -53,7 +53,7 @@ from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.observe.events import Observer, receive_measured
 from tcpkit.serving.offload.bridge import OffloadBridge
-from tcpkit.serving.offload.pool import job_failure
+from tcpkit.serving.offload.jobs import finish_job
 
 if TYPE_CHECKING:
     from tcpkit.hub import Hub
@@ -347,18 +347,12 @@ class _Driver:
             started = self.job_started.pop(job, 0.0)
             if not isinstance(future, Future) or future.cancelled():
                 continue
-            failure = None
+            outcome: bytes | Exception
             try:
-                replies = self.conn.job_done(job, future.result())
+                outcome = future.result()
             except Exception as exc:
-                message, failure = job_failure(exc)
-                replies = self.conn.job_failed(job, message, failure)
-            if self.metered is not None:
-                self.metered.traffic(self.service, 0, len(replies), 0, replies.count(b"\n"), 1,
-                                     time.perf_counter() - started)
-                if failure is not None:
-                    self.metered.failed(self.service, failure)
-            self._send(replies)
+                outcome = exc
+            self._send(finish_job(self.conn, job, outcome, self.metered, self.service, started))
 
     # -- ending -----------------------------------------------------------
 
