@@ -21,6 +21,7 @@ from tcpkit.serving.config import Limits
 
 if TYPE_CHECKING:
     from tcpkit.operate import Operation
+    from tcpkit.serving.reexec import Handoff
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -97,10 +98,13 @@ def plan_listeners(names: Sequence[str], listen: Sequence[str]) -> list[tuple[st
 def run_serve(args: argparse.Namespace) -> int:
     from tcpkit.operate import Operation, OptionError
     from tcpkit.serving.listeners import ListenError
+    from tcpkit.serving.reexec import take_handoff
 
+    handoff = take_handoff()  # set when a rolling restart or an upgrade executed us
     try:
         plan = plan_listeners(args.services, [] if args.inetd else args.listen)
-        ops = Operation.from_args(args, list(dict.fromkeys(name for name, _ in plan)))
+        ops = Operation.from_args(args, list(dict.fromkeys(name for name, _ in plan)),
+                                  handed_off=handoff is not None)
     except (EndpointError, registry.UnknownService, OptionError) as exc:
         raise UsageError(str(exc)) from None
     from tcpkit.hub import check_pubsub
@@ -124,6 +128,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print("config ok")
         return EXIT_OK
     try:
+        if handoff is not None and handoff.is_worker:
+            return serve_worker(ops, args, list(services.values()), limits, handoff)
         return serve_operated(ops, args, list(services.values()), [
             (services[name], endpoint) for name, endpoint in plan], limits)
     except OptionError as exc:
@@ -148,10 +154,30 @@ def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Serv
         return EXIT_OK
     inherited = ops.inherited_listeners(services)
     observer = ops.observer(args.mode, args.workers)
+    reexec = [sys.executable, "-m", "tcpkit", *args.command_line]  # what SIGUSR2 runs
     if inherited is not None:
-        serve_listeners(inherited, args.mode, limits, observer, args.workers)
+        serve_listeners(inherited, args.mode, limits, observer, args.workers, reexec)
     else:
-        run(plan, args.mode, limits, observer, ops.tls, args.workers)
+        run(plan, args.mode, limits, observer, ops.tls, args.workers, reexec)
+    return EXIT_OK
+
+
+def serve_worker(ops: Operation, args: argparse.Namespace, services: list[Service],
+                 limits: Limits, handoff: Handoff) -> int:
+    """A worker a rolling restart executed: serve the supervisor's sockets, then report.
+
+    Its sockets, stop pipe and stats pipe come from the supervisor; the metrics
+    it counts go to the files the supervisor's scrape merges.
+    """
+    from tcpkit.serving.modes.supervisor import serve_as_worker
+    from tcpkit.serving.run import serve_once
+
+    inherited = ops.inherited_listeners(services)
+    if not inherited or handoff.stop is None or handoff.report is None:
+        raise UsageError("a worker was started without its supervisor's sockets")
+    serve_as_worker(inherited, args.mode, serve_once, limits,
+                    ops.observer(args.mode, args.workers, serve_http=False),
+                    handoff.stop, handoff.report, handoff.ready)
     return EXIT_OK
 
 
@@ -181,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the ``tcpkit`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     logs.configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         status = args.run(args)
