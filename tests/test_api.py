@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 import tcpkit
-from conftest import exchange, script, start_server
+from helpers.net import exchange
+from helpers.servers import script, start_server
 from tcpkit import AsyncLineClient, ConnectError, INETSocket, RequestError, Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.observe.events import Observer

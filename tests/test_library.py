@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import needs_ipv6
+from helpers.servers import needs_ipv6
 from tcpkit import (
     AsyncFactorClient,
     AsyncLineClient,

@@ -16,7 +16,8 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import exchange, run, script, start_server
+from helpers.net import exchange
+from helpers.servers import run, script, start_server
 from tcpkit import INETSocket
 from tcpkit.testing import RunningServer
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import run, script
+from helpers.servers import run, script
 from tcpkit import cli, serve_options
 from tcpkit.service import Options
 from tcpkit.serving.config import Limits

@@ -1,7 +1,7 @@
 """Sessions end to end: real ``tcpkit serve`` processes, real loopback sockets, every mode.
 
-The services are tests/session_services.py, registered as a plug-in through the
-``tcpkit.services`` entry points (``conftest.plugin_env``).
+The services are tests/helpers/session_services.py, registered as a plug-in through the
+``tcpkit.services`` entry points (``helpers.servers.plugin_env``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import session_services
-from conftest import (
-    Server,
-    connect,
-    recv_until_closed,
-    rss_kb,
-    run,
-    script,
-    start_server,
-    tree_total,
-)
+from helpers import session_services
+from helpers.net import connect, recv_until_closed
+from helpers.processes import rss_kb, tree_total
+from helpers.servers import Server, run, script, start_server
 
 MODES = ["async", "thread", "fork", "iterative"]
 CONCURRENT = ["async", "thread", "fork"]  # iterative serves one client at a time
@@ -36,7 +29,7 @@ Start = Callable[..., Server]
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from conftest import plugin_env
+    from helpers.servers import plugin_env
 
     return plugin_env(tmp_path_factory.mktemp("plugin"), Path(session_services.__file__),
                       session_services.ENTRY_POINTS)
