@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, exchange
+from helpers.net import exchange
+from helpers.servers import Server
 
 REPO = Path(__file__).resolve().parent.parent
 # The project's shared bench folder sits beside the repository (or a worktree's

@@ -72,7 +72,7 @@ class Operation:
             credentials = resolve(args.user, args.group)
         except PrivilegeError as exc:
             raise OptionError(str(exc)) from None
-        return cls(_load_tls(args), metrics, bool(args.resolve_names), inetd, activated,
+        return cls(load_tls(args), metrics, bool(args.resolve_names), inetd, activated,
                    credentials, args.pid_file, handed_off)
 
     # -- what the serving mode gets -------------------------------------------------
@@ -161,7 +161,7 @@ def _check_inetd(args: argparse.Namespace, names: Sequence[str]) -> None:
                               f"does not apply")
 
 
-def _load_tls(args: argparse.Namespace) -> ServerTLS | None:
+def load_tls(args: argparse.Namespace) -> ServerTLS | None:
     if args.tls_cert is None and args.tls_key is None:
         return None
     if args.tls_cert is None or args.tls_key is None:

@@ -115,7 +115,8 @@ def _add_limits(group: argparse._ArgumentGroup) -> None:
     default = Limits()
     group.add_argument("--max-connections", type=positive(int),
                        default=default.max_connections, metavar="N",
-                       help="clients served at once (per worker); past it a client gets "
+                       help="clients served at once, per service (and per worker); past "
+                            "it a client gets "
                             f"'error: server busy' {shown_default(default.max_connections)}")
     group.add_argument("--idle-timeout", type=positive(float), default=default.idle_timeout,
                        metavar="SECONDS", help="close a client silent this long "
@@ -174,8 +175,13 @@ def _add_production(group: argparse._ArgumentGroup) -> None:
                        help="log clients' reverse-DNS names (looked up off the event loop)")
     group.add_argument("--inetd", action="store_true",
                        help="serve the one connection on stdin/stdout (inetd nowait)")
+    group.add_argument("--config", metavar="FILE",
+                       help="read options from this TOML file: any option under its long "
+                            "name, and a [services.NAME] table per service with its own "
+                            "listen and limits; command-line flags win")
     group.add_argument("--check-config", action="store_true",
-                       help="check the options, print 'config ok' and exit")
+                       help="check the options (and --config FILE), print 'config ok' "
+                            "and exit")
 
 
 def _add_host(group: argparse._ArgumentGroup) -> None:
