@@ -112,6 +112,7 @@ ERRORS = [  # (module, class, what it subclassed before tcpkit.Error existed)
     ("tcpkit.serving.guards.proxy", "ProxyHeaderError", ValueError),
     ("tcpkit.serving.guards.pidfile", "PidFileError", Exception),
     ("tcpkit.serving.guards.privileges", "PrivilegeError", Exception),
+    ("tcpkit.config_file", "ConfigError", Exception),
 ]
 
 

@@ -96,7 +96,7 @@ class SessionConnection(ServiceConnection):
         self._pending = None
         self._new_jobs = None
         self.lines = self.errors = 0
-        self.eof = self.closing = False
+        self.eof = self.closing = self.draining = False
         self.settled = True
         framer: Framer = (service.framer or _LINES).new(max_line)
         self._messages = framer
@@ -193,6 +193,11 @@ class SessionConnection(ServiceConnection):
         if self._messages.failed and not self.closing:
             self._framing_failed(out)
         return b"".join(out)
+
+    def drain(self) -> None:
+        """The server is draining: a session has no reply boundary to wait for
+        (it may talk unasked, or sit silent for hours), so its input stops now."""
+        self.stop_input()
 
     def receive_eof(self) -> bytes:
         """The client finished sending: answer its unterminated last line, if any."""

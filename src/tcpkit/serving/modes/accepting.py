@@ -189,7 +189,8 @@ class BlockingServer:
         observer = self.observer
         observer.accepted(service.name, host, port)
         try:
-            outcome = serve_connection(sock, service, self.limits, self.stop_fds(), self.bridge,
+            outcome = serve_connection(sock, service, listener.limits or self.limits,
+                                       self.stop_fds(), self.bridge,
                                        observer if observer.measures_traffic else None,
                                        peer=(host, port), hub=self.session_hub)
         except Exception:

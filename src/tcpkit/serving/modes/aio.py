@@ -117,6 +117,8 @@ class _Client(asyncio.Protocol):
         server.stats.open += 1
         server.stats.connections += 1
         server.observer.accepted(self.service.name, self.host, self.port)
+        if server.draining:  # accepted just before the listener closed: its request counts
+            self.begin_drain()
 
     def data_received(self, data: bytes) -> None:
         # The hot path: nothing pending, not metered (the common case): a chunk
@@ -255,7 +257,8 @@ class _Client(asyncio.Protocol):
         if self.lingering is not None:
             if not transport.is_reading():
                 transport.resume_reading()
-        elif self.paused_by_writes or self.paused_by_jobs or self.server.draining:
+        elif self.paused_by_writes or self.paused_by_jobs or (
+                self.server.draining and self.conn.eof):
             if transport.is_reading():
                 transport.pause_reading()
         elif not transport.is_reading():
@@ -289,8 +292,8 @@ class _Client(asyncio.Protocol):
         return self.idle_ticks
 
     def begin_drain(self) -> None:
-        """Stop taking requests; close once the ones already read are answered."""
-        self.conn.stop_input()
+        """Close at the next reply boundary (see ServiceConnection.drain)."""
+        self.conn.drain()
         self._update_reading()
         self._send(b"")
 
@@ -487,7 +490,9 @@ class AsyncServer:
 
     def admit(self, client: _Client) -> Refusal | None:
         """Why a new client may not be served (busy, per-IP limits), or None."""
-        if self.stats.open >= self.max_open or self.draining:
+        # Draining is no refusal: a client accepted in the moment before the
+        # listener closed gets its request answered (see _Client.begin_drain).
+        if self.stats.open >= self.max_open:
             if self.max_open < self.limits.max_connections and not self._fd_limited:
                 self._fd_limited = True
                 log.warning("refusing new connections: %d open, near the descriptor limit "
@@ -523,6 +528,7 @@ class AsyncServer:
             server.close()
         for listener in self.listeners:
             listener.sock.close()  # the original: new clients are refused from now on
+        await asyncio.sleep(0)  # clients accepted before the close are made (and drain)
         log.info("draining %d connections (up to %g s)", len(self.clients),
                  self.limits.drain_timeout)
         for client in list(self.clients):

@@ -362,7 +362,7 @@ class _Driver:
             self.poller.unregister(fd)
         self.stop_fds.clear()
         self.deadline = time.monotonic() + self.limits.drain_timeout
-        self.conn.stop_input()
+        self.conn.drain()  # at the next reply boundary
         self._send(b"")
 
     def close(self) -> None:
