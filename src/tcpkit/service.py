@@ -115,6 +115,10 @@ class Service:
     ``session``, ``framer``, ``errors`` and ``shared_state``: see the module
     docstring.  An invalid definition is refused here, when it is built
     (TypeError or ValueError), not when the first client connects.
+    ``preload`` names modules the worker processes running its Offload work
+    import before their first job (heavy imports, warmed-up libraries), so a
+    fresh worker answers at once; a server's workers preload what all its
+    services declare, and a service with no Offload work needs none.
     """
 
     name: str
@@ -129,6 +133,7 @@ class Service:
     errors: Callable[[str, str], bytes] | None = None
     shared_state: bool = False
     options: Options = field(default_factory=Options, compare=False)
+    preload: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from tcpkit.framers import Framer
@@ -159,6 +164,8 @@ class Service:
         if self.framer is not None and not isinstance(self.framer, Framer):
             raise TypeError(f"service {self.name!r}: framer must be a tcpkit.framers "
                             f"Framer (Lines(), Netstrings(), Int32Prefixed())")
+        if isinstance(self.preload, str) or not all(isinstance(m, str) for m in self.preload):
+            raise TypeError(f"service {self.name!r}: preload must be a tuple of module names")
 
     @property
     def uses_sessions(self) -> bool:

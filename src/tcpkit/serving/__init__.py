@@ -23,10 +23,11 @@ by axis, a folder each, a file per job::
       pipes.py       the self-pipes the modes wake and report through
 
     offload/       where offloaded work (an Offload answer) runs
-      executors.py   the one factory: a local pool or a Dask cluster
-      pool.py        the local pool of stoppable worker processes
-      worker.py      the kernel's backstop for a worker whose server died
-      bridge.py      the async executor, used from the blocking modes' threads
+      executors.py   the one factory, for every mode: a local pool or a Dask cluster
+      jobs.py        the job protocol: a job's outcome, its reply, its metrics
+      pool.py        the local pool's scheduler (round robin, burst workers)
+      worker.py      the local pool's hardened worker processes and their backstops
+      bridge.py      any executor, used from the blocking modes' threads
       dask.py        the Dask executor (--executor dask://)
 
     guards/        who may be served, and how safely

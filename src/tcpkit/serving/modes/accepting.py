@@ -49,9 +49,10 @@ from tcpkit.serving.guards.tls import reload_certificates, server_handshake
 from tcpkit.serving.listeners import describe
 from tcpkit.serving.modes.driver import Outcome, serve_connection
 from tcpkit.serving.modes.pipes import Wakeup
-from tcpkit.serving.observe.events import Observer
+from tcpkit.serving.observe.events import Observer, close_reason
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.bridge import OffloadBridge
+from tcpkit.serving.offload.executors import preload_for
 
 log = logging.getLogger("tcpkit")
 ACCEPT_PAUSE = 0.1  # seconds to stop accepting when out of descriptors or memory
@@ -76,6 +77,7 @@ class BlockingServer:
         self.watch_fds: list[int] = []  # more fds meaning "stop" (a supervisor's pipe)
         self.stopping = False
         self._bridge: OffloadBridge | None = None
+        self.preload = preload_for(listener.service for listener in self.listeners)
         self._bridge_lock = threading.Lock()
         self._hub: Hub | None = None  # sessions' hub, made on first use
         self._poller: select.poll | None = None  # the accept loop's
@@ -161,7 +163,8 @@ class BlockingServer:
         observer = self.observer
         observer.accepted(service.name, host, port)
         try:
-            outcome = serve_connection(sock, service, self.limits, self.stop_fds(), self.bridge,
+            outcome = serve_connection(sock, service, listener.limits or self.limits,
+                                       self.stop_fds(), self.bridge,
                                        observer if observer.measures_traffic else None,
                                        peer=(host, port), hub=self.session_hub)
         except Exception:
@@ -170,7 +173,8 @@ class BlockingServer:
             outcome = Outcome(0, 1, False)
         if outcome.idle_closed:
             observer.failed(service.name, "idle_timeout")
-        observer.closed(service.name, host, port, outcome.lines, time.monotonic() - started)
+        observer.ended(service.name, host, port, outcome.lines, time.monotonic() - started,
+                        close_reason(outcome.idle_closed, outcome.line_too_long))
         return outcome
 
     def release(self, peer: object) -> None:
@@ -181,10 +185,14 @@ class BlockingServer:
         return [self.stop_signal.fileno(), *self.watch_fds]
 
     def bridge(self) -> OffloadBridge:
-        """The offload bridge, started on first use (thread-safe)."""
+        """The offload bridge, started on first use (thread-safe).
+
+        It runs the executor ``--executor`` names, as the async mode does, with
+        workers preloading what this server's services declare.
+        """
         with self._bridge_lock:
             if self._bridge is None:
-                self._bridge = OffloadBridge(self.limits.pool_size, self.limits.time_limit)
+                self._bridge = OffloadBridge(self.limits, self.preload)
             return self._bridge
 
     def session_hub(self) -> Hub:

@@ -47,10 +47,10 @@ from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.gate import LINGER, LINGER_BYTES, TICK, Gate
 from tcpkit.serving.guards.tls import ServerTLS, reload_certificates
 from tcpkit.serving.listeners import BACKLOG, describe
-from tcpkit.serving.observe.events import Observer, receive_measured
+from tcpkit.serving.observe.events import Observer, close_reason, receive_measured
 from tcpkit.serving.observe.stats import Stats
-from tcpkit.serving.offload.executors import make_executor
-from tcpkit.serving.offload.pool import job_failure
+from tcpkit.serving.offload.executors import make_executor, preload_for
+from tcpkit.serving.offload.jobs import finish_job
 
 if TYPE_CHECKING:
     from tcpkit.hub import Hub
@@ -64,7 +64,7 @@ class _Client(asyncio.Protocol):
     # __slots__ throughout (here, ServiceConnection, LineFramer): with 10,000
     # idle clients every per-connection byte counts.
     __slots__ = (
-        "conn", "host", "idle_ticks", "lingering", "paused_by_jobs",
+        "conn", "host", "idle_closed", "idle_ticks", "lingering", "paused_by_jobs",
         "paused_by_writes", "peer_done", "port", "server", "service", "started", "transport",
     )
 
@@ -80,6 +80,7 @@ class _Client(asyncio.Protocol):
         # ``conn.progressed``; the server's once-a-second tick clears it and
         # counts the ticks that passed without it (see idle_tick).
         self.idle_ticks = 0
+        self.idle_closed = False  # closed by the idle sweep (for the close line's reason)
         self.peer_done = False  # the client sent EOF
         self.started = 0.0
         self.host, self.port = "", 0
@@ -97,7 +98,7 @@ class _Client(asyncio.Protocol):
         host, self.port = peer_text(transport.get_extra_info("peername"))
         self.host = sys.intern(host)  # one string per client address, not per connection
         refusal = server.gate.admit(self.service.name, self.host, self.port, server.stats.open,
-                                    server.loop.time(), server.draining)
+                                    server.loop.time())
         if refusal is not None:
             transport.write(refusal.line)
             _Refused.close(server, transport)
@@ -110,6 +111,8 @@ class _Client(asyncio.Protocol):
         server.stats.open += 1
         server.stats.connections += 1
         server.observer.accepted(self.service.name, self.host, self.port)
+        if server.draining:  # accepted just before the listener closed: its request counts
+            self.begin_drain()
 
     def data_received(self, data: bytes) -> None:
         # The hot path: nothing pending, not metered (the common case): a chunk
@@ -163,7 +166,8 @@ class _Client(asyncio.Protocol):
         server.stats.lines += self.conn.lines
         server.stats.errors += self.conn.errors
         seconds = server.loop.time() - self.started
-        server.observer.closed(self.service.name, self.host, self.port, self.conn.lines, seconds)
+        server.observer.ended(self.service.name, self.host, self.port, self.conn.lines, seconds,
+                               close_reason(self.idle_closed, self.conn.line_too_long))
         server.maybe_finish_drain()
 
     def pause_writing(self) -> None:
@@ -234,33 +238,29 @@ class _Client(asyncio.Protocol):
         if self.lingering is not None:
             if not transport.is_reading():
                 transport.resume_reading()
-        elif self.paused_by_writes or self.paused_by_jobs or self.server.draining:
+        elif self.paused_by_writes or self.paused_by_jobs or (
+                self.server.draining and self.conn.eof):
             if transport.is_reading():
                 transport.pause_reading()
         elif not transport.is_reading():
             transport.resume_reading()
 
     async def _run(self, job: Job) -> None:
+        server = self.server
         start = time.perf_counter()
-        failure = None
         assert isinstance(job.work, Offload)
+        outcome: bytes | Exception
         try:
-            reply = await self.server.pool.run(job.work, owner=self)  # fair share per client
-            out = self.conn.job_done(job, reply)
+            outcome = await server.pool.run(job.work, owner=self)  # fair share per client
         except Exception as exc:
-            message, failure = job_failure(exc)
-            out = self.conn.job_failed(job, message, failure)
-        self.job_finished(out, failure, start)
+            outcome = exc
+        self.job_finished(job, outcome, start)
 
-    def job_finished(self, out: bytes, failure: str | None, start: float) -> None:
-        """Report a finished job's figures and send what it released."""
-        observer = self.server.observer
-        if self.server.metered and self.transport is not None:
-            observer.traffic(self.service.name, 0, len(out), 0, out.count(b"\n"), 1,
-                             time.perf_counter() - start)
-        if failure is not None:
-            observer.failed(self.service.name, failure)
-        self._send(out)
+    def job_finished(self, job: Job, outcome: Any, start: float) -> None:
+        """Send what a finished job released, and report its figures (when metered)."""
+        server = self.server
+        metered = server.observer if server.metered and self.transport is not None else None
+        self._send(finish_job(self.conn, job, outcome, metered, self.service.name, start))
 
     def idle_tick(self) -> int:
         """Count one tick; return how many passed since the client last made
@@ -274,8 +274,8 @@ class _Client(asyncio.Protocol):
         return self.idle_ticks
 
     def begin_drain(self) -> None:
-        """Stop taking requests; close once the ones already read are answered."""
-        self.conn.stop_input()
+        """Close at the next reply boundary (see ServiceConnection.drain)."""
+        self.conn.drain()
         self._update_reading()
         self._send(b"")
 
@@ -284,6 +284,7 @@ class _Client(asyncio.Protocol):
             self.transport.abort()
 
     def close_idle(self) -> None:
+        self.idle_closed = True  # its close line says why
         if self.transport is not None:
             self.transport.close()
 
@@ -345,7 +346,7 @@ class AsyncServer:
         self.stats = Stats()
         self.gate = Gate(self.limits, self.observer, self.stats)
         self.clients: set[_Client] = set()
-        self.pool = make_executor(self.limits)
+        self.pool = make_executor(self.limits, preload_for(lst.service for lst in self.listeners))
         self.tick = 0
         self.draining = False
         self._servers: list[asyncio.Server] = []
@@ -459,6 +460,7 @@ class AsyncServer:
             server.close()
         for listener in self.listeners:
             listener.sock.close()  # the original: new clients are refused from now on
+        await asyncio.sleep(0)  # clients accepted before the close are made (and drain)
         log.info("draining %d connections (up to %g s)", len(self.clients),
                  self.limits.drain_timeout)
         for client in list(self.clients):

@@ -33,7 +33,7 @@ from tcpkit.endpoints import format_address
 from tcpkit.hub import make_hub
 from tcpkit.service import Blocking, Service
 from tcpkit.serving.modes.aio import AsyncServer, _Client
-from tcpkit.serving.offload.pool import TimeLimitExceeded, job_failure
+from tcpkit.serving.offload.jobs import TimeLimitExceeded
 from tcpkit.session import Peer
 from tcpkit.session_connection import SessionConnection, ending_reason
 
@@ -125,21 +125,18 @@ class SessionClient(_Client):
             return
         start = time.perf_counter()
         limit = self.server.limits.time_limit
-        failure = None
+        if isinstance(job.work, Blocking):
+            work: Awaitable[Any] = self.server.loop.run_in_executor(None, job.work)
+        else:
+            work = cast(Awaitable[Any], job.work)
+        outcome: Any
         try:
-            if isinstance(job.work, Blocking):
-                work: Awaitable[Any] = self.server.loop.run_in_executor(None, job.work)
-            else:
-                work = cast(Awaitable[Any], job.work)
-            try:
-                result = await asyncio.wait_for(work, limit)
-            except TimeoutError:
-                raise TimeLimitExceeded.after(limit) from None
-            out = self.conn.job_done(job, result)
+            outcome = await asyncio.wait_for(work, limit)
+        except TimeoutError:
+            outcome = TimeLimitExceeded.after(limit)
         except Exception as exc:
-            message, failure = job_failure(exc)
-            out = self.conn.job_failed(job, message, failure)
-        self.job_finished(out, failure, start)
+            outcome = exc
+        self.job_finished(job, outcome, start)
 
     async def _disconnected(self, pending: Awaitable[Any]) -> None:
         try:
