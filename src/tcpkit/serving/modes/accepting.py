@@ -43,7 +43,7 @@ from tcpkit.serving.guards import fdlimit
 from tcpkit.serving.guards.admission import BUSY as BUSY_REFUSAL
 from tcpkit.serving.guards.admission import Admission, Refusal
 from tcpkit.serving.guards.tls import reload_certificates, server_handshake
-from tcpkit.serving.listeners import describe
+from tcpkit.serving.listeners import describe, send_at_once
 from tcpkit.serving.modes.driver import Outcome, serve_connection
 from tcpkit.serving.modes.pipes import Wakeup
 from tcpkit.serving.observe.events import Observer, close_reason
@@ -179,6 +179,7 @@ class BlockingServer:
         """
         service = listener.service
         host, port = peer_text(peer)
+        send_at_once(sock)  # here, not in the accept loop: a fork child pays for it
         if listener.tls is not None:
             wrapped = server_handshake(sock, listener.tls, self.stop_fds())
             if wrapped is None:
