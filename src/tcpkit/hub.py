@@ -342,6 +342,37 @@ def check_pubsub(url: str | None) -> None:
         raise ValueError("--pubsub redis:// needs the redis extra: pip install 'tcpkit[redis]'")
 
 
+class Hubs:
+    """The hubs of one server process: one per session service, made on first use.
+
+    Each service gets its own namespace (``tcpkit:SERVICE``), so two services
+    served together never share a room, a counter or a name, while every
+    process and server serving one service with the same ``--pubsub`` URL
+    shares its hub's state.  Thread-safe (thread mode's connections ask for it).
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        check_pubsub(url)
+        self.url = url
+        self._hubs: dict[str, Hub] = {}
+        self._lock = threading.Lock()
+
+    def get(self, service: str) -> Hub:
+        """The hub of ``service`` in this process."""
+        with self._lock:
+            hub = self._hubs.get(service)
+            if hub is None:
+                hub = self._hubs[service] = make_hub(self.url, f"tcpkit:{service}")
+            return hub
+
+    def close(self) -> None:
+        """Close every hub made so far."""
+        with self._lock:
+            hubs, self._hubs = list(self._hubs.values()), {}
+        for hub in hubs:
+            hub.close()
+
+
 def make_hub(url: str | None = None, namespace: str = "tcpkit") -> Hub:
     """The hub ``--pubsub`` names: in this process by default, or Redis at ``url``."""
     check_pubsub(url)

@@ -53,7 +53,7 @@ from tcpkit.serving.offload.executors import make_executor
 from tcpkit.serving.offload.pool import job_failure
 
 if TYPE_CHECKING:
-    from tcpkit.hub import Hub
+    from tcpkit.hub import Hubs
 
 log = logging.getLogger("tcpkit")
 BUSY = b"error: server busy\n"
@@ -381,7 +381,7 @@ class AsyncServer:
         self._stop: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop  # set by serve()
-        self.hub: Hub | None = None  # made when the first session needs it
+        self.hub: Hubs | None = None  # sessions' hubs, made when the first session needs one
 
     async def serve(self) -> None:
         """Serve until SIGINT/SIGTERM (or :meth:`stop`), then drain and return."""
