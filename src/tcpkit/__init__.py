@@ -4,6 +4,8 @@ The pieces, from the bottom up:
 
 * :mod:`tcpkit.framing` and :mod:`tcpkit.connection` — sans-IO line protocol;
 * :mod:`tcpkit.service` and :mod:`tcpkit.services` — what services answer;
+* :mod:`tcpkit.session`, :mod:`tcpkit.session_connection` and
+  :mod:`tcpkit.framers` — per-connection services and their sans-IO engine;
 * :mod:`tcpkit.serving` — the serving models that move the bytes;
 * :mod:`tcpkit.sockets` and :mod:`tcpkit.client` — IO::Socket::INET-like
   sockets and the clients built on them.
@@ -20,7 +22,8 @@ from tcpkit.client import (
     ReverseClient,
     ServerError,
 )
-from tcpkit.service import Offload, RequestError, Service
+from tcpkit.service import Blocking, Offload, Options, RequestError, Service
+from tcpkit.session import Peer, Session
 from tcpkit.sockets import INETSocket
 
 if TYPE_CHECKING:
@@ -31,13 +34,17 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncFactorClient",
     "AsyncReverseClient",
+    "Blocking",
     "FactorClient",
     "INETSocket",
     "Offload",
+    "Options",
+    "Peer",
     "RequestError",
     "ReverseClient",
     "ServerError",
     "Service",
+    "Session",
     "__version__",
     "factorize",
 ]
