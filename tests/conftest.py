@@ -8,6 +8,7 @@ gives back the port; the process is stopped by PID at the end of the test.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -17,14 +18,17 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 HERE = Path(__file__).parent
 PEERS = HERE / "peers"
+EXAMPLES = HERE.parent / "examples"
 LISTENING = re.compile(r"Listening on (\S+):(\d+) \((\S+), mode=(\w+)\)")
 
 
@@ -148,6 +152,77 @@ def plugin_env(target: Path, module: Path, points: dict[str, str],
         "[tcpkit.services]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
     path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
     return {"PYTHONPATH": path}
+
+
+def install_examples(target: Path, *names: str) -> dict[str, str]:
+    """Lay out packages of examples/ as pip installs them — the module plus a
+    ``*.dist-info`` folder with its ``entry_points.txt`` — so a real ``tcpkit serve``
+    finds their services as installed plug-ins; the environment to use."""
+    for name in names:
+        meta = tomllib.loads((EXAMPLES / name / "pyproject.toml").read_text())["project"]
+        shutil.copy(EXAMPLES / name / f"{name}.py", target)
+        info = target / f"{meta['name'].replace('-', '_')}-{meta['version']}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n")
+        points = meta["entry-points"]["tcpkit.services"]
+        (info / "entry_points.txt").write_text(
+            "[tcpkit.services]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path}
+
+
+def load_example(name: str) -> ModuleType:
+    """Import examples/NAME/NAME.py in this process (whether or not it is installed)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / name / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class RedisServer:
+    """A throw-away redis-server on loopback, stopped by PID."""
+
+    def __init__(self) -> None:
+        self.port = free_ports()[0]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "yes"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # wait for the event, not for time
+            if b"Ready to accept connections" in line:
+                break
+        else:
+            raise AssertionError("redis-server did not start")
+        threading.Thread(target=self.process.stdout.read, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free loopback port."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:

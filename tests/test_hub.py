@@ -9,15 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import shutil
-import socket
-import subprocess
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
 
+from conftest import RedisServer
 from tcpkit.hub import LOST, RESTORED, Hub, LocalHub, RedisHub, make_hub
 
 
@@ -121,56 +119,6 @@ def test_make_hub_refuses_what_it_does_not_understand() -> None:
 
 
 # -- through Redis -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A throw-away redis-server on loopback, stopped by PID."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # wait for the event, not for time
-            if b"Ready to accept connections" in line:
-                break
-        else:
-            raise AssertionError("redis-server did not start")
-        threading.Thread(target=self.process.stdout.read, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
