@@ -27,10 +27,13 @@ UNAVAILABLE = "chat unavailable, try again later"
 class Chat(Session):
     def __init__(self) -> None:
         self.name = ""  # set once connected() has a unique one
+        self.quit = False
         # The hooks are async (they await the hub).  In async mode a connection's
         # hooks would run concurrently; taking turns keeps them in arrival order, so
         # a NICK is done before the next line goes out under the new name, and
-        # each member's lines reach the others in the order written.
+        # each member's lines reach the others in the order written.  (A line
+        # that arrived with QUIT may already be waiting its turn: quit says to
+        # ignore it.)
         self.turn = asyncio.Lock()
 
     async def connected(self) -> str:
@@ -46,10 +49,13 @@ class Chat(Session):
 
     async def received(self, message: bytes) -> str | None:
         async with self.turn:
+            if self.quit:
+                return None
             command, _, argument = message.partition(b" ")
             if command == b"NICK" and argument:
                 return await self.nick(argument.decode("utf-8", "replace"))
             if message == b"QUIT":
+                self.quit = True
                 self.close()
                 return "bye"
             # To every other member (the hub skips the sender): nothing comes back.

@@ -29,10 +29,10 @@ class KV(Session):
             self.store[key] = value
             return "OK"
         if command == b"GET" and rest:
-            value = self.store.get(rest)
-            if value is None:
+            found = self.store.get(rest)
+            if found is None:
                 raise no_such_key(rest)
-            return value
+            return found
         if command == b"DEL" and rest:
             if self.store.pop(rest, None) is None:
                 raise no_such_key(rest)

@@ -51,10 +51,13 @@ class Dialog:
         # One loop for all of this connection's hooks, as a server gives it one
         # (asyncio objects a session keeps, such as a Lock, are bound to it).
         self.loop = asyncio.new_event_loop()
-        self.lost = False
+        self.started = self.lost = False
 
     def start(self) -> bytes:
-        """The client connected: what ``connected()`` sends."""
+        """The client connected: what ``connected()`` sends.  Call it first."""
+        if self.started:
+            raise RuntimeError("the dialog has already started")
+        self.started = True
         return self._settle(self.conn.start())
 
     def say(self, data: bytes) -> bytes:
@@ -93,6 +96,8 @@ class Dialog:
 
     def _settle(self, out: bytes) -> bytes:
         """Run every job the hooks made, then collect the unsolicited lines."""
+        if not self.started:
+            raise RuntimeError("start() the dialog first: it runs connected()")
         parts = [out]
         while jobs := self.conn.take_jobs():
             parts.extend(self._run(job) for job in jobs)
