@@ -230,6 +230,35 @@ def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket
     return sock
 
 
+class LinePeer:
+    """A line client over one real socket: read a line at a time, send several."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
+        self.sock = connect(port, host, timeout)
+        self.buffer = b""
+
+    def line(self, keep_end: bool = False) -> bytes:
+        """The next line, without its LF (with it if ``keep_end``); fails if the server closed."""
+        while b"\n" not in self.buffer:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise AssertionError(f"closed; got {self.buffer!r}")
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n" if keep_end else line
+
+    def send(self, *lines: bytes, end: bytes = b"\n") -> None:
+        self.sock.sendall(b"".join(line + end for line in lines))
+
+    def rest(self) -> bytes:
+        """Everything until the server closes."""
+        rest, self.buffer = self.buffer + recv_until_closed(self.sock), b""
+        return rest
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def recv_until_closed(sock: socket.socket, limit: int = 1 << 30) -> bytes:
     """Everything the server sends until it closes the connection."""
     chunks = []
