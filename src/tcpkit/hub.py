@@ -21,8 +21,9 @@ never hears itself and each sender's messages arrive in the order sent.
 
 Redis going away is survived: every local member is told so in one line, the
 hub reconnects with exponential backoff (at most :data:`MAX_BACKOFF` seconds
-between tries), tells the members again once it is back, and meanwhile local
-members still hear each other.  Calls that need Redis (``next_id``, ``claim``)
+between tries), claims its names again (a Redis restarted empty forgot them),
+tells the members once it is back, and meanwhile local members still hear
+each other.  Calls that need Redis (``next_id``, ``claim``)
 raise :class:`HubUnavailable` until then.
 """
 
@@ -272,6 +273,8 @@ class RedisHub(Hub):
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(self.prefix + "room:*")
+                if self._down:
+                    await self._reclaim()
                 self._restored()
                 delay = 0.1
                 async for message in pubsub.listen():
@@ -309,6 +312,14 @@ class RedisHub(Hub):
             self._down = False
             log.info("message relay %s restored", self.url, extra={"event": "pubsub-restored"})
             self._tell_everyone(RESTORED)
+
+    async def _reclaim(self) -> None:
+        """Back from an outage: claim this process's names again, before anyone else may
+        (claims fail until :meth:`_restored`).  A Redis that restarted empty has
+        forgotten them, and its counter starts again at 1: without this, a new
+        guest could be given the name of a member still connected."""
+        for name, token in list(self._names.items()):
+            await self._redis.set(self.prefix + "name:" + name, token, nx=True, ex=NAME_TTL)
 
     async def _refresh(self) -> None:
         """Keep this process's names alive; a crashed server's names expire by themselves."""
