@@ -66,8 +66,8 @@ class Chat(Session):
         if not self.name:
             return  # never joined
         await self.hub.leave(ROOM, self)
+        await self.hub.release(self.name, self)  # first: free once the others hear it left
         await self.hub.publish(ROOM, f"* {self.name} left".encode(), self)
-        await self.hub.release(self.name, self)
 
     async def guest_name(self) -> str:
         while True:  # guestN is unique, but someone may have taken it with NICK
