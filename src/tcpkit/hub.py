@@ -258,8 +258,12 @@ class RedisHub(Hub):
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._refresh())]
 
     async def _shutdown(self) -> None:
-        for task in self._tasks:
+        # Every task of the hub's loop: the listener, the refresher, and calls still
+        # waiting for Redis (whose callers are told they were cancelled).
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
             task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         for name, token in list(self._names.items()):
             with contextlib.suppress(Exception):
                 await self._redis.eval(_RELEASE, 1, self.prefix + "name:" + name, token)

@@ -80,7 +80,9 @@ class SessionClient(_Client):
         pending = self.session.connection_lost(
             ending_reason(self.session, self.end_reason, self.server.draining, exc is not None))
         if pending is not None:
-            self.server.loop.create_task(self._disconnected(pending))
+            farewell = self.server.loop.create_task(self._disconnected(pending))
+            self.server.farewells.add(farewell)  # the server waits for it before closing hubs
+            farewell.add_done_callback(self.server.farewells.discard)
 
     def close_idle(self) -> None:
         self.end_reason = "idle"
