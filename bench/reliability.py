@@ -4,7 +4,7 @@
     python bench/reliability.py --reduced            # CI sizes, a few minutes
     python bench/reliability.py --only slowloris --modes thread
 
-Each scenario of ``tests/hostile.py`` runs against a fresh ``tcpkit serve`` on
+Each scenario of ``tests/helpers/hostile.py`` runs against a fresh ``tcpkit serve`` on
 loopback in every serving mode it applies to; then the soak (``bench/soak.py``)
 and the fuzzers (``fuzz/run.py``).  The table it writes says, per scenario and
 mode, the load held, what was injected, what was lost, the peak memory of the
@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import hostile  # noqa: E402
-from conftest import Server, script, start_server  # noqa: E402
+from helpers import hostile  # noqa: E402
+from helpers.numbers import long_semiprime  # noqa: E402
+from helpers.servers import Server, script, start_server  # noqa: E402
 from tcpkit.serving.run import MODES  # noqa: E402
-from test_reliability_clients import hard_semiprime  # noqa: E402
 
 CONCURRENT = [m for m in MODES if m != "iterative"]
 
@@ -125,7 +125,7 @@ def scenarios(sizes: Sizes, workdir: Path) -> dict[str, tuple[list[str], Callabl
         server = serve(mode, "--time-limit", "120", "--factor-workers", "1",
                        services=("factor",))
         out = with_server(server, lambda s: hostile.abandoned_factorization(
-            s, hard_semiprime(), mode))
+            s, long_semiprime(), mode))
         return row(out, out.lost == 0 and out.details["stopped"] is True, "abandoned-factor")
 
     def sigterm(mode: str) -> Row:

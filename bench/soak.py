@@ -37,8 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import hostile  # noqa: E402
-from conftest import LISTENING, connect, script  # noqa: E402
+from helpers import hostile  # noqa: E402
+from helpers.net import abort, connect  # noqa: E402
+from helpers.processes import open_fds, threads  # noqa: E402
+from helpers.servers import LISTENING, script  # noqa: E402
 
 # Fitted rise over the whole run that still counts as flat.
 FLAT = {"pss_kb": 16 * 1024, "threads": 2}
@@ -134,12 +136,12 @@ def hostile_action(ports: dict[str, int], rng: random.Random, tally: Tally) -> N
             with hostile.crowd(port, 3) as socks:
                 hostile._push_without_reading(socks, 4 << 20, 1.0)
                 for sock in socks:
-                    hostile.reset(sock)
+                    abort(sock)
                 socks.clear()
         elif kind == "reset":
             sock = connect(port)
             sock.sendall(b"half a line\nand more" * 100)
-            hostile.reset(sock)
+            abort(sock)
         elif kind == "too-long":
             hostile.pipelined(port, [b"z" * (2 << 20)])
         elif kind == "junk":
@@ -149,7 +151,7 @@ def hostile_action(ports: dict[str, int], rng: random.Random, tally: Tally) -> N
             sock = connect(port)
             sock.sendall(b"%d\n" % (rng.randrange(10**40, 10**41) * 1000003))
             time.sleep(0.2)
-            hostile.reset(sock)
+            abort(sock)
     tally.hit(kind)
 
 
@@ -188,8 +190,8 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 
 def sample(pid: int) -> dict[str, float]:
-    return {"pss_kb": hostile.tree_pss_kb(pid), "fds": hostile.open_fds(pid),
-            "threads": hostile.threads(pid)}
+    return {"pss_kb": hostile.tree_pss_kb(pid), "fds": open_fds(pid),
+            "threads": threads(pid)}
 
 
 def soak(minutes: float, mode: str, workdir: Path) -> dict[str, object]:

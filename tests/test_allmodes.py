@@ -1,6 +1,10 @@
-"""The operator's features in every serving mode: TLS (handshake timeout, SIGHUP
-reload), per-address limits, Prometheus metrics (also merged across ``--workers``
-and fork children), JSON logs and ``--resolve-names`` — real servers, real peers."""
+"""Scope: the operator's features -- TLS, metrics, logs, per-IP limits -- in every serving mode.
+
+TLS (handshake timeout, SIGHUP reload), per-address limits, Prometheus metrics
+(also merged across ``--workers`` and fork children), JSON logs and
+``--resolve-names``; real servers, real peers.  Each feature's own details, in
+the default mode, are test_ops_*'s; the modes' own behaviour (limits, drain,
+cancellation) is test_modes'."""
 
 from __future__ import annotations
 
@@ -12,19 +16,13 @@ import time
 
 import pytest
 
-from conftest import Server, connect, descendants, exchange, recv_until_closed, run, script
+from helpers.metrics import metrics_port, scrape, value, wait_closed
+from helpers.net import connect, exchange, recv_until_closed
+from helpers.numbers import BIG
+from helpers.processes import descendants
+from helpers.servers import Server, run, script, start_server
 from tcpkit.client import ReverseClient
 from tcpkit.serving.config import MODES
-from test_ops_metrics import metrics_port, scrape, value, wait_closed
-from test_ops_tls import BIG, Certificates
-
-trustme = pytest.importorskip("trustme")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return Certificates(tmp_path_factory.mktemp("certs"))
-
 
 # -- TLS ------------------------------------------------------------------------------
 
@@ -196,8 +194,6 @@ def test_json_logs_and_names(serve, mode: str) -> None:
 def test_fork_children_fold_into_one_archive(tmp_path) -> None:
     """Fork mode starts a process per client: their metrics files are folded away
     when they are reaped, so the directory stays small and the counts stay exact."""
-    from conftest import start_server
-
     server = start_server([*script("tcpkit"), "serve", "reverse", "--mode", "fork",
                            "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"],
                           env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
@@ -243,56 +239,3 @@ def test_sighup_reaches_every_worker(serve, certs) -> None:
             assert after.reverse("two") == "owt"
     assert "was killed" not in server.stderr()
     assert server.stop() == 0
-
-
-# -- async: a listener closed by the event loop is served again ---------------------
-
-RELISTEN = """
-import asyncio, logging, socket, sys
-from tcpkit.endpoints import Endpoint
-from tcpkit.registry import get
-from tcpkit.serving.modes.aio import AsyncServer, install_uvloop
-from tcpkit.serving.run import open_listeners
-
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
-listeners = open_listeners([(get("reverse"), Endpoint(host="127.0.0.1", port=0))])
-port = listeners[0].sock.getsockname()[1]
-
-async def talk(text: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(text); writer.write_eof()
-    data = await reader.read()
-    writer.close()
-    return data
-
-async def main() -> None:
-    server = AsyncServer(listeners)
-    task = asyncio.create_task(server.serve())
-    await asyncio.sleep(0.2)
-    print("before", await talk(b"abc\\n"))
-    server._servers[0].close()  # what uvloop does to the listener after a fatal accept error
-    await asyncio.sleep(0.05)
-    print("closed dup fileno", server._serving_socks[0].fileno())
-    await asyncio.sleep(1.5)
-    print("after", await asyncio.wait_for(talk(b"xyz\\n"), 5))
-    server.stop()
-    await task
-
-install_uvloop()
-asyncio.run(main())
-"""
-
-
-def test_async_listens_again_after_the_loop_closes_its_socket() -> None:
-    """uvloop closes a listening handle for good after an accept error it deems
-    fatal (ENOMEM, ENOBUFS, EMFILE without libuv's reserve descriptor); the server
-    notices within a tick and serves the same port again."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", RELISTEN], capture_output=True, timeout=60)
-    out, err = done.stdout.decode(), done.stderr.decode()
-    assert done.returncode == 0, err
-    assert "before b'cba\\n'" in out and "closed dup fileno -1" in out
-    assert "after b'zyx\\n'" in out
-    assert err.count("listening on it again") == 1

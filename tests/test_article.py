@@ -11,16 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import (
-    LOOPBACKS,
-    Server,
-    connect,
-    needs_ipv6,
-    recv_until_closed,
-    run,
-    script,
-    start_server,
-)
+from helpers.net import LOOPBACKS, connect, recv_until_closed
+from helpers.servers import Server, needs_ipv6, run, script, start_server
 
 LINE_TIMEOUT = 10.0
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Server, run, script, start_server
-from longwork import semiprime
+from helpers.numbers import semiprime
+from helpers.servers import Server, run, script, start_server
 from tcpkit import __version__, factorize
 
 TCPKIT = script("tcpkit")

@@ -1,8 +1,14 @@
-"""``tcpkit serve`` as a real process on real loopback sockets (SPEC §2.1, §3, §4, §7)."""
+"""Scope: the ``tcpkit serve`` command itself -- options, endpoints, replies, exit codes, messages.
+
+Real processes on real loopback sockets, in the default mode (SPEC §2.1, §3,
+§4, §7).  How every serving mode behaves is test_modes'; the operator features
+(TLS, metrics, logs, per-IP) in every mode test_allmodes' (each alone:
+test_ops_*); faults of the server (kill -9) and hostile clients
+test_reliability_*'.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -16,26 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
-    LISTENING,
-    LOOPBACKS,
-    Server,
-    connect,
-    descendants,
-    exchange,
-    recv_lines,
-    recv_until_closed,
-    run,
-    script,
-)
-from longwork import semiprime, wait_for_cpu
-from tcpkit import factorize
+from helpers.net import LOOPBACKS, connect, exchange, recv_lines, recv_until_closed
+from helpers.numbers import long_semiprime, reply_for, semiprime
+from helpers.processes import factor_workers, wait_asleep, wait_gone, wait_working
+from helpers.servers import LISTENING, Server, needs, run, script
+from tcpkit.serving.run import MODES
 
 Serve = Callable[..., Server]
-
-
-def factor_line(n: int) -> bytes:
-    return b" ".join(b"%d" % p for p in factorize(n)) + b"\n"
 
 
 # -- starting -------------------------------------------------------------
@@ -136,7 +129,7 @@ def test_factor_pipelining_keeps_order_around_offloaded_numbers(serve: Serve) ->
     numbers = [big + i if i % 1000 == 0 else i + 2 for i in range(10_000)]
     numbers[5] = big
     reply = exchange(server.port, b"".join(b"%d\n" % n for n in numbers))
-    assert reply == b"".join(factor_line(n) for n in numbers)
+    assert reply == b"".join(reply_for(n) for n in numbers)
 
 
 def test_factor_examples_and_errors_keep_the_connection(serve: Serve) -> None:
@@ -241,10 +234,10 @@ def test_idle_client_is_closed(serve: Serve) -> None:
 def test_time_limit_error_and_the_connection_continues(serve: Serve) -> None:
     server = serve("factor", "--time-limit", "1")
     with connect(server.port) as sock:
-        sock.sendall(b"%d\n42\n" % semiprime(76))
+        sock.sendall(b"%d\n42\n" % long_semiprime())
         assert recv_lines(sock, 2) == [b"error: time limit exceeded (1 s)\n", b"2 3 7\n"]
         sock.sendall(b"%d\n" % semiprime(40))
-        assert recv_lines(sock, 1) == [factor_line(semiprime(40))]
+        assert recv_lines(sock, 1) == [reply_for(semiprime(40))]
 
 
 @pytest.mark.parametrize("leave", ["unread-replies", "abort"])
@@ -257,43 +250,16 @@ def test_long_factorization_is_cancelled_when_its_client_leaves(serve: Serve, le
     """
     server = serve("factor", "--time-limit", "300", "--factor-workers", "1")
     sock = connect(server.port)
-    sock.sendall(b"42\n%d\n" % semiprime(76))
-    assert wait_for_cpu(server.pid, busy=True), "the factorization never started"
+    sock.sendall(b"42\n%d\n" % long_semiprime())
+    worker = wait_working(lambda: factor_workers(server.pid))
     if leave == "abort":
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()  # "2 3 7\n" is unread: the kernel answers with a reset
-    assert wait_for_cpu(server.pid, busy=False), "the server kept factoring for a gone client"
+    assert wait_gone(worker), "the server kept factoring for a gone client"
+    assert wait_asleep(lambda: factor_workers(server.pid)), "a worker is still computing"
     server.wait_for_stderr(r"close 127\.0\.0\.1:\d+ \(2 lines")
     # The pool replaced its worker: the next big number is served.
-    assert exchange(server.port, b"%d\n" % semiprime(40)) == factor_line(semiprime(40))
-
-
-def test_workers_of_a_killed_server_stop_by_themselves(serve: Serve) -> None:
-    """SIGKILL leaves no one to stop a long job: the kernel's CPU limit must."""
-    server = serve("factor", "--time-limit", "1", "--factor-workers", "1")
-    with connect(server.port) as sock:
-        sock.sendall(b"%d\n" % semiprime(76))
-        assert wait_for_cpu(server.pid, busy=True), "the factorization never started"
-        orphans = descendants(server.pid)
-        server.process.kill()  # the server alone: its workers are on their own
-        server.process.wait(10)
-    try:
-        deadline = time.monotonic() + 20
-        while alive := [pid for pid in orphans if is_running(pid)]:
-            assert time.monotonic() < deadline, f"workers still running: {alive}"
-            time.sleep(0.2)
-    finally:  # whatever happened, leave nothing running
-        for pid in orphans:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def is_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert exchange(server.port, b"%d\n" % semiprime(40)) == reply_for(semiprime(40))
 
 
 # -- stopping -----------------------------------------------------------------
@@ -309,7 +275,7 @@ def test_signal_drains_and_exits_cleanly(serve: Serve, sig: int) -> None:
         busy.sendall(b"42\n%d\n" % big)
         assert recv_lines(busy, 1) == [b"2 3 7\n"]  # so the big line was read too
         code = server.stop(sig)
-        assert recv_until_closed(busy) == factor_line(big)  # finished before closing
+        assert recv_until_closed(busy) == reply_for(big)  # finished before closing
         assert recv_until_closed(idle) == b""
     assert code == 0
     stderr = server.stderr()
@@ -318,17 +284,33 @@ def test_signal_drains_and_exits_cleanly(serve: Serve, sig: int) -> None:
     assert "2 connections" in stderr and "3 lines" in stderr
 
 
-def test_port_in_use_is_one_clear_line(serve: Serve) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = run([*script("tcpkit"), "serve", "reverse", "--listen", f"127.0.0.1:{port}"],
-                     timeout=30)
+def test_port_in_use_is_one_clear_line_and_exit_1(serve: Serve) -> None:
+    first = serve("reverse")
+    result = run([*script("tcpkit"), "serve", "reverse", "--listen",
+                  f"127.0.0.1:{first.port}"], timeout=30)
     assert result.returncode == 1
     assert result.stderr.decode().splitlines() == [
-        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+        f"error: cannot listen on 127.0.0.1:{first.port}: Address already in use"]
     assert result.stdout == b""
+    assert exchange(first.port, b"still here\n") == b"ereh llits\n"
+
+
+# Root without the capability to bind low ports (it keeps its files: running as
+# nobody would also lose the packages installed under root's home).
+UNPRIVILEGED = ["setpriv", "--bounding-set", "-net_bind_service",
+                "--inh-caps", "-net_bind_service"] if os.geteuid() == 0 else []
+
+
+@needs("setpriv")
+def test_permission_denied_on_a_low_port_is_one_line_and_exit_1() -> None:
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as setting:
+        if int(setting.read()) <= 80:
+            pytest.skip("this kernel lets anyone bind port 80")
+    result = run([*UNPRIVILEGED, *script("tcpkit"), "serve", "reverse", "--listen", "127.0.0.1:80"],
+                 timeout=30)
+    assert result.returncode == 1, result
+    assert result.stderr.decode().splitlines() == [
+        "error: cannot listen on 127.0.0.1:80: Permission denied"]
 
 
 @pytest.mark.parametrize("args", [
@@ -350,3 +332,15 @@ def test_usage_errors_exit_2_with_one_error_line(args: list[str]) -> None:
     errors = [line for line in stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and stderr.splitlines()[-1] == errors[0], stderr
     assert errors[0].startswith("tcpkit")
+
+
+def test_serve_help_documents_modes_and_workers() -> None:
+    result = run([*script("tcpkit"), "serve", "--help"])
+    assert result.returncode == 0
+    text = result.stdout.decode()
+    for word in (*MODES, "--workers", "N|auto", "--max-connections", "--idle-timeout",
+                 "--max-line", "--drain-timeout"):
+        assert word in text
+    bad = run([*script("tcpkit"), "serve", "--mode", "bogus"])
+    assert bad.returncode == 2
+    assert run([*script("tcpkit"), "serve", "--workers", "0"]).returncode == 2

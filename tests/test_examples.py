@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import load_example
+from helpers.examples import load_example
 from tcpkit import Service, Session
 from tcpkit.dialog import Dialog
 from tcpkit.hub import LocalHub

@@ -1,7 +1,7 @@
 """The example services (examples/*) end to end: real ``tcpkit serve`` processes on
 loopback, in every mode each claims, with real peers (nc, socat, perl IO::Socket::INET).
 
-The examples are laid out as installed plug-ins (``conftest.install_examples``), so
+The examples are laid out as installed plug-ins (``helpers.examples.install_examples``), so
 the server finds them through the ``tcpkit.services`` entry points, exactly as after
 ``pip install examples/NAME``.
 """
@@ -18,19 +18,10 @@ from typing import Protocol
 
 import pytest
 
-from conftest import (
-    LinePeer,
-    Server,
-    connect,
-    install_examples,
-    needs,
-    recv_until_closed,
-    rss_kb,
-    run,
-    script,
-    start_server,
-    tree_total,
-)
+from helpers.examples import install_examples
+from helpers.net import LinePeer, connect, recv_until_closed
+from helpers.processes import rss_kb, tree_total
+from helpers.servers import Server, needs, run, script, start_server
 
 MODES = ["async", "thread", "fork", "iterative"]  # daytime, mail, netstring
 SHARED = ["async", "thread"]  # kv and chat: one process holds their shared state

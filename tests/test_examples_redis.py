@@ -19,17 +19,11 @@ from typing import Protocol
 
 import pytest
 
-from conftest import (
-    LinePeer,
-    RedisServer,
-    Server,
-    descendants,
-    free_ports,
-    install_examples,
-    needs,
-    script,
-    start_server,
-)
+from helpers.examples import install_examples
+from helpers.net import LinePeer, free_ports
+from helpers.processes import descendants
+from helpers.redis import RedisServer
+from helpers.servers import Server, needs, script, start_server
 from tcpkit.hub import LOST, RESTORED
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs /proc")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import Server, needs, run, script
+from helpers.servers import Server, needs, run, script
 
 GNU_FACTOR = shutil.which("factor") or "/usr/bin/factor"
 

@@ -9,8 +9,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import Server, connect, exchange, recv_lines
-from factor_helpers import HUGE, MID, abort, reply_for, wait_busy, wait_idle
+from helpers.net import abort, connect, exchange, recv_lines
+from helpers.numbers import HUGE, MID, reply_for
+from helpers.processes import dask_children, wait_asleep, wait_working
+from helpers.servers import Server
 
 distributed = pytest.importorskip("distributed")
 
@@ -40,16 +42,18 @@ def test_time_limit_on_the_cluster(cluster: str, serve: Callable[..., Server]) -
     with connect(server.port, timeout=30) as sock:
         sock.sendall(b"%d\n%d\n" % (HUGE, MID[0]))
         assert recv_lines(sock, 2) == [b"error: time limit exceeded (1 s)\n", reply_for(MID[0])]
-    wait_idle(os.getpid(), timeout=5)  # the task killed its child process
+    # The task killed its factoring child (a child of this test's cluster).
+    assert wait_asleep(lambda: dask_children(os.getpid()), 10)
 
 
 def test_disconnect_cancels_the_cluster_work(cluster: str, serve: Callable[..., Server]) -> None:
     server = serve("factor", "--executor", cluster)
     sock = connect(server.port)
     sock.sendall(b"%d\n" % HUGE)
-    wait_busy(os.getpid())  # the cluster's worker (a child of this process) is computing
+    # The cluster's worker (a child of this process) runs the job in a child of its own.
+    wait_working(lambda: dask_children(os.getpid()))
     abort(sock)
-    wait_idle(os.getpid(), timeout=5)
+    assert wait_asleep(lambda: dask_children(os.getpid()), 10)
     # The worker is still there and takes new work.
     with connect(server.port, timeout=30) as again:
         again.sendall(b"%d\n" % MID[1])

@@ -1,31 +1,22 @@
 """The factor service end to end: real server processes, real sockets, real workers.
 
 Slow work is a 67-digit semiprime (tens of seconds for PARI or FLINT): the
-tests never wait for it, they watch what happens around it — by ordering and
-by CPU counters, not by timing thresholds.
+tests never wait for it, they watch what happens around it — by ordering, and
+by the worker processes (found as the children of the pool's forkserver):
+which one is gone, which are asleep — not by timing thresholds.
 """
 
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 
 import pytest
 
-from conftest import Server, connect, exchange, recv_lines
-from factor_helpers import (
-    HUGE,
-    HUGE2,
-    MID,
-    abort,
-    descendants,
-    readable,
-    reply_for,
-    wait_busy,
-    wait_idle,
-    wait_until,
-)
+from helpers.net import abort, connect, exchange, readable, recv_lines
+from helpers.numbers import HUGE, HUGE2, MID, reply_for, semiprimes
+from helpers.processes import factor_workers, wait_asleep, wait_for, wait_gone, wait_working
+from helpers.servers import Server
 
 
 def test_pipelined_mix_comes_back_in_order(serve: Callable[..., Server]) -> None:
@@ -54,7 +45,8 @@ def test_time_limit_stops_the_job_and_the_connection_goes_on(
         sock.sendall(b"%d\n42\n%d\n" % (HUGE, MID[0]))
         assert recv_lines(sock, 3) == [b"error: time limit exceeded (1 s)\n", b"2 3 7\n",
                                        reply_for(MID[0])]
-    assert wait_idle(server.pid) < 10  # the killed worker is not still computing
+    # The killed worker is not still computing (nor its replacement).
+    assert wait_asleep(lambda: factor_workers(server.pid), 10)
 
 
 def test_disconnect_stops_the_work_and_the_pool_stays_full(
@@ -62,13 +54,13 @@ def test_disconnect_stops_the_work_and_the_pool_stays_full(
     server = serve("factor", "--factor-workers", "1")
     sock = connect(server.port)
     sock.sendall(b"%d\n" % HUGE)
-    wait_busy(server.pid)
-    busy = set(descendants(server.pid))  # resource tracker, forkserver, the busy worker
+    busy = wait_working(lambda: factor_workers(server.pid))
     abort(sock)
-    wait_idle(server.pid, timeout=5)  # well inside the 30 s time limit: it was cancelled
-    # The busy worker is gone and a fresh one took its place.
-    wait_until(lambda: len(set(descendants(server.pid))) == len(busy), 10, "a new worker")
-    assert set(descendants(server.pid)) != busy
+    assert wait_gone(busy, 10)  # well inside the 30 s time limit: it was cancelled
+    # A fresh worker took its place, and waits for work.
+    assert wait_for(lambda: len(factor_workers(server.pid)) == 1, 10), "no new worker"
+    assert factor_workers(server.pid) != [busy]
+    assert wait_asleep(lambda: factor_workers(server.pid), 10)
     assert exchange(server.port, b"%d\n" % MID[1]) == reply_for(MID[1])
 
 
@@ -77,47 +69,35 @@ def test_a_huge_number_does_not_delay_other_clients(serve: Callable[..., Server]
     server = serve("factor", "--factor-workers", "1")
     with connect(server.port) as a, connect(server.port, timeout=30) as b:
         a.sendall(b"%d\n%d\n" % (HUGE, HUGE2))
-        wait_busy(server.pid)
+        wait_working(lambda: factor_workers(server.pid))
         numbers = MID * 3 + [42, 2**64 + 1]
         b.sendall(b"".join(b"%d\n" % n for n in numbers))
         assert recv_lines(b, len(numbers)) == [reply_for(n) for n in numbers]
         assert not readable(a)  # A's first number is still being worked on
         abort(a)
-    wait_idle(server.pid, timeout=5)
+    assert wait_asleep(lambda: factor_workers(server.pid), 10)
 
 
 def test_a_pipelining_client_does_not_starve_another(serve: Callable[..., Server]) -> None:
     """A floods the pool with mid-size numbers; B's one number overtakes A's queue."""
     server = serve("factor", "--factor-workers", "1")
-    semiprimes = [p * q for p, q in zip(_primes(10**15, 500), _primes(10**16, 500), strict=True)]
+    numbers = semiprimes(32, 500)  # milliseconds each, offloaded
     with connect(server.port, timeout=60) as a, connect(server.port, timeout=60) as b:
-        a.sendall(b"".join(b"%d\n" % n for n in semiprimes))
-        wait_busy(server.pid, cpu_seconds=0.1)
+        a.sendall(b"".join(b"%d\n" % n for n in numbers))
+        wait_working(lambda: factor_workers(server.pid))
         b.sendall(b"%d\n" % MID[2])
         assert recv_lines(b, 1) == [reply_for(MID[2])]
-        time.sleep(0.1)  # let A's replies so far reach its socket
+        # A's replies so far are in its socket: the server writes each one when done.
         early = a.recv(1 << 20, socket.MSG_DONTWAIT).count(b"\n") if readable(a) else 0
-        assert early < len(semiprimes)  # B was not queued behind all of A's numbers
+        assert early < len(numbers)  # B was not queued behind all of A's numbers
         a.shutdown(socket.SHUT_WR)
-        rest = recv_lines(a, len(semiprimes) - early)
-    assert rest == [reply_for(n) for n in semiprimes[early:]]
-
-
-def _primes(start: int, count: int) -> list[int]:
-    import flint
-
-    found: list[int] = []
-    n = start
-    while len(found) < count:
-        n += 1
-        if flint.fmpz(n).is_probable_prime():
-            found.append(n)
-    return found
+        rest = recv_lines(a, len(numbers) - early)
+    assert rest == [reply_for(n) for n in numbers[early:]]
 
 
 @pytest.mark.parametrize("executor", ["dask:/nothing", "ftp://x:1", "dask://"])
 def test_bad_executor_is_a_usage_error(executor: str) -> None:
-    from conftest import run, script
+    from helpers.servers import run, script
 
     done = run([*script("tcpkit"), "serve", "factor", "--executor", executor,
                 "--listen", "127.0.0.1:0"], timeout=30)

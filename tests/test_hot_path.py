@@ -12,7 +12,7 @@ import contextlib
 import socket
 import time
 
-from conftest import connect, exchange, recv_lines
+from helpers.net import connect, exchange, recv_lines
 from tcpkit.connection import ServiceConnection
 from tcpkit.framing import LineFramer
 from tcpkit.service import Offload, Service

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from conftest import RedisServer
+from helpers.redis import RedisServer
 from tcpkit.hub import LOST, RESTORED, Hub, Hubs, LocalHub, RedisHub, make_hub
 
 

@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import needs_ipv6
+from helpers.servers import needs_ipv6
 from tcpkit import (
     AsyncFactorClient,
+    AsyncLineClient,
     AsyncReverseClient,
     FactorClient,
     INETSocket,
+    LineClient,
     RequestError,
     ReverseClient,
     ServerError,
@@ -23,6 +25,7 @@ from tcpkit import (
     factorize,
 )
 from tcpkit.client import ConnectionClosed
+from tcpkit.endpoints import EndpointError
 from tcpkit.services import factor, reverse
 from tcpkit.serving.config import Limits
 from tcpkit.sockets import ConnectError
@@ -191,6 +194,91 @@ def test_async_clients(reverse_server: RunningServer, factor_server: RunningServ
         return first, list(many), text
 
     assert asyncio.run(main()) == ([2, 3, 7], [[2, 2, 3], [13], [2, 7]], "cnysa")
+
+
+def test_async_clients_with_async_with(reverse_server: RunningServer,
+                                       factor_server: RunningServer) -> None:
+    async def main() -> tuple[list[int], str]:
+        async with AsyncFactorClient(factor_server.endpoint) as client:
+            factors = await client.factor(42)
+        async with AsyncReverseClient(reverse_server.endpoint, timeout=10) as rev:
+            text = await rev.reverse("with")
+        return factors, text
+
+    assert asyncio.run(main()) == ([2, 3, 7], "htiw")
+
+
+def hold_replies(count: int, replies: Callable[[list[bytes]], list[bytes]],
+                 ) -> tuple[INETSocket, threading.Thread]:
+    """A peer that answers only once ``count`` request lines have all arrived:
+    a client that waits for each reply before sending the next never gets one."""
+    server = INETSocket.listen_on("127.0.0.1:0")
+
+    def handle(client: INETSocket) -> None:
+        lines = [client.readline() for _ in range(count)]
+        client.write(b"".join(reply + b"\n" for reply in replies(lines)))
+        client.readline()  # until the client closes or half-closes
+
+    return server, accept_one(server, handle)
+
+
+def test_line_client_request_and_pipeline(reverse_server: RunningServer) -> None:
+    with LineClient(reverse_server.endpoint, timeout=10) as client:
+        assert client.request(b"abc") == b"cba"
+        assert list(client.pipeline([b"one", b"two", b""])) == [b"eno", b"owt", b""]
+    with pytest.raises(EndpointError, match="needs a port"):
+        LineClient("localhost")  # a generic client has no default port
+
+
+def test_line_client_pipeline_sends_without_waiting() -> None:
+    server, thread = hold_replies(3, lambda lines: [line.strip().upper() for line in lines])
+    with server, LineClient(f"127.0.0.1:{server.sockport}", timeout=10) as client:
+        assert list(client.pipeline([b"a", b"b", b"c"])) == [b"A", b"B", b"C"]
+    thread.join(10)
+
+
+def test_async_line_client_pipelines_overlapping_requests() -> None:
+    server, thread = hold_replies(3, lambda lines: [line.strip().upper() for line in lines])
+
+    async def main() -> list[bytes]:
+        async with AsyncLineClient(f"127.0.0.1:{server.sockport}", timeout=10) as client:
+            return list(await asyncio.gather(*(client.request(x) for x in (b"a", b"b", b"c"))))
+
+    with server:
+        assert asyncio.run(main()) == [b"A", b"B", b"C"]
+    thread.join(10)
+
+
+def test_async_request_that_timed_out_keeps_its_place() -> None:
+    """The late reply to a timed-out request is dropped, not given to the next one."""
+    server, thread = hold_replies(2, lambda lines: [b"first reply", b"second reply"])
+
+    async def main() -> bytes:
+        async with AsyncLineClient(f"127.0.0.1:{server.sockport}", timeout=0.5) as client:
+            with pytest.raises(TimeoutError):
+                await client.request(b"first")  # the peer answers only after "second"
+            client.timeout = 10
+            return await client.request(b"second")
+
+    with server:
+        assert asyncio.run(main()) == b"second reply"
+    thread.join(10)
+
+
+def test_async_requests_waiting_when_the_server_closes() -> None:
+    server = INETSocket.listen_on("127.0.0.1:0")
+    thread = accept_one(server, lambda client: (client.readline(), client.print("only one")))
+
+    async def main() -> list[bytes | BaseException]:
+        async with AsyncLineClient(f"127.0.0.1:{server.sockport}", timeout=10) as client:
+            return await asyncio.gather(client.request(b"1"), client.request(b"2"),
+                                        return_exceptions=True)
+
+    with server:
+        first, second = asyncio.run(main())
+    assert first == b"only one"
+    assert isinstance(second, ConnectionClosed)
+    thread.join(10)
 
 
 def test_factorize_needs_no_network() -> None:

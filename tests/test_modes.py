@@ -1,8 +1,12 @@
-"""Every serving mode, end to end: real server processes, real loopback sockets.
+"""Scope: the serving modes' own behaviour -- services, limits, drain, backpressure, cancellation.
 
 Each test runs over all four modes (``--mode async|thread|fork|iterative``)
 unless the behaviour only exists in some: the same services, limits, logs,
-drain and process hygiene are expected from each.
+drain, workers and process hygiene are expected from each; real server
+processes, real loopback sockets.  Operator features (TLS, metrics, logs,
+per-IP limits) in every mode are test_allmodes'; the command's options, exit
+codes and messages test_e2e_serve's; hostile clients and server faults
+test_reliability_*'.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import os
 import re
 import signal
 import socket
-import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,41 +25,25 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
-    Server,
-    connect,
+from helpers.net import abort, connect, exchange, recv_lines, recv_until_closed
+from helpers.numbers import HARD, MEDIUM, MEDIUM_FACTORS
+from helpers.processes import (
     descendants,
-    exchange,
-    process_cpu_seconds,
-    recv_lines,
-    recv_until_closed,
+    factor_workers,
     rss_kb,
-    run,
-    script,
-    start_server,
     tree_total,
+    wait_asleep,
+    wait_for,
+    wait_gone,
+    wait_working,
+    zombies,
 )
+from helpers.servers import Server, Servers, script, start_server
 from tcpkit.serving.run import MODES
-
-# 100 digits, two 50-digit primes: far beyond any time limit used here.
-HARD = (100000000000000000000000000000000000000000000000151
-        * 300000000000000000000000000000000000000000000000073)
-# 53 digits: about 0.4 CPU seconds of factoring (enough to be "in flight" at a signal).
-MEDIUM_FACTORS = (100000000000000000000000067, 700000000000000000000000039)
-MEDIUM = MEDIUM_FACTORS[0] * MEDIUM_FACTORS[1]
 
 
 def tcpkit_serve(*args: str, services: int = 1) -> Server:
     return start_server([*script("tcpkit"), "serve", *args], services)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    """Servers a test starts; SIGKILLed after it if still running."""
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -74,81 +63,8 @@ def mode_of(server: Server) -> str:
     return found.group(1)
 
 
-def zombies(pid: int) -> list[int]:
-    """Descendants of ``pid`` that have exited but were never reaped."""
-    found = []
-    for child in descendants(pid):
-        try:
-            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == "Z":
-            found.append(child)
-    return found
-
-
 def tree_rss_kb(pid: int) -> int:
     return tree_total(pid, rss_kb)
-
-
-def wait_for(condition: object, timeout: float, step: float = 0.1) -> bool:
-    """Poll ``condition()`` until true or ``timeout`` passes (a bound, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(step)
-    return False
-
-
-def wait_cpu_busy(pid: int, seconds: float, timeout: float = 30.0) -> None:
-    """Wait until the server's process tree has worked ``seconds`` of CPU."""
-    start = process_cpu_seconds(pid)
-    assert wait_for(lambda: process_cpu_seconds(pid) - start >= seconds, timeout), \
-        "the server never started working"
-
-
-def busiest_descendant(pid: int) -> int:
-    """The descendant using the most CPU right now (the factor worker, when one runs).
-
-    On a loaded machine a 0.3 s sample may show no ticks at all, and then any
-    process would "win": sample again until one has clearly worked.
-    """
-    for _ in range(30):
-        before = {each: own_cpu_ticks(each) for each in descendants(pid)}
-        time.sleep(0.3)
-        used = {each: own_cpu_ticks(each) - ticks for each, ticks in before.items()}
-        if used and max(used.values()) >= 5:
-            return max(used, key=lambda each: used[each])
-    raise AssertionError("no descendant of the server is working")
-
-
-def own_cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
-def alive(pid: int) -> bool:
-    """Running (not exited, not a zombie waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def cpu_went_idle(pid: int, timeout: float) -> bool:
-    """True once the server's process tree uses under 0.1 s of CPU in 0.5 s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        before = process_cpu_seconds(pid)
-        time.sleep(0.5)
-        if process_cpu_seconds(pid) - before < 0.1:
-            return True
-    return False
 
 
 def answers(port: int, line: bytes = b"new\n", reply: bytes = b"wen\n") -> bool:
@@ -156,12 +72,6 @@ def answers(port: int, line: bytes = b"new\n", reply: bytes = b"wen\n") -> bool:
         return exchange(port, line, timeout=5) == reply
     except OSError:
         return False
-
-
-def abort(sock: socket.socket) -> None:
-    """Leave abruptly: the kernel sends a reset instead of a FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 # -- the services, in every mode ---------------------------------------------
@@ -268,10 +178,9 @@ def test_no_zombies_left(basic: Server) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_busy_and_idle(mode: str, servers: list[Server]) -> None:
-    server = tcpkit_serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
+def test_busy_and_idle(mode: str, serve: Servers) -> None:
+    server = serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--max-connections", "2", "--idle-timeout", "1")
-    servers.append(server)
     first = connect(server.port)
     first.sendall(b"one\n")
     assert recv_lines(first, 1) == [b"eno\n"]
@@ -309,10 +218,9 @@ def test_busy_and_idle(mode: str, servers: list[Server]) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_factor_time_limit(mode: str, servers: list[Server]) -> None:
-    server = tcpkit_serve("factor", "--listen", "127.0.0.1:0", "--mode", mode,
+def test_factor_time_limit(mode: str, serve: Servers) -> None:
+    server = serve("factor", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--time-limit", "1")
-    servers.append(server)
     with connect(server.port, timeout=30) as sock:
         sock.sendall(f"{HARD}\n42\n".encode())
         assert recv_lines(sock, 2) == [b"error: time limit exceeded (1 s)\n", b"2 3 7\n"]
@@ -320,25 +228,24 @@ def test_factor_time_limit(mode: str, servers: list[Server]) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_cancel_on_disconnect_then_drain(mode: str, servers: list[Server]) -> None:
+def test_cancel_on_disconnect_then_drain(mode: str, serve: Servers) -> None:
     """A client that leaves stops its work; SIGTERM lets a request in flight finish."""
-    server = tcpkit_serve("factor", "--listen", "127.0.0.1:0", "--mode", mode,
+    server = serve("factor", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--time-limit", "60", "--factor-workers", "1",
                           "--drain-timeout", "60")  # a loaded machine is slow, not wrong
-    servers.append(server)
     leaver = connect(server.port)
     leaver.sendall(f"{HARD}\n".encode())
-    wait_cpu_busy(server.pid, 0.2)
-    worker = busiest_descendant(server.pid)
+    # The job's worker, found by what it is: the only child of the pool's forkserver.
+    worker = wait_working(lambda: factor_workers(server.pid))
     abort(leaver)
     # The worker running the job is killed (a fresh one replaces it)...
-    assert wait_for(lambda: not alive(worker), 15), "factor work went on after its client left"
-    # ...and nothing else keeps the CPU busy.
-    assert cpu_went_idle(server.pid, timeout=15)
+    assert wait_gone(worker), "factor work went on after its client left"
+    # ...and no worker goes on computing.
+    assert wait_asleep(lambda: factor_workers(server.pid)), "a factor worker is still busy"
 
     stayer = connect(server.port, timeout=30)
     stayer.sendall(f"{MEDIUM}\n".encode())
-    wait_cpu_busy(server.pid, 0.1)
+    wait_working(lambda: factor_workers(server.pid))  # in flight when the signal comes
     assert wait_for(lambda: not zombies(server.pid), 5), zombies(server.pid)
     family = [server.pid, *descendants(server.pid)]
     server.process.send_signal(signal.SIGTERM)
@@ -353,10 +260,9 @@ def test_cancel_on_disconnect_then_drain(mode: str, servers: list[Server]) -> No
 
 @pytest.mark.parametrize("mode", MODES)
 def test_drain_timeout_cuts_off_a_client_that_never_reads(mode: str,
-                                                         servers: list[Server]) -> None:
-    server = tcpkit_serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
+                                                         serve: Servers) -> None:
+    server = serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--drain-timeout", "1")
-    servers.append(server)
     with connect(server.port) as sock:
         server.wait_for_stderr("accept ")
         sock.settimeout(0.5)
@@ -374,10 +280,9 @@ def test_drain_timeout_cuts_off_a_client_that_never_reads(mode: str,
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_workers_restart_and_stop(mode: str, servers: list[Server]) -> None:
-    server = tcpkit_serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
+def test_workers_restart_and_stop(mode: str, serve: Servers) -> None:
+    server = serve("reverse", "--listen", "127.0.0.1:0", "--mode", mode,
                           "--workers", "2")
-    servers.append(server)
     server.wait_for_stderr(r"(?s)worker \d+ started.*worker \d+ started")
     workers = [int(p) for p in re.findall(r"worker (\d+) started", server.stderr())]
     assert len(workers) == 2
@@ -402,19 +307,82 @@ def test_workers_restart_and_stop(mode: str, servers: list[Server]) -> None:
     assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in family), 10)
 
 
+# -- async: a listener closed by the event loop is served again ---------------------
+
+RELISTEN = """
+import asyncio, logging, socket, sys
+from tcpkit.endpoints import Endpoint
+from tcpkit.registry import get
+from tcpkit.serving.modes.aio import AsyncServer, install_uvloop
+from tcpkit.serving.run import open_listeners
+
+logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+listeners = open_listeners([(get("reverse"), Endpoint(host="127.0.0.1", port=0))])
+port = listeners[0].sock.getsockname()[1]
+
+async def talk(text: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(text); writer.write_eof()
+    data = await reader.read()
+    writer.close()
+    return data
+
+async def until(condition, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+
+async def talk_once_served(text: bytes, timeout: float = 10.0) -> bytes:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await asyncio.wait_for(talk(text), 5)
+        except OSError:  # not listening again yet
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+async def main() -> None:
+    server = AsyncServer(listeners)
+    task = asyncio.create_task(server.serve())
+    print("before", await talk_once_served(b"abc\\n"))
+    server._servers[0].close()  # what uvloop does to the listener after a fatal accept error
+    await until(lambda: server._serving_socks[0].fileno() == -1)
+    print("closed dup fileno", server._serving_socks[0].fileno())
+    print("after", await talk_once_served(b"xyz\\n"))
+    server.stop()
+    await task
+
+install_uvloop()
+asyncio.run(main())
+"""
+
+
+def test_async_listens_again_after_the_loop_closes_its_socket() -> None:
+    """uvloop closes a listening handle for good after an accept error it deems
+    fatal (ENOMEM, ENOBUFS, EMFILE without libuv's reserve descriptor); the server
+    notices within a tick and serves the same port again."""
+    done = subprocess.run([sys.executable, "-c", RELISTEN], capture_output=True, timeout=60)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "before b'cba\\n'" in out and "closed dup fileno -1" in out
+    assert "after b'zyx\\n'" in out
+    assert err.count("listening on it again") == 1
+
+
 # -- running out of file descriptors ------------------------------------------
 
 
 @pytest.mark.parametrize(("mode", "limit", "count"), [("async", 64, 100), ("thread", 40, 60)])
-def test_refuses_before_descriptors_run_out(servers: list[Server], mode: str, limit: int,
+def test_refuses_before_descriptors_run_out(serve: Servers, mode: str, limit: int,
                                             count: int) -> None:
     """Under a low RLIMIT_NOFILE, more clients at once than fit: the server serves
     what fits, refuses the rest with a clear line at once — never a reset (libuv's
     EMFILE trick, async) nor a wait in the backlog with no answer (thread) — and
     serves normally when the flood is over, flood after flood."""
-    server = start_server(["prlimit", f"--nofile={limit}:{limit}", "--", *script("tcpkit"),
+    server = serve.command(["prlimit", f"--nofile={limit}:{limit}", "--", *script("tcpkit"),
                            "serve", "reverse", "--listen", "127.0.0.1:0", "--mode", mode])
-    servers.append(server)
     room = int(server.wait_for_stderr(
         rf"descriptor limit {limit}: room for (\d+) connections").group(1))
     assert 1 < room < limit
@@ -441,15 +409,3 @@ def test_refuses_before_descriptors_run_out(servers: list[Server], mode: str, li
     assert "Too many open files" not in server.stderr()
     assert server.stop(signal.SIGTERM) == 0
     assert "Traceback" not in server.stderr()
-
-
-def test_serve_help_documents_modes_and_workers() -> None:
-    result = run([*script("tcpkit"), "serve", "--help"])
-    assert result.returncode == 0
-    text = result.stdout.decode()
-    for word in (*MODES, "--workers", "N|auto", "--max-connections", "--idle-timeout",
-                 "--max-line", "--drain-timeout"):
-        assert word in text
-    bad = run([*script("tcpkit"), "serve", "--mode", "bogus"])
-    assert bad.returncode == 2
-    assert run([*script("tcpkit"), "serve", "--workers", "0"]).returncode == 2

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import exchange, free_ports, needs, recv_until_closed, run, script, start_server
+from helpers.net import exchange, free_ports, recv_until_closed
+from helpers.servers import needs, run, script, start_server
 
 
 def listening_socket() -> socket.socket:

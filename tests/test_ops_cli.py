@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run, script
+from helpers.servers import run, script
 
 trustme = pytest.importorskip("trustme")
 

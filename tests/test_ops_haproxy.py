@@ -10,7 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import exchange, free_ports, needs
+from helpers.net import exchange, free_ports
+from helpers.servers import needs
 
 CONFIG = Path(__file__).parent.parent / "contrib" / "haproxy" / "haproxy.cfg"
 

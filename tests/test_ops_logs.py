@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import exchange, free_ports, script
+from helpers.net import exchange, free_ports
+from helpers.servers import script
 
 
 def test_json_log_lines(serve) -> None:

@@ -6,42 +6,15 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
-import time
-import urllib.request
 
 import pytest
 
-from conftest import connect, exchange, needs, recv_until_closed, run, script
+from helpers.metrics import metrics_port, scrape, value, wait_closed
+from helpers.net import connect, exchange, recv_until_closed
+from helpers.servers import needs, run, script
 from tcpkit.serving.guards.admission import Admission, parse_rate
 
 parser = pytest.importorskip("prometheus_client.parser")
-
-
-def metrics_port(server) -> int:
-    return int(server.wait_for_stderr(r"Metrics at http://127\.0\.0\.1:(\d+)/metrics").group(1))
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of /metrics by (name, labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        assert reply.status == 200
-        text = reply.read().decode()
-    samples = {}
-    for family in parser.text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name, frozenset(sample.labels.items())] = sample.value
-    return samples
-
-
-def value(samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def wait_closed(server, count: int) -> None:
-    """Wait until the server has logged ``count`` close lines (metrics are final then)."""
-    deadline = time.monotonic() + 10
-    while server.stderr().count(" close ") < count and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 # The exact counts after real traffic, in every mode and with --workers:

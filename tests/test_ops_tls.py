@@ -12,48 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs, run, script
+from helpers.numbers import BIG
+from helpers.servers import needs, run, script
 from tcpkit.client import AsyncReverseClient, FactorClient, ReverseClient
 from tcpkit.sockets import ConnectError, INETSocket
 
 trustme = pytest.importorskip("trustme")
-BIG = "1000000000000000000000000000000000000000000000000000000000007"  # offloaded
-
-
-class Certificates:
-    """Two CAs, each with a server certificate for 127.0.0.1 and localhost."""
-
-    def __init__(self, where: Path) -> None:
-        self.where = where
-        for name in ("one", "two"):
-            ca = trustme.CA()
-            cert = ca.issue_cert("127.0.0.1", "localhost")
-            ca.cert_pem.write_to_path(str(where / f"{name}-ca.pem"))
-            cert.private_key_pem.write_to_path(str(where / f"{name}-key.pem"))
-            cert.cert_chain_pems[0].write_to_path(str(where / f"{name}-cert.pem"))
-
-    def path(self, name: str) -> str:
-        return str(self.where / name)
-
-    def install(self, name: str) -> tuple[str, str]:
-        """Copy pair ``name`` to server.pem/server-key.pem (what the server is given)."""
-        shutil.copy(self.path(f"{name}-cert.pem"), self.where / "server.pem")
-        shutil.copy(self.path(f"{name}-key.pem"), self.where / "server-key.pem")
-        return self.path("server.pem"), self.path("server-key.pem")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return Certificates(tmp_path_factory.mktemp("certs"))
-
-
-def tls_args(certs: Certificates, name: str = "one") -> list[str]:
-    cert, key = certs.install(name)
-    return ["--tls-cert", cert, "--tls-key", key]
-
-
 def test_tcpkit_clients_over_tls(serve, certs) -> None:
-    server = serve("reverse", "factor", *tls_args(certs))
+    server = serve("reverse", "factor", *certs.args())
     ca = certs.path("one-ca.pem")
     done = run([*script("tcpkit"), "reverse", "--ca", ca, f"127.0.0.1:{server.ports['reverse']}"],
                stdin=b"hello\nworld\r\nlast")
@@ -71,7 +37,7 @@ def test_tcpkit_clients_over_tls(serve, certs) -> None:
 def test_library_clients_over_tls(serve, certs) -> None:
     import asyncio
 
-    server = serve("reverse", "factor", *tls_args(certs))
+    server = serve("reverse", "factor", *certs.args())
     ca = certs.path("one-ca.pem")
     with ReverseClient(f"127.0.0.1:{server.ports['reverse']}", tls=True, ca=ca) as client:
         assert client.reverse("añb") == "bña"
@@ -90,7 +56,7 @@ def test_library_clients_over_tls(serve, certs) -> None:
 
 
 def test_untrusted_certificate_is_one_clear_line(serve, certs) -> None:
-    server = serve("reverse", *tls_args(certs))
+    server = serve("reverse", *certs.args())
     done = run([*script("tcpkit"), "reverse", "--ca", certs.path("two-ca.pem"),
                 f"127.0.0.1:{server.port}"], stdin=b"x\n")
     assert done.returncode == 1
@@ -104,7 +70,7 @@ def test_untrusted_certificate_is_one_clear_line(serve, certs) -> None:
 
 @needs("openssl")
 def test_openssl_s_client(serve, certs) -> None:
-    server = serve("reverse", *tls_args(certs))
+    server = serve("reverse", *certs.args())
     peer = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-quiet",
          "-CAfile", certs.path("one-ca.pem"), "-verify_return_error"],
@@ -122,7 +88,7 @@ def test_openssl_s_client(serve, certs) -> None:
 
 
 def test_silent_client_is_closed_after_the_handshake_timeout(serve, certs) -> None:
-    server = serve("reverse", *tls_args(certs), "--tls-handshake-timeout", "0.5")
+    server = serve("reverse", *certs.args(), "--tls-handshake-timeout", "0.5")
     with socket.create_connection(("127.0.0.1", server.port), timeout=15) as silent:
         assert silent.recv(100) == b""  # closed by the server (a timeout here fails)
     with ReverseClient(f"127.0.0.1:{server.port}", ca=certs.path("one-ca.pem")) as client:
@@ -130,7 +96,7 @@ def test_silent_client_is_closed_after_the_handshake_timeout(serve, certs) -> No
 
 
 def test_sighup_reloads_the_certificate_and_keeps_connections(serve, certs) -> None:
-    server = serve("reverse", *tls_args(certs, "one"))
+    server = serve("reverse", *certs.args("one"))
     endpoint = f"127.0.0.1:{server.port}"
     with ReverseClient(endpoint, ca=certs.path("one-ca.pem")) as before:
         assert before.reverse("one") == "eno"
@@ -181,7 +147,7 @@ def test_sighup_without_tls_keeps_serving(serve) -> None:
 
 
 def test_refusal_reaches_a_tls_client(serve, certs) -> None:
-    server = serve("reverse", *tls_args(certs), "--max-per-ip", "1")
+    server = serve("reverse", *certs.args(), "--max-per-ip", "1")
     ca = certs.path("one-ca.pem")
     with ReverseClient(f"127.0.0.1:{server.port}", ca=ca) as first:
         assert first.reverse("in") == "ni"

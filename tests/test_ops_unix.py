@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, needs, run, script
+from helpers.servers import Server, needs, run, script
 
 
 @pytest.fixture

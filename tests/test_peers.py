@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import PEERS, Server, needs, run, script, start_server
+from helpers.servers import PEERS, Server, needs, run, script, start_server
 
 Serve = Callable[..., Server]
 PERL = needs("perl")

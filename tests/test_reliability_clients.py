@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-import hostile
-from conftest import Server, exchange, script, start_server
-from hostile import Snapshot, settle
+from helpers import hostile
+from helpers.hostile import Snapshot, settle
+from helpers.net import exchange
+from helpers.numbers import long_semiprime
+from helpers.servers import Server, script, start_server
 from tcpkit.serving.run import MODES
 
 CONCURRENT = [m for m in MODES if m != "iterative"]  # iterative serves one at a time
@@ -130,22 +132,6 @@ def test_resets_and_half_closes_leak_nothing(serve: object, mode: str) -> None:
     no_leaks(server, baseline)
 
 
-def hard_semiprime() -> int:
-    """A 75-digit product of two random 130-bit primes: minutes of work for FLINT."""
-    import random
-
-    import flint
-
-    def prime_from(seed: int) -> int:
-        n = flint.fmpz(seed)
-        while not n.is_prime():
-            n += 1
-        return int(n)
-
-    rng = random.Random(6)
-    return prime_from(rng.getrandbits(130) | 1 << 129) * prime_from(rng.getrandbits(130))
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_close_during_a_long_factorization_stops_its_work(serve: object, mode: str) -> None:
     server: Server = serve("factor", "--mode", mode, "--time-limit", "120",  # type: ignore[operator]
@@ -153,7 +139,7 @@ def test_close_during_a_long_factorization_stops_its_work(serve: object, mode: s
     # 2**64 + 1 is past the inline limit: this starts the worker pool.
     assert exchange(server.port, b"18446744073709551617\n") == b"274177 67280421310721\n"
     baseline = Snapshot.of(server.pid)
-    outcome = hostile.abandoned_factorization(server, hard_semiprime(), mode)
+    outcome = hostile.abandoned_factorization(server, long_semiprime(), mode)
     print(outcome)
     assert outcome.details["started"], "the factorization never started"
     assert outcome.details["stopped"], f"the abandoned factorization kept running: {outcome}"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import hostile
-from conftest import Server, needs, script, start_server
+from helpers import hostile
+from helpers.servers import Server, needs, script, start_server
 from tcpkit.serving.run import MODES
 
 

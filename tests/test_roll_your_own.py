@@ -13,7 +13,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import EXAMPLES, exchange, install_examples, load_example, run, script, start_server
+from helpers.examples import EXAMPLES, install_examples, load_example
+from helpers.net import exchange
+from helpers.servers import run, script, start_server
 from tcpkit import INETSocket
 from tcpkit.testing import RunningServer
 

@@ -1,7 +1,7 @@
 """Sessions end to end: real ``tcpkit serve`` processes, real loopback sockets, every mode.
 
-The services are tests/session_services.py, registered as a plug-in through the
-``tcpkit.services`` entry points (``conftest.plugin_env``).
+The services are tests/helpers/session_services.py, registered as a plug-in through the
+``tcpkit.services`` entry points (``helpers.servers.plugin_env``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import session_services
-from conftest import (
-    Server,
-    connect,
-    recv_until_closed,
-    rss_kb,
-    run,
-    script,
-    start_server,
-    tree_total,
-)
+from helpers import session_services
+from helpers.net import connect, recv_until_closed
+from helpers.processes import rss_kb, tree_total
+from helpers.servers import Server, run, script, start_server
 
 MODES = ["async", "thread", "fork", "iterative"]
 CONCURRENT = ["async", "thread", "fork"]  # iterative serves one client at a time
@@ -36,7 +29,7 @@ Start = Callable[..., Server]
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from conftest import plugin_env
+    from helpers.servers import plugin_env
 
     return plugin_env(tmp_path_factory.mktemp("plugin"), Path(session_services.__file__),
                       session_services.ENTRY_POINTS)
@@ -235,3 +228,24 @@ def test_inetd_serves_a_session(plugin: dict[str, str]) -> None:
 def test_unknown_plugin_service_is_a_usage_error() -> None:
     done = run([*script("tcpkit"), "serve", "t-nosuch"])
     assert done.returncode == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_limits_hold_for_sessions(mode: str, serve: Start) -> None:
+    """--max-line closes after an error reply; --idle-timeout closes a silent client;
+    disconnected() hears why each time."""
+    server = serve("t-counter", mode, "--max-line", "8", "--idle-timeout", "1")
+    client = Peer(server.port)
+    assert client.line() == b"ready"
+    client.send(b"a", b"x" * 20)
+    assert client.line() == b"1"
+    assert client.line() == b"error: line too long (max 8 bytes)"
+    assert client.rest() == b""
+    client.close()
+    server.wait_for_stderr("counter session ended: line too long")
+    silent = Peer(server.port)
+    assert silent.line() == b"ready"
+    assert silent.rest() == b""  # closed by the server, having sent nothing
+    silent.close()
+    server.wait_for_stderr("counter session ended: idle")
+    assert server.stop() == 0

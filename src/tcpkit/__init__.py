@@ -8,23 +8,33 @@ The pieces, from the bottom up:
   :mod:`tcpkit.framers` — per-connection services and their sans-IO engine;
 * :mod:`tcpkit.serving` — the serving models that move the bytes;
 * :mod:`tcpkit.sockets` and :mod:`tcpkit.client` — IO::Socket::INET-like
-  sockets and the clients built on them.
+  sockets and the clients built on them;
+* :mod:`tcpkit.api` — ``serve``/``serve_async``: serving from Python in one call;
+* :mod:`tcpkit.testing` — any service on an ephemeral port, for tests.
+
+Every exception tcpkit raises for a user to catch derives from :class:`Error`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tcpkit.api import serve, serve_async
 from tcpkit.client import (
     AsyncFactorClient,
+    AsyncLineClient,
     AsyncReverseClient,
+    ConnectionClosed,
     FactorClient,
+    LineClient,
     ReverseClient,
     ServerError,
 )
+from tcpkit.errors import Error
 from tcpkit.service import Blocking, Offload, Options, RequestError, Service
+from tcpkit.serving.listeners import ListenError
 from tcpkit.session import Peer, Session
-from tcpkit.sockets import INETSocket
+from tcpkit.sockets import ConnectError, INETSocket
 
 if TYPE_CHECKING:
     from tcpkit.factoring.engine import factorize
@@ -33,10 +43,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncFactorClient",
+    "AsyncLineClient",
     "AsyncReverseClient",
     "Blocking",
+    "ConnectError",
+    "ConnectionClosed",
+    "Error",
     "FactorClient",
     "INETSocket",
+    "LineClient",
+    "ListenError",
     "Offload",
     "Options",
     "Peer",
@@ -47,6 +63,8 @@ __all__ = [
     "Session",
     "__version__",
     "factorize",
+    "serve",
+    "serve_async",
 ]
 
 

@@ -39,7 +39,6 @@ from tcpkit.serving.config import Listener
 from tcpkit.serving.listeners import ListenError
 from tcpkit.serving.observe.events import Observer
 from tcpkit.serving.observe.names import NameResolver
-from tcpkit.serving.observe.names import host_name as host_name  # re-exported: its old home
 from tcpkit.serving.run import serve_listeners
 from tcpkit.sockets import ConnectError, INETSocket
 

@@ -8,63 +8,52 @@ cause ends in one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn, cast
 
-from tcpkit import __version__, logs, registry
+from tcpkit import __version__, logs, registry, serve_options
 from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint, resolve_port
-from tcpkit.service import Options, Service
-from tcpkit.serving.config import MODES, Limits
+from tcpkit.errors import Error
+from tcpkit.service import Service
+from tcpkit.serving.config import Limits
 
 if TYPE_CHECKING:
     from tcpkit.operate import Operation
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-MODE_HELP = (
-    "serving model: async = one event loop (uvloop) for all clients; thread = a thread "
-    "per client; fork = a child process per client (reaped, capped by --max-connections); "
-    "iterative = one client at a time, the others wait (default: async)")
 
 
-class UsageError(Exception):
+class UsageError(Error):
     """Bad arguments discovered after parsing (exit 2)."""
 
 
-def positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
-    """An argparse type that accepts only numbers above zero."""
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it reports the arguments it does not know itself.
 
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
-        return value
+    argparse otherwise hands a subcommand's unknown arguments back to the
+    top-level parser, whose usage line (``tcpkit [-h] COMMAND ...``) says
+    nothing about the options the user was reaching for.
+    """
 
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def workers_count(text: str) -> int:
-    """``--workers``: a positive number, or ``auto`` for one per CPU."""
-    if text == "auto":
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not Linux
-            return os.cpu_count() or 1
-    count = positive(int)(text)
-    return int(count)
+    def parse_known_args(  # type: ignore[override]
+            self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed, unknown
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcpkit", description="Line-oriented TCP services: reverse and factor.")
     parser.add_argument("--version", action="version", version=f"tcpkit {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The cast: add_parser only ever hands out parsers, so a CommandParser is one.
+    commands = cast("argparse._SubParsersAction[argparse.ArgumentParser]",
+                    parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                          parser_class=CommandParser))
     add_serve_parser(commands)
     from tcpkit import cli_clients
 
@@ -79,51 +68,8 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     serve = commands.add_parser(
         "serve", help="run services (default: reverse on 7800 and factor on 7801)",
         description="Serve one or more registered services until SIGINT/SIGTERM.")
-    serve.add_argument("services", nargs="*", metavar="SERVICE",
-                       help="services to run (default: reverse factor)")
-    serve.add_argument("--listen", action="append", default=[], metavar="ENDPOINT",
-                       help="PORT, HOST:PORT, [V6]:PORT, HOST:NAME or unix:/path; "
-                            "with several services SERVICE=ENDPOINT (repeatable)")
-    serve.add_argument("--mode", choices=MODES, default="async", help=MODE_HELP)
-    serve.add_argument("--workers", type=workers_count, default=1, metavar="N|auto",
-                       help="processes serving the same sockets, under a supervisor that "
-                            "restarts any that dies; auto = one per CPU (default: 1)")
-    limits = Limits()
-    serve.add_argument("--max-connections", type=positive(int), default=limits.max_connections,
-                       metavar="N",
-                       help="clients served at once (per worker); past it a client gets "
-                            "'error: server busy' (default: %(default)s)")
-    serve.add_argument("--idle-timeout", type=positive(float), default=limits.idle_timeout,
-                       metavar="SECONDS", help="close a client silent this long "
-                                               "(default: %(default)s)")
-    serve.add_argument("--max-line", type=positive(int), default=limits.max_line,
-                       metavar="BYTES", help="longest request line; longer gets an error "
-                                             "and the connection closes (default: %(default)s)")
-    serve.add_argument("--drain-timeout", type=positive(float), default=limits.drain_timeout,
-                       metavar="SECONDS", help="on SIGINT/SIGTERM, how long to finish the "
-                                               "requests already read (default: %(default)s)")
-    serve.add_argument("--time-limit", type=positive(float), default=limits.time_limit,
-                       metavar="SECONDS", help="bound on the work for one request (factor)")
-    serve.add_argument("--max-digits", type=positive(int), default=Options().max_digits,
-                       help="longest number the factor service accepts")
-    serve.add_argument("--factor-workers", type=positive(int), default=None, metavar="N",
-                       help="worker processes for large factorizations (default: CPUs)")
-    serve.add_argument("--pubsub", default=None, metavar="local|redis://HOST:PORT",
-                       help="where session services' rooms live: this process (default) or "
-                            "Redis, shared by every worker and server (needs tcpkit[redis])")
-    serve.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
-                       help="where large factorizations run: local worker processes "
-                            "(default) or a Dask cluster's scheduler (needs tcpkit[dask])")
-    add_log_options(serve)
-    from tcpkit import operate
-
-    operate.add_options(serve, positive)
+    serve_options.add_options(serve)
     serve.set_defaults(run=run_serve)
-
-
-def add_log_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
 
 
 def plan_listeners(names: Sequence[str], listen: Sequence[str]) -> list[tuple[str, Endpoint]]:
@@ -166,21 +112,14 @@ def run_serve(args: argparse.Namespace) -> int:
         check_pubsub(args.pubsub)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    options = Options(max_digits=args.max_digits)
+    options = serve_options.service_options(args)
     services: dict[str, Service] = {}
     for name, _ in plan:
         services.setdefault(name, registry.get(name).configured(options))
     refusal = shared_state_refusal(services.values(), args.mode, args.workers, args.pubsub)
     if refusal is not None:
         raise UsageError(refusal)
-    limits = Limits(
-        max_connections=args.max_connections, idle_timeout=args.idle_timeout,
-        max_line=args.max_line, drain_timeout=args.drain_timeout,
-        time_limit=args.time_limit, pool_size=args.factor_workers,
-        max_per_ip=args.max_per_ip, rate_per_ip=args.rate_per_ip,
-        executor=None if args.executor == "local" else args.executor,
-        pubsub=None if args.pubsub in (None, "local") else args.pubsub,
-    )
+    limits = serve_options.limits(args)
     if args.check_config:
         print("config ok")
         return EXIT_OK
@@ -208,7 +147,7 @@ def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Serv
         serve_inetd(sock, services[0], limits, ops.observer("inetd"), ops.tls)
         return EXIT_OK
     inherited = ops.inherited_listeners(services)
-    observer = ops.observer(args.mode, getattr(args, "workers", 1))
+    observer = ops.observer(args.mode, args.workers)
     if inherited is not None:
         serve_listeners(inherited, args.mode, limits, observer, args.workers)
     else:
@@ -229,7 +168,7 @@ def run_services(args: argparse.Namespace) -> int:
     source = "tcpkit" if args.name in registry.services() else "system"
     if args.name.isdigit():
         try:
-            source, name = "system", socket.getservbyport(port, "tcp")
+            name = socket.getservbyport(port, "tcp")
             print(f"{port}/tcp  {name}")
         except OSError:
             print(f"{port}/tcp")

@@ -33,20 +33,20 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     reverse = commands.add_parser("reverse", help="reverse stdin's lines through a server")
     reverse.add_argument("endpoint", nargs="?", default="localhost:7800",
-                         help="server (default localhost:7800)")
+                         help="server (default: localhost:7800)")
     add_client_options(reverse)
     reverse.set_defaults(run=run_reverse)
     factor = commands.add_parser("factor", help="factor numbers through a server")
     factor.add_argument("numbers", nargs="*", metavar="N",
                         help="numbers to factor (default: whitespace-separated stdin)")
     factor.add_argument("-s", "--server", default="localhost:7801", metavar="ENDPOINT",
-                        help="server (default localhost:7801)")
+                        help="server (default: localhost:7801)")
     factor.add_argument("--show-number", action="store_true",
                         help="print 'N: factors' as GNU factor does")
     factor.add_argument("--no-progress", action="store_true",
                         help="no progress line on stderr, even on a terminal")
     factor.add_argument("--window", type=_at_least_one, default=WINDOW, metavar="N",
-                        help=f"numbers in flight at most (default {WINDOW}): bounds memory "
+                        help=f"numbers in flight at most (default: {WINDOW}): bounds memory "
                              "on both ends however long stdin is")
     add_client_options(factor)
     factor.set_defaults(run=run_factor)
@@ -66,7 +66,7 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     # Longer than the server's default --time-limit (30 s), so a number that
     # passes it ends with the server's own "time limit exceeded" reply.
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="for connecting and for each reply (default 60)")
+                        help="for connecting and for each reply (default: 60)")
     parser.add_argument("--tls", action="store_true",
                         help="speak TLS, checking the server's certificate")
     parser.add_argument("--ca", metavar="FILE",

@@ -1,11 +1,23 @@
 """Clients for line services: one request at a time, pipelined, or asyncio.
 
-Blocking::
+Any line service (one reply line per request line, in order)::
+
+    with LineClient("localhost:7802") as client:
+        client.request(b"hello")               # b"HELLO"
+        list(client.pipeline([b"a", b"b"]))    # [b"A", b"B"], sent without waiting
+
+    async with AsyncLineClient("localhost:7802") as client:
+        await client.request(b"hello")         # b"HELLO"
+        await asyncio.gather(*(client.request(line) for line in lines))  # pipelined
+
+The built-in services have their own, which return Python values::
 
     with FactorClient("localhost:7801") as client:
         client.factor(42)                      # [2, 3, 7]
     with ReverseClient("localhost:7800") as client:
         client.reverse("hello")                # "olleh"
+    async with AsyncFactorClient("localhost:7801") as client:
+        await client.factor(42)                # [2, 3, 7]
 
 Pipelined (:func:`pipeline`): a thread sends every request while the caller
 reads replies as they arrive, so a million lines cost one round trip, not a
@@ -13,35 +25,42 @@ million; at the end of the input the socket is half-closed and the remaining
 replies are read until the server closes.  A bounded window keeps the
 client's own memory flat however long the input is.
 
-asyncio: :class:`AsyncFactorClient` and :class:`AsyncReverseClient`.
+asyncio (:class:`AsyncLineClient`): requests may overlap on one connection;
+each line is written at once and a single reader task hands the replies back
+in order, so ``asyncio.gather`` over many requests is a pipeline too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Self, TypeVar
 
 from tcpkit.endpoints import Endpoint, parse_endpoint
+from tcpkit.errors import Error
 from tcpkit.framing import LineFramer, split_lines
-from tcpkit.sockets import INETSocket
+from tcpkit.sockets import INETSocket, connect_error
 from tcpkit.tlsclient import client_context
 
 T = TypeVar("T")
+log = logging.getLogger("tcpkit")
 MAX_REPLY = 1 << 28  # a reply line longer than this is a broken server, not an answer
 CHUNK = 65536  # bytes forwarded per read by StreamSender
 WINDOW = 10_000  # requests in flight at most, per pipelined connection
 
 
-class ServerError(Exception):
+class ServerError(Error):
     """The server answered ``error: ...``; the message is the part after ``error: ``."""
 
 
-class ConnectionClosed(ConnectionError):
+class ConnectionClosed(Error, ConnectionError):
     """The server closed the connection before answering every request."""
 
 
@@ -181,9 +200,15 @@ class StreamSender(threading.Thread):
 
 
 class LineClient:
-    """A blocking client that sends one line and reads its reply."""
+    """A blocking client for any line service: one request and its reply, or pipelined.
 
-    default_port = 0
+    ``endpoint`` is ``HOST:PORT`` (any form of :func:`~tcpkit.endpoints.parse_endpoint`,
+    ``unix:/path`` too); a subclass with a ``default_port`` also accepts a bare
+    host.  ``timeout`` bounds the connect and each wait for a reply.  Raises
+    :class:`~tcpkit.sockets.ConnectError` when the connection cannot be made.
+    """
+
+    default_port: int | None = None  # None: the endpoint must name its port
 
     def __init__(self, endpoint: str | Endpoint = "localhost",
                  timeout: float | None = 30.0, tls: bool = False,
@@ -200,6 +225,18 @@ class LineClient:
         if not reply.endswith(b"\n"):
             raise ConnectionClosed("connection closed by the server")
         return strip_terminator(reply)
+
+    def pipeline(self, lines: Iterable[bytes]) -> Iterator[bytes]:
+        """Send every line without waiting for replies; yield each reply in order.
+
+        A thread sends while this generator reads, with a bounded window of
+        requests in flight.  At the end of ``lines`` the sending side is
+        half-closed (the server then finishes and closes): this is the
+        connection's last use.  Raises ConnectionClosed if the server closes
+        before answering every line.
+        """
+        for _, reply in pipeline(self.sock, lines, request_line):
+            yield strip_terminator(reply)
 
     def close(self) -> None:
         self.sock.close()
@@ -237,58 +274,135 @@ class FactorClient(LineClient):
                 yield n, exc
 
 
-class _AsyncLineClient:
-    default_port = 0
+class AsyncLineClient:
+    """The asyncio client for any line service, ``async with`` or ``await connect()``.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self._lock = asyncio.Lock()
+    ::
+
+        async with AsyncLineClient("localhost:7802") as client:
+            await client.request(b"hi")                  # b"HI"
+        client = await AsyncLineClient.connect("localhost:7802")  # same, then close()
+
+    The constructor only parses the endpoint (a bad one raises at once); the
+    connection opens in :meth:`open` (``async with`` calls it).  Requests may
+    overlap: each is written at once and queued, one reader task takes the
+    replies in order and hands each to the request that is first in the queue.
+    A request that times out or is cancelled keeps its place in that queue,
+    so its late reply is dropped instead of answering the next request.
+    ``timeout`` bounds the connect and each wait for a reply.
+    """
+
+    default_port: int | None = None  # None: the endpoint must name its port
+
+    def __init__(self, endpoint: str | Endpoint = "localhost", timeout: float | None = 30.0,
+                 tls: bool = False, ca: str | None = None) -> None:
+        if isinstance(endpoint, str):
+            endpoint = parse_endpoint(endpoint, default_port=self.default_port)
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.context = client_context(ca) if tls or ca else None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self._waiting: deque[asyncio.Future[bytes]] = deque()
+        self._receiver: asyncio.Task[None] | None = None
+        self._gone: str | None = None  # why the connection ended, once it has
 
     @classmethod
-    async def connect(cls, endpoint: str = "localhost", timeout: float | None = 30.0,
-                      tls: bool = False, ca: str | None = None) -> Self:
-        target = parse_endpoint(endpoint, default_port=cls.default_port)
-        context = client_context(ca) if tls or ca else None
-        name = (target.host or "localhost") if context else None
-        if target.path is not None:
-            opening = asyncio.open_unix_connection(target.path, limit=MAX_REPLY, ssl=context,
-                                                   server_hostname=name)
-        else:
-            opening = asyncio.open_connection(target.host or "localhost", target.port,
-                                              limit=MAX_REPLY, ssl=context,
-                                              server_hostname=name)
-        reader, writer = await asyncio.wait_for(opening, timeout)
-        return cls(reader, writer)
+    async def connect(cls, endpoint: str | Endpoint = "localhost",
+                      timeout: float | None = 30.0, tls: bool = False,
+                      ca: str | None = None) -> Self:
+        """A connected client (the older form of ``async with cls(...)``)."""
+        client = cls(endpoint, timeout, tls, ca)
+        await client.open()
+        return client
+
+    async def open(self) -> None:
+        """Connect (once: a client from :meth:`connect` is already open).
+
+        Raises :class:`~tcpkit.sockets.ConnectError` as the blocking client does.
+        """
+        if self.writer is not None:
+            return
+        target = self.endpoint
+        host = target.host or "localhost"
+        name = host if self.context else None
+        try:
+            if target.path is not None:
+                opening = asyncio.open_unix_connection(
+                    target.path, limit=MAX_REPLY, ssl=self.context, server_hostname=name)
+            else:
+                opening = asyncio.open_connection(host, target.port, limit=MAX_REPLY,
+                                                  ssl=self.context, server_hostname=name)
+            reader, self.writer = await asyncio.wait_for(opening, self.timeout)
+        except OSError as exc:  # TimeoutError and ssl.SSLError are OSErrors too
+            raise connect_error(target, exc) from None
+        self.reader = reader
+        self._receiver = asyncio.get_running_loop().create_task(self._receive(reader))
 
     async def request(self, line: bytes) -> bytes:
-        async with self._lock:  # one request at a time keeps replies paired
-            self.writer.write(request_line(line))
-            reply = await self.reader.readline()
-        if not reply.endswith(b"\n"):
-            raise ConnectionClosed("connection closed by the server")
-        return strip_terminator(reply)
+        """Send ``line`` (LF added) and return its reply without the terminator."""
+        data = request_line(line)  # a bad line fails before anything is queued
+        if self.writer is None:
+            raise ConnectionClosed("not connected (use async with, or await open())")
+        if self._gone is not None:
+            raise ConnectionClosed(self._gone)
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting.append(reply)  # queued and written with no await between: in order
+        self.writer.write(data)
+        await self.writer.drain()  # a server that does not read holds the writers here
+        return await asyncio.wait_for(reply, self.timeout)
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        """Hand each reply line to the oldest waiting request, until the server closes."""
+        reason = "connection closed by the server"
+        try:
+            while (line := await reader.readline()).endswith(b"\n"):
+                if not self._waiting:
+                    log.debug("dropped a line no request was waiting for: %.60r", line)
+                    continue
+                waiter = self._waiting.popleft()
+                if not waiter.done():  # else: timed out or cancelled, its reply is dropped
+                    waiter.set_result(strip_terminator(line))
+        except (OSError, ValueError) as exc:  # ValueError: a reply line over MAX_REPLY
+            reason = f"connection closed ({exc})"
+        finally:
+            self._gone = reason
+            while self._waiting:
+                waiter = self._waiting.popleft()
+                if not waiter.done():
+                    waiter.set_exception(ConnectionClosed(reason))
 
     async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
+        """Close the connection; requests still waiting get ConnectionClosed."""
+        if self._receiver is not None:
+            self._receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._receiver
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self.writer.wait_closed()
 
     async def __aenter__(self) -> Self:
+        await self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
-class AsyncReverseClient(_AsyncLineClient):
+class AsyncReverseClient(AsyncLineClient):
     default_port = 7800
 
     async def reverse(self, text: str) -> str:
+        """``text`` reversed by the server (by grapheme cluster)."""
         reply = await self.request(text.encode("utf-8", "surrogateescape"))
         return reply.decode("utf-8", "surrogateescape")
 
 
-class AsyncFactorClient(_AsyncLineClient):
+class AsyncFactorClient(AsyncLineClient):
     default_port = 7801
 
     async def factor(self, n: int) -> list[int]:
+        """Prime factors of ``n``; ServerError for an error reply."""
         return factors_from_reply(await self.request(str(n).encode()))

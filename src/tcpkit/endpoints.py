@@ -13,9 +13,10 @@ import socket
 from dataclasses import dataclass
 
 from tcpkit import registry
+from tcpkit.errors import Error
 
 
-class EndpointError(ValueError):
+class EndpointError(Error, ValueError):
     """An endpoint string that cannot be understood; the message says why."""
 
 

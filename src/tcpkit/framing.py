@@ -27,14 +27,6 @@ LF = b"\n"
 CRLF = b"\r\n"
 
 
-class LineTooLong(Exception):
-    """A line passed the framer's ``max_line`` limit."""
-
-    def __init__(self, max_line: int) -> None:
-        super().__init__(f"line too long (max {max_line} bytes)")
-        self.max_line = max_line
-
-
 class LineFramer:
     """Cut a byte stream into complete lines, enforcing a hard length limit.
 

@@ -40,6 +40,8 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from tcpkit.errors import Error
+
 log = logging.getLogger("tcpkit")
 MAX_BACKOFF = 5.0  # seconds between reconnection attempts, at most
 NAME_TTL = 60  # seconds a claimed name lives in Redis unless its server refreshes it
@@ -55,7 +57,7 @@ class Member(Protocol):
     def send(self, *lines: bytes | str) -> None: ...
 
 
-class HubUnavailable(ConnectionError):
+class HubUnavailable(Error, ConnectionError):
     """The hub's backend (Redis) cannot be reached right now."""
 
 

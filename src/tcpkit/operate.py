@@ -1,9 +1,10 @@
-"""The operator's options of ``tcpkit serve``: TLS, metrics, logs, activation, inetd.
+"""The operator's side of ``tcpkit serve``: TLS, metrics, names, activation, inetd.
 
-:func:`add_options` adds them to the ``serve`` parser; :meth:`Operation.from_args`
-checks every one of them — and how they combine — before anything is opened,
-so ``tcpkit serve --check-config`` can validate a configuration without
-serving it, and every mistake is one clear line and exit status 2.  The rest
+The options themselves are in :mod:`tcpkit.serve_options`; :meth:`Operation.from_args`
+checks what argparse cannot — how they combine, the certificate, the metrics
+endpoint — before anything is opened, so ``tcpkit serve --check-config`` can
+validate a configuration without serving it, and every mistake is one clear
+line and exit status 2.  The rest
 sets up what the serving mode is given: the certificate, the observer (access
 log, reverse-DNS names, Prometheus metrics) and the sockets (opened, inherited
 from systemd, or the one inetd passed on stdin).
@@ -13,53 +14,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint
+from tcpkit.errors import Error
 from tcpkit.service import Service
 from tcpkit.serving.config import Listener
-from tcpkit.serving.guards.admission import parse_rate
-from tcpkit.serving.guards.tls import HANDSHAKE_TIMEOUT, ServerTLS, TLSError
+from tcpkit.serving.guards.tls import ServerTLS, TLSError
 from tcpkit.serving.listeners import ListenError
 from tcpkit.serving.observe.events import Observer, ObserverGroup
 
 
-class OptionError(Exception):
+class OptionError(Error):
     """A bad option or combination of options (exit 2); the message says which."""
-
-
-def _rate(text: str) -> float:
-    try:
-        return parse_rate(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_options(serve: argparse.ArgumentParser,
-                positive: Callable[[Callable[[str], float | int]], Callable[[str], float | int]],
-                ) -> None:
-    """The operator options of ``tcpkit serve``."""
-    group = serve.add_argument_group("production")
-    group.add_argument("--tls-cert", metavar="FILE", help="serve over TLS with this "
-                       "certificate chain (PEM); SIGHUP reloads it")
-    group.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
-    group.add_argument("--tls-handshake-timeout", type=positive(float),
-                       default=HANDSHAKE_TIMEOUT, metavar="SECONDS",
-                       help=f"close clients that have not finished the TLS handshake "
-                            f"(default {HANDSHAKE_TIMEOUT:g})")
-    group.add_argument("--metrics", metavar="[HOST:]PORT",
-                       help="serve Prometheus metrics over HTTP at /metrics")
-    group.add_argument("--resolve-names", action="store_true",
-                       help="log clients' reverse-DNS names (looked up off the event loop)")
-    group.add_argument("--max-per-ip", type=positive(int), default=None, metavar="N",
-                       help="open connections allowed per client address")
-    group.add_argument("--rate-per-ip", type=_rate, default=None, metavar="N/s",
-                       help="new connections allowed per second per client address")
-    group.add_argument("--inetd", action="store_true",
-                       help="serve the one connection on stdin/stdout (inetd nowait)")
-    group.add_argument("--check-config", action="store_true",
-                       help="check the options, print 'config ok' and exit")
 
 
 @dataclass
@@ -94,7 +62,7 @@ class Operation:
 
     # -- what the serving mode gets -------------------------------------------------
 
-    def observer(self, mode: str, workers: int | str | None = 1) -> Observer:
+    def observer(self, mode: str, workers: int = 1) -> Observer:
         """The access log (with names if asked) and the metrics; starts the metrics server.
 
         With several ``workers``, or a child process per client (``fork`` mode),
@@ -108,8 +76,7 @@ class Operation:
             return base
         from tcpkit.serving.observe import metrics
 
-        several = mode == "fork" or workers == "auto" or (workers is not None and int(workers) > 1)
-        if several:  # processes forked later count into shared files
+        if mode == "fork" or workers > 1:  # processes forked later count into shared files
             metrics.use_multiprocess_dir()
         collector = metrics.Metrics(mode)
         try:
@@ -156,8 +123,8 @@ def _check_inetd(args: argparse.Namespace, names: Sequence[str]) -> None:
     clashes = [("--listen", bool(args.listen)), ("--metrics", args.metrics is not None),
                ("--max-per-ip", args.max_per_ip is not None),
                ("--rate-per-ip", args.rate_per_ip is not None),
-               ("--workers", getattr(args, "workers", 1) not in (1, "1", None)),
-               ("--mode", getattr(args, "mode", "async") != "async")]
+               ("--workers", args.workers != 1),
+               ("--mode", args.mode != "async")]
     for option, given in clashes:
         if given:
             raise OptionError(f"--inetd serves the one connection on stdin: {option} "

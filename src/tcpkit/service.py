@@ -41,8 +41,10 @@ if TYPE_CHECKING:
     from tcpkit.framers import Framer
     from tcpkit.session import Session
 
+from tcpkit.errors import Error
 
-class RequestError(Exception):
+
+class RequestError(Error):
     """A request the service cannot answer; the client gets ``error: <message>``."""
 
 
@@ -99,7 +101,6 @@ class Options:
     """Per-service settings a server passes to :attr:`Service.configure`."""
 
     max_digits: int = 1000
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tcpkit")
 MAX_UNSENT = 1 << 20  # bytes of unsolicited output a connection may hold unsent
 SEND_BUFFER_FULL = "send buffer full"
+_LINES = Lines()  # the default framer's template
 # The metrics kinds of failed jobs (pool.job_failure) as the errors= kinds.
 _FAILURE_KINDS = {"time_limit": "time limit", "worker_crashed": "worker crashed"}
 
@@ -97,7 +98,7 @@ class SessionConnection(ServiceConnection):
         self.lines = self.errors = 0
         self.eof = self.closing = False
         self.settled = True
-        framer: Framer = (service.framer or Lines()).new(max_line)
+        framer: Framer = (service.framer or _LINES).new(max_line)
         self._messages = framer
         self._newline = framer.newline if isinstance(framer, Lines) else b""
         self._errors_fn = service.errors or default_errors

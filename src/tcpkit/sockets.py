@@ -19,6 +19,7 @@ article's do.  Perl's own argument names work through :meth:`INETSocket.new`.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -26,13 +27,14 @@ from types import TracebackType
 from typing import Any, Self
 
 from tcpkit.endpoints import Endpoint, format_address, parse_endpoint, peer_text, resolve_port
+from tcpkit.errors import Error
 from tcpkit.serving.listeners import ListenError, open_listener
 from tcpkit.tlsclient import TLSChannel, client_context, handshake_failure
 
 DEFAULT_BACKLOG = 128
 
 
-class ConnectError(OSError):
+class ConnectError(Error, OSError):
     """A connection could not be made; the message is ready for the user."""
 
 
@@ -47,7 +49,20 @@ def _endpoint(peer: str | Endpoint, port: int | str | None) -> Endpoint:
 def _reason(exc: OSError) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return handshake_failure(exc)
+    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno)  # asyncio's strerror is "Connect call failed (...)"
     return exc.strerror or str(exc)
+
+
+def connect_error(endpoint: Endpoint, exc: OSError) -> ConnectError:
+    """The one-line ``cannot connect to HOST:PORT: reason`` of a failed connect.
+
+    Used by every client (blocking and asyncio), so they all say it the same way.
+    """
+    shown = str(endpoint) if endpoint.host or endpoint.path else f"localhost:{endpoint.port}"
+    return ConnectError(f"cannot connect to {shown}: {_reason(exc)}")
 
 
 class INETSocket:
@@ -71,7 +86,6 @@ class INETSocket:
         certificates) speaks TLS and checks the server's certificate for the host name.
         """
         endpoint = _endpoint(peer, port)
-        shown = str(endpoint) if endpoint.host or endpoint.path else f"localhost:{endpoint.port}"
         context = client_context(ca) if tls or ca else None  # TLSSetupError before connecting
         try:
             if endpoint.path is not None:
@@ -82,21 +96,16 @@ class INETSocket:
                 address = (endpoint.host or "localhost", endpoint.port)
                 sock = socket.create_connection(address, timeout=timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except socket.gaierror as exc:
-            raise ConnectError(f"cannot connect to {shown}: {exc.strerror}") from None
         except OSError as exc:
-            raise ConnectError(f"cannot connect to {shown}: {_reason(exc)}") from None
+            raise connect_error(endpoint, exc) from None
         if context is None:
             return cls(sock)
         channel = TLSChannel(sock, context, endpoint.host or "localhost", timeout)
         try:
             channel.handshake()
-        except ssl.SSLError as exc:
+        except OSError as exc:  # ssl.SSLError is an OSError too
             sock.close()
-            raise ConnectError(f"cannot connect to {shown}: {handshake_failure(exc)}") from None
-        except OSError as exc:
-            sock.close()
-            raise ConnectError(f"cannot connect to {shown}: {_reason(exc)}") from None
+            raise connect_error(endpoint, exc) from None
         return cls(sock, tls=channel)
 
     @property

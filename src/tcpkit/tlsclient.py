@@ -25,8 +25,10 @@ import ssl
 import threading
 import time
 
+from tcpkit.errors import Error
 
-class TLSSetupError(ValueError):
+
+class TLSSetupError(Error, ValueError):
     """The client's TLS settings are unusable (e.g. an unreadable CA file)."""
 
 

@@ -11,8 +11,10 @@ by axis, a folder each, a file per job::
 
     modes/         how clients are served
       aio.py         async: one event loop (uvloop) for every client
+      aio_sessions.py  ...its protocol class for session services' clients
       accepting.py   the accept loop shared by the blocking modes
       driver.py      the blocking modes' per-connection driver (one poll loop)
+      driver_sessions.py  ...its subclass for session services' clients
       iterative.py   one client at a time (the article's first server)
       threaded.py    a thread per client
       forking.py     a child process per client (the article's server)

@@ -16,11 +16,12 @@ import socket
 import stat
 
 from tcpkit.endpoints import Endpoint, format_address
+from tcpkit.errors import Error
 
 BACKLOG = 4096
 
 
-class ListenError(Exception):
+class ListenError(Error):
     """A socket could not be opened; the message is ready for the user."""
 
 

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from tcpkit.endpoints import Endpoint
 from tcpkit.service import Service
@@ -42,7 +42,7 @@ BLOCKING_MODES: dict[str, type[BlockingServer]] = {
 }
 
 __all__ = ["MODES", "AsyncServer", "Limits", "ListenError", "Listener", "Observer",
-           "make_server", "open_listeners", "run", "serve_listeners", "serve_once",
+           "make_server", "open_listeners", "opened", "run", "serve_listeners", "serve_once",
            "shared_state_refusal"]
 
 
@@ -150,11 +150,22 @@ def run(plan: Sequence[tuple[Service, Endpoint]], mode: str = "async",
 
     Unix socket files opened here are removed when serving ends.
     """
+    with opened(plan, tls) as listeners:
+        serve_listeners(listeners, mode, limits, observer, workers)
+
+
+@contextlib.contextmanager
+def opened(plan: Sequence[tuple[Service, Endpoint]],
+           tls: ServerTLS | None = None) -> Iterator[list[Listener]]:
+    """The listeners of ``plan`` (raises ListenError); closed, and their unix
+    socket files removed, when the block ends."""
     listeners = open_listeners(plan, tls)
     socket_files = [_socket_file(listener.sock) for listener in listeners]
     try:
-        serve_listeners(listeners, mode, limits, observer, workers)
+        yield listeners
     finally:
+        for listener in listeners:
+            listener.sock.close()
         for found in socket_files:
             if found is not None:
                 _remove_socket_file(*found)

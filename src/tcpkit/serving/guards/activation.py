@@ -20,11 +20,13 @@ import socket
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
+from tcpkit.errors import Error
+
 LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
-class ActivationError(Exception):
+class ActivationError(Error):
     """The inherited sockets cannot be used; the message is ready for the user."""
 
 

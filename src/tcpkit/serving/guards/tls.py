@@ -26,11 +26,13 @@ import ssl
 import time
 from collections.abc import Iterable, Sequence
 
+from tcpkit.errors import Error
+
 log = logging.getLogger("tcpkit")
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to finish the TLS handshake
 
 
-class TLSError(Exception):
+class TLSError(Error):
     """The certificate or key cannot be used; the message is ready for the user."""
 
 

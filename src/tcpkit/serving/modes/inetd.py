@@ -19,6 +19,7 @@ import os
 import socket
 import stat
 
+from tcpkit.errors import Error
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.guards.tls import ServerTLS
@@ -29,7 +30,7 @@ from tcpkit.serving.observe.stats import Stats
 SYSLOG = "/dev/log"
 
 
-class InetdError(Exception):
+class InetdError(Error):
     """stdin is not a connected socket; the message is ready for the user."""
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import struct
 
 from tcpkit.serving.observe.stats import COUNTERS, Stats
@@ -49,9 +48,6 @@ class Wakeup(_Pipe):
         # Full pipe: already readable.  Closed writer: nobody left to wake.
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._write, b"!")
-
-    def is_set(self) -> bool:
-        return bool(select.select([self._read], [], [], 0)[0])
 
     def clear(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):

@@ -41,6 +41,7 @@ from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any
 
+from tcpkit.errors import Error
 from tcpkit.service import Offload, RequestError
 from tcpkit.serving.offload.worker import limit_cpu
 
@@ -50,7 +51,7 @@ MEMORY_LIMIT = 2 << 30  # bytes of address space per worker process
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
-class TimeLimitExceeded(Exception):
+class TimeLimitExceeded(Error):
     """A job ran past the pool's time limit and was stopped."""
 
     @classmethod
@@ -59,7 +60,7 @@ class TimeLimitExceeded(Exception):
         return cls(f"time limit exceeded ({time_limit:g} s)")
 
 
-class WorkerCrashed(Exception):
+class WorkerCrashed(Error):
     """A worker process died while running a job."""
 
 

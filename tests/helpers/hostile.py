@@ -1,7 +1,7 @@
 """Hostile clients and the scenarios they make, shared by the tests and the long form.
 
 Each scenario starts nothing itself: it gets a running server (a
-:class:`conftest.Server`) and sizes (how many clients, how many bytes), throws
+:class:`helpers.servers.Server`) and sizes (how many clients, how many bytes), throws
 its clients at the server, and returns an :class:`Outcome` that says what load
 was held, what was injected, what was lost and how high the server's memory
 went.  ``tests/test_reliability_*.py`` run them with small sizes and assert;
@@ -19,50 +19,32 @@ import errno
 import os
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import Server, connect, descendants, recv_until_closed, rss_kb, tree_total
+from helpers.net import abort, connect, free_ports, recv_until_closed
+from helpers.processes import (
+    alive,
+    asleep,
+    cpu_seconds,
+    descendants,
+    factor_workers,
+    open_fds,
+    pss_kb,
+    tree_total,
+    wait_for,
+    wait_gone,
+    wait_working,
+)
+from helpers.servers import Server
 
 LOOPBACK = "127.0.0.1"
 
 
 # -- measuring the server ---------------------------------------------------------
-
-
-def open_fds(pid: int) -> int:
-    """File descriptors a process has open (from /proc)."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
-
-
-def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
-
-
-def pss_kb(pid: int) -> int:
-    """Proportional set size: RSS with each shared page split among its sharers.
-
-    Summed over a server and its forked children it counts copy-on-write pages
-    once, where summed RSS would count the parent's image once per child.
-    """
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return rss_kb(pid)
 
 
 def tree_pss_kb(pid: int) -> int:
@@ -180,12 +162,6 @@ def crowd(port: int, count: int, timeout: float = 10.0) -> Iterator[list[socket.
             sock.close()
 
 
-def reset(sock: socket.socket) -> None:
-    """Close with RST instead of FIN (SO_LINGER on, timeout 0)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 def classify_extra(port: int, timeout: float = 10.0) -> str:
     """What an extra client of a full server sees: busy, refused, served or other."""
     try:
@@ -291,11 +267,13 @@ def final_reads(socks: list[socket.socket], timeout: float,
         selector.close()
 
 
-def _push_without_reading(socks: list[socket.socket], each: int, stall: float) -> int:
+def _push_without_reading(socks: list[socket.socket], each: int, stall: float,
+                          pushing: threading.Event | None = None) -> int:
     """Send ``each`` bytes of short lines on every socket, never reading; bytes sent.
 
     Stops when every socket has sent its share or none made progress for
     ``stall`` seconds (the server stopped reading: flow control at work).
+    Sets ``pushing`` once every socket could have sent a chunk (or on the way out).
     """
     chunk = (b"0123456789abcdef" * 4 + b"\n") * 1024  # 65 KiB of 65-byte lines
     left = {sock: each for sock in socks}
@@ -319,6 +297,8 @@ def _push_without_reading(socks: list[socket.socket], each: int, stall: float) -
                     left[sock] = 0
                 sent_total += sent
                 left[sock] -= sent
+                if pushing is not None and sent_total >= len(socks) * len(chunk):
+                    pushing.set()
                 if sent:
                     last_progress = time.monotonic()
                 if left[sock] <= 0:
@@ -326,6 +306,8 @@ def _push_without_reading(socks: list[socket.socket], each: int, stall: float) -
                     del left[sock]
     finally:
         selector.close()
+        if pushing is not None:
+            pushing.set()
     return sent_total
 
 
@@ -334,16 +316,17 @@ def never_reading(server: Server, clients: int, megabytes: int, mode: str) -> Ou
     port = server.port
     baseline = tree_pss_kb(server.pid)
     with Sampler(server.pid) as sampler, crowd(port, clients) as socks:
-        pusher = threading.Thread(
-            target=lambda: results.append(_push_without_reading(socks, megabytes << 20, 3.0)))
+        pushing = threading.Event()
+        pusher = threading.Thread(target=lambda: results.append(
+            _push_without_reading(socks, megabytes << 20, 3.0, pushing)))
         results: list[int] = []
         pusher.start()
-        time.sleep(0.5)
+        pushing.wait(60)  # the others are asked while the flood is on
         good = served(port, 3)
         pusher.join(600)
         held = tree_pss_kb(server.pid)
         for sock in socks:
-            reset(sock)
+            abort(sock)
         socks.clear()
     after = served(port, 2)
     return Outcome(
@@ -426,7 +409,7 @@ def resets(server: Server, clients: int, mode: str) -> Outcome:
                     sock.sendall(b"half a li")
                 elif i % 3 == 1:
                     sock.sendall(b"line\n" * 2000)
-                reset(sock)
+                abort(sock)
         good = served(port, 3)
     return Outcome("resets (SO_LINGER 0)", mode, f"{clients} clients",
                    "RST mid-request", lost=3 - good, peak_pss_kb=sampler.peak_pss_kb)
@@ -542,7 +525,7 @@ class PipelineClient:
 
 # -- behind a load balancer ---------------------------------------------------------------
 
-CONTRIB_HAPROXY = Path(__file__).resolve().parent.parent / "contrib" / "haproxy" / "haproxy.cfg"
+CONTRIB_HAPROXY = Path(__file__).resolve().parents[2] / "contrib" / "haproxy" / "haproxy.cfg"
 EXAMPLE_PORTS = [{"reverse": 17800, "factor": 17801}, {"reverse": 17810, "factor": 17811}]
 
 
@@ -560,12 +543,6 @@ def haproxy_config(stats: str, fronts: dict[str, int], instances: list[dict[str,
     return text.replace("global\n", f"global\n    stats socket {stats} mode 600 level admin\n", 1)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
 def haproxy_stats(path: str) -> dict[str, dict[str, str]]:
     """``show stat`` over the admin socket: one dict of fields per server name."""
     with socket.socket(socket.AF_UNIX) as sock:
@@ -577,6 +554,13 @@ def haproxy_stats(path: str) -> dict[str, dict[str, str]]:
     header = lines[0].lstrip("# ").split(",")
     rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
     return {row["svname"]: row for row in rows if row.get("pxname") == "reverse_servers"}
+
+
+def _sessions(path: str, name: str) -> int:
+    """Sessions HAProxy has sent to backend server ``name`` so far (-1 if unknown)."""
+    with contextlib.suppress(OSError, KeyError, IndexError, ValueError):
+        return int(haproxy_stats(path)[name]["stot"])
+    return -1
 
 
 def wait_status(path: str, name: str, status: str, timeout: float = 15.0) -> bool:
@@ -634,10 +618,11 @@ def behind_haproxy(start_instance: Callable[[dict[str, int]], Server], workdir: 
     import signal
     import subprocess
 
-    ports = [{"reverse": free_port(), "factor": free_port()} for _ in range(2)]
+    free = free_ports(6)  # all at once: six different ports
+    ports = [{"reverse": free[0], "factor": free[1]}, {"reverse": free[2], "factor": free[3]}]
     instances = [start_instance(p) for p in ports]
     stats = str(workdir / "haproxy.sock")
-    fronts = {"reverse": free_port(), "factor": free_port()}
+    fronts = {"reverse": free[4], "factor": free[5]}
     config = workdir / "haproxy.cfg"
     config.write_text(haproxy_config(stats, fronts, ports))
     proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
@@ -656,8 +641,10 @@ def behind_haproxy(start_instance: Callable[[dict[str, int]], Server], workdir: 
             sessions_before = int(haproxy_stats(stats)["tcpkit1"]["stot"])
             instances[0] = start_instance(ports[0])
             came_back = wait_status(stats, "tcpkit1", "UP")
-            time.sleep(seconds / 3)
-            sessions_after = int(haproxy_stats(stats)["tcpkit1"]["stot"])
+            time.sleep(seconds / 3)  # the last third of the load, both instances up
+            # ...and at least until HAProxy has sent the restarted one a session.
+            wait_for(lambda: _sessions(stats, "tcpkit1") > sessions_before, 10)
+            sessions_after = _sessions(stats, "tcpkit1")
         early = [t for t in load.failures if t < killed_at]
         late = [t for t in load.failures if t > down_at + 1.0]
     finally:
@@ -723,34 +710,31 @@ def sigterm_under_load(server: Server, clients: int, mode: str,
 
 
 def abandoned_factorization(server: Server, number: int, mode: str) -> Outcome:
-    """A client leaves (RST) during a long factorization: its worker must stop."""
-    from conftest import process_cpu_seconds
+    """A client leaves (RST) during a long factorization: its worker must stop.
 
-    def cpu_rate(window: float) -> float:
-        before = process_cpu_seconds(server.pid)
-        time.sleep(window)
-        # max(): a killed worker takes its CPU time out of the sum
-        return max(0.0, process_cpu_seconds(server.pid) - before) / window
-
+    The server runs with ``--factor-workers 1``: the job's worker is the only
+    child of the pool's forkserver.  It must be killed (its PID goes), and the
+    worker that replaces it must sit idle (asleep), not go on with the job.
+    """
     with Sampler(server.pid) as sampler:
         sock = connect(server.port)
         sock.sendall(b"%d\n" % number)
-        deadline = time.monotonic() + 30  # the worker pool starts lazily
-        while (busy := cpu_rate(0.5)) < 0.5 and time.monotonic() < deadline:
-            pass
-        reset(sock)
+        try:  # the worker pool starts lazily
+            worker: int | None = wait_working(lambda: factor_workers(server.pid), cpu=0.5)
+        except AssertionError:
+            worker = None
+        worked = cpu_seconds(worker) if worker else 0.0
+        abort(sock)
         left = time.monotonic()
-        deadline = left + 20
-        while (idle := cpu_rate(0.5)) > 0.2 and time.monotonic() < deadline:
-            pass
-        idle_after = time.monotonic() - left
+        killed = worker is not None and wait_gone(worker, 20)
+        seconds = time.monotonic() - left
+        idle = wait_for(lambda: all(asleep(each) for each in factor_workers(server.pid)), 10)
     good = served_factor(server.port)
     return Outcome(
-        "client leaves during a long factorization", mode, "1 client, 75-digit semiprime",
+        "client leaves during a long factorization", mode, "1 client, 76-digit semiprime",
         "RST while the worker computes", lost=1 - good, peak_pss_kb=sampler.peak_pss_kb,
-        details={"cpu_while_busy": round(busy, 2), "cpu_after": round(idle, 2),
-                 "seconds_to_idle": round(idle_after, 1), "started": busy >= 0.5,
-                 "stopped": idle <= 0.2})
+        details={"worker_cpu_s": round(worked, 2), "seconds_to_kill": round(seconds, 1),
+                 "started": worker is not None, "stopped": killed and idle})
 
 
 def served_factor(port: int) -> int:
@@ -774,22 +758,20 @@ def worker_killed(server: Server, clients: int, seconds: float, mode: str) -> Ou
     def workers() -> list[int]:
         return [int(pid) for pid in re.findall(r"worker (\d+) started", server.stderr())]
 
-    deadline = time.monotonic() + 20
-    while len(workers()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: len(workers()) >= 2, 20)
     victim = workers()[0]
     with Requester(server.port, clients) as load, Sampler(server.pid) as sampler:
         time.sleep(seconds / 3)
         ok_before = load.ok
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        while len(workers()) < 3 and time.monotonic() < killed_at + 20:
-            time.sleep(0.02)
+        wait_for(lambda: len(workers()) >= 3, 20, step=0.02)
         replaced_at = time.monotonic()
-        time.sleep(seconds / 3)
+        time.sleep(seconds / 3)  # the last third of the load
+        wait_for(lambda: load.ok > ok_before, 10)  # ...and until someone is served again
         ok_after = load.ok
     late = [t for t in load.failures if t < killed_at or t > replaced_at + 1.0]
-    alive = [pid for pid in workers() if pid != victim and _running(pid)]
+    running = [pid for pid in workers() if pid != victim and alive(pid)]
     return Outcome(
         "kill -9 of one worker (--workers 2)", mode,
         f"{clients} clients, short connections, {seconds:g} s", "SIGKILL to a worker",
@@ -798,12 +780,4 @@ def worker_killed(server: Server, clients: int, seconds: float, mode: str) -> Ou
                  "failed": len(load.failures), "failed_outside_window": len(late),
                  "replaced": len(workers()) >= 3,
                  "replace_seconds": round(replaced_at - killed_at, 2),
-                 "workers_alive": len(alive)})
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+                 "workers_alive": len(running)})

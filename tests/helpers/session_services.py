@@ -1,7 +1,7 @@
 """Session services for the end-to-end tests (tests/test_sessions_e2e.py).
 
 They are registered through the ``tcpkit.services`` entry points (see
-``conftest.plugin_env``), so a real ``tcpkit serve NAME`` process serves them
+``helpers.servers.plugin_env``), so a real ``tcpkit serve NAME`` process serves them
 in every mode, exactly as it would serve an installed plug-in.
 """
 

@@ -1,0 +1,115 @@
+"""Talking to a server over real loopback sockets: connect, exchange, read, leave."""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+
+
+def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def recv_until_closed(sock: socket.socket, limit: int = 1 << 30) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    total = 0
+    while total < limit:
+        data = sock.recv(1 << 16)
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+def exchange(port: int, payload: bytes, timeout: float = 20.0) -> bytes:
+    """Send ``payload``, half-close, and return every byte the server replies."""
+    with connect(port, timeout=timeout) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return recv_until_closed(sock)
+
+
+def recv_lines(sock: socket.socket, count: int) -> list[bytes]:
+    """Read exactly ``count`` lines (with terminators) from a socket."""
+    buf = b""
+    while buf.count(b"\n") < count:
+        data = sock.recv(1 << 16)
+        if not data:
+            break
+        buf += data
+    lines = buf.split(b"\n")
+    return [line + b"\n" for line in lines[:count]]
+
+
+class LinePeer:
+    """A line client over one real socket: read a line at a time, send several."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
+        self.sock = connect(port, host, timeout)
+        self.buffer = b""
+
+    def line(self) -> bytes:
+        """The next line without its LF (a CR stays); fails if the server closed first."""
+        while b"\n" not in self.buffer:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise AssertionError(f"closed; got {self.buffer!r}")
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def send(self, *lines: bytes, end: bytes = b"\n") -> None:
+        self.sock.sendall(b"".join(line + end for line in lines))
+
+    def rest(self) -> bytes:
+        """Everything until the server closes."""
+        rest, self.buffer = self.buffer + recv_until_closed(self.sock), b""
+        return rest
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def abort(sock: socket.socket) -> None:
+    """Leave abruptly: close with RST instead of FIN (SO_LINGER on, timeout 0).
+
+    A crashed or killed client's kernel often does this.  A plain close() sends
+    FIN, which on the wire is the same as the half-close with which a client
+    says "that was my last request, send the replies": the server has to keep
+    working for it (SPEC §2.2).
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def readable(sock: socket.socket) -> bool:
+    """Whether a read would not block right now (data, EOF or an error is waiting)."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """Loopback ports free right now, for programs that cannot be given port 0."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def ipv6_loopback() -> bool:
+    """Whether ::1 can be used here (containers often have IPv6 switched off)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+LOOPBACKS = ["127.0.0.1", "::1"] if ipv6_loopback() else ["127.0.0.1"]

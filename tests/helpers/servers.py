@@ -1,0 +1,173 @@
+"""Real server processes: start a command, wait until it listens, stop it by PID.
+
+:func:`start_server` starts ``tcpkit serve`` (or any command that logs
+``Listening on HOST:PORT``) as a subprocess, reads its stderr in a thread and
+gives back a :class:`Server` once every listening line is in; :class:`Servers`
+starts ``tcpkit serve`` on loopback port 0 and stops what it started (the
+``serve`` fixture of conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from helpers.net import ipv6_loopback
+from helpers.processes import descendants, kill_all, wait_for
+
+TESTS = Path(__file__).resolve().parent.parent
+PEERS = TESTS / "peers"
+LISTENING = re.compile(r"Listening on (\S+):(\d+) \((\S+), mode=(\w+)\)")
+
+
+def script(name: str) -> list[str]:
+    """The command line of one of the package's console scripts."""
+    # The interpreter's own bin directory first: in a virtualenv (or a worktree
+    # with its own one) that is the tcpkit under test, whatever PATH says.
+    beside = Path(sys.executable).parent / name
+    return [str(beside) if beside.exists() else shutil.which(name) or name]
+
+
+def run(args: list[str], stdin: bytes = b"", timeout: float = 60.0,
+        ) -> subprocess.CompletedProcess[bytes]:
+    """Run a command to completion, capturing both streams."""
+    return subprocess.run(args, input=stdin, capture_output=True, timeout=timeout, check=False)
+
+
+@dataclass
+class Server:
+    """A running server process and what it said on stderr."""
+
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int] = field(default_factory=dict)
+    stderr_lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return next(iter(self.ports.values()))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+    def wait_for_stderr(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        found: list[re.Match[str]] = []
+
+        def logged() -> bool:
+            match = re.search(pattern, self.stderr())
+            found.extend([match] if match else [])
+            return match is not None
+
+        if not wait_for(logged, timeout, step=0.02):
+            raise AssertionError(f"{pattern!r} not in server stderr:\n{self.stderr()}")
+        return found[0]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        # Children found now: after a SIGKILL the server cannot stop them, and a
+        # factor worker would go on computing (it is not the server's child).
+        tree = descendants(self.pid) if sig == signal.SIGKILL else []
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            tree = descendants(self.pid)
+            self.process.kill()
+            code = self.process.wait()
+        kill_all(tree, signal.SIGKILL)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return code
+
+
+def start_server(args: list[str], services: int = 1, env: dict[str, str] | None = None,
+                 stdout: int | None = subprocess.DEVNULL, pass_fds: tuple[int, ...] = (),
+                 ) -> Server:
+    """Start a server command and wait until it logs every ``Listening on`` line."""
+    process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE,
+                               env={**os.environ, **(env or {})}, pass_fds=pass_fds)
+    server = Server(process)
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            line = raw.decode("utf-8", "replace")
+            server.stderr_lines.append(line)
+            found = LISTENING.search(line)
+            if found:
+                server.ports[found.group(3)] = int(found.group(2))
+                if len(server.ports) >= services:
+                    ready.set()
+        ready.set()
+
+    server._reader = threading.Thread(target=read, daemon=True)
+    server._reader.start()
+    if not ready.wait(20) or len(server.ports) < services:
+        server.stop(signal.SIGKILL)
+        raise AssertionError(f"server did not start: {args}\n{server.stderr()}")
+    return server
+
+
+class Servers:
+    """``tcpkit serve ARGS...`` on loopback port 0, as many as a test wants; each
+    stopped (SIGKILL, with its descendants) by :meth:`stop_all`."""
+
+    def __init__(self) -> None:
+        self.started: list[Server] = []
+
+    def __call__(self, *args: str, services: int = 1, listen: bool = True) -> Server:
+        command = [*script("tcpkit"), "serve", *args]
+        if listen and "--listen" not in args:
+            names = [a for a in args if a in ("reverse", "factor")] or ["reverse"]
+            for name in names:
+                command += ["--listen", f"{name}=127.0.0.1:0" if len(names) > 1
+                            else "127.0.0.1:0"]
+            services = len(names)
+        return self.command(command, services)
+
+    def command(self, args: list[str], services: int = 1) -> Server:
+        """Start any server command (e.g. ``tcpkit serve`` under prlimit), stopped likewise."""
+        server = start_server(args, services)
+        self.started.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop(signal.SIGKILL)
+
+
+def plugin_env(target: Path, module: Path, points: dict[str, str],
+               name: str = "tcpkit-test-plugin") -> dict[str, str]:
+    """Make ``module`` importable as an installed plug-in registering ``points`` in the
+    ``tcpkit.services`` group (a ``*.dist-info`` beside it); the environment to use."""
+    shutil.copy(module, target)
+    info = target / f"{name.replace('-', '_')}-0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(
+        "[tcpkit.services]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path}
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+def needs(tool: str) -> pytest.MarkDecorator:
+    """Skip unless ``tool`` is installed (CI installs them all)."""
+    return pytest.mark.skipif(shutil.which(tool) is None and not os.environ.get("CI"),
+                              reason=f"{tool} not installed")
