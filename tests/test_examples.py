@@ -8,7 +8,9 @@ chat room through Redis in tests/test_examples_redis.py.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import ClassVar
 
@@ -16,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers.examples import load_example
+from helpers.examples import EXAMPLES, load_example
 from tcpkit import Service, Session
 from tcpkit.dialog import Dialog
 from tcpkit.hub import LocalHub
@@ -249,3 +251,31 @@ def test_a_dialog_must_start_first() -> None:
 def test_a_session_subclass_is_what_the_service_names() -> None:
     for module in (daytime, kv, chat, mail):
         assert issubclass(module.SERVICE.session, Session)
+
+
+# -- the README shows them whole ---------------------------------------------------
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+
+
+@pytest.mark.parametrize("name", ["chat", "mail"])
+def test_readme_shows_the_example_whole(name: str) -> None:
+    assert (EXAMPLES / name / f"{name}.py").read_text() in readme_blocks()
+
+
+def test_readme_session_tests_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's tests without a socket, run as written."""
+    [code] = [block for block in readme_blocks() if "from tcpkit.dialog import" in block]
+    monkeypatch.setitem(sys.modules, "chat", chat)
+    monkeypatch.setitem(sys.modules, "mail", mail)
+    namespace: dict[str, object] = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    tests = [value for key, value in namespace.items() if key.startswith("test_")]
+    assert len(tests) == 2
+    for test in tests:
+        assert callable(test)
+        test()

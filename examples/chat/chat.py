@@ -1,6 +1,6 @@
 """chat: one room; every line a member writes reaches every other member.
 
-    S: welcome guest1                  (on connect; N is unique)
+    S: welcome guest1                  (on connect: guestN, N unique)
     C: NICK ann                        S: you are now ann   (or: error: nickname taken)
     C: hello                           (not echoed; the others get "ann: hello")
     C: QUIT                            S: bye               (and the server closes)
