@@ -185,6 +185,17 @@ def test_one_room_across_two_servers_behind_haproxy(serve_chat: Start,
         assert "Traceback" not in server.stderr()
 
 
+@pytest.mark.parametrize("bad", ["bogus", "redis://", "http://127.0.0.1:6379"])
+def test_a_bad_pubsub_is_a_usage_error(bad: str, chat_env: dict[str, str]) -> None:
+    done = subprocess.run([*script("tcpkit"), "serve", "chat", "--listen", "127.0.0.1:0",
+                           "--workers", "2", "--pubsub", bad],
+                          env={**os.environ, **chat_env}, capture_output=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2, done
+    assert done.stderr.decode().splitlines() == [
+        f"tcpkit serve: error: --pubsub must be 'local' or redis://HOST:PORT (got {bad!r})"]
+
+
 def accepted(server: Server) -> bool:
     return re.search(r"accept 127\.0\.0\.1:\d+ \(chat\)", server.stderr()) is not None
 
@@ -216,19 +227,24 @@ def test_redis_restarting_is_survived(serve_chat: Start, redis_server: RedisServ
     assert bob.line() == b"* " + dan_name + b" joined"
     redis_server.stop()
     assert ann.line() == dan.line() == bob.line() == LOST
-    ann.send(b"only this server")
+    ann.send(b"only this server", b"NICK ann")
     assert dan.line() == ann_name + b": only this server"
+    assert ann.line() == UNAVAILABLE  # no name can be claimed without Redis; ann keeps hers
+    dan.send(b"QUIT")  # leaving works: dan's own server hears it at once, Redis or not
+    assert dan.line() == b"bye"
+    assert ann.line() == b"* " + dan_name + b" left"
     late = LinePeer(one.port)
     assert late.line() == UNAVAILABLE
     assert late.rest() == b""  # and closed
     late.close()
     redis_server.start()  # the same port, no data: the servers reconnect with backoff
-    assert ann.line() == dan.line() == bob.line() == RESTORED  # bob never got the local line
+    assert ann.line() == bob.line() == RESTORED  # bob never got the local lines
     carl, carl_name = join(one.port)
-    assert carl_name not in (ann_name, bob_name, dan_name)  # the counter restarted, names did not
+    assert carl_name not in (ann_name, bob_name)  # the counter restarted, their names did not
     assert bob.line() == b"* " + carl_name + b" joined"
     ann.send(b"across again")
     assert bob.line() == ann_name + b": across again"
+    assert carl.line() == ann_name + b": across again"
     for member in (ann, bob, carl, dan):
         member.close()
     for server in (one, two):
