@@ -18,6 +18,9 @@ servers alike rather than one of them.
 Cells and servers are tables (:data:`CELLS`, :data:`SERVERS`): a new cell is
 one more row, e.g. a factor cell with ``--payload-file`` and ``--expect factor``
 and ``service="factor"`` (servers that do not speak that service are skipped).
+The chat room's fan-out cell (issue 10) is such a row too: its driver is
+``fanout.c`` (this directory) instead of loadgen, its servers the chat anchors
+of ``bench/anchors/`` and ``tcpkit serve chat``, its figure deliveries/s.
 """
 
 from __future__ import annotations
@@ -61,19 +64,21 @@ MARK_END = "<!-- bench:end -->"
 
 @dataclass(frozen=True)
 class Cell:
-    """One load pattern.  ``loadgen`` is loadgen's arguments, with placeholders:
+    """One load pattern.  ``args`` is its driver's arguments, with placeholders:
     ``{seconds}`` (the run's seconds per cell), ``{hold}`` (connections held),
     ``{idle}`` (hold's idle period), ``{shared}`` (the shared bench directory) and
     ``{here}`` (this directory)."""
 
     name: str
     label: str
-    loadgen: tuple[str, ...]
+    args: tuple[str, ...]
     service: str = "reverse"
     # hold cells: fresh server, all connections must be served before and after
     # the idle period, and the RSS growth per connection is reported.
     hold: bool = False
-    baseline: str = "c_epoll"
+    baseline: str = "c_epoll"  # every figure of the cell is also shown as a ratio to it
+    driver: str = "loadgen"  # the C program in the build directory that drives the cell
+    unit: str = "request"  # what the driver's "rps" and "requests" count
 
 
 LINE = ("-l", "32")
@@ -86,6 +91,10 @@ CELLS: list[Cell] = [
          ("--mode", "stream", "-c", "1", "-w", "64", *LINE, "-d", "{seconds}")),
     Cell("hold", "hold C={hold}", ("--mode", "hold", "-c", "{hold}", *LINE, "-d", "{idle}"),
          hold=True),
+    # Issue 10: a chat room of 100 members, each sending in a closed loop (its next
+    # line once every other member has its last one); a line counts once per recipient.
+    Cell("fanout-m100", "fan-out M=100", ("-m", "100", *LINE, "-d", "{seconds}"),
+         service="chat", baseline="tcpkit-async", driver="fanout", unit="delivery"),
 ]
 
 
@@ -138,10 +147,23 @@ def python_anchor(script: str, *extra: str) -> Callable[[Context, int, str], lis
     return argv
 
 
+def chat_anchor(runtime: str, script: str, *extra: str) -> Callable[[Context, int, str],
+                                                                    list[str]]:
+    """A chat anchor of this repository's ``bench/anchors/`` (``python``: this interpreter)."""
+    def argv(ctx: Context, port: int, service: str) -> list[str]:
+        program = ctx.python if runtime == "python" else runtime
+        return [program, str(HERE / "anchors" / script), str(port), *extra]
+    return argv
+
+
+CHAT = ("chat",)
+
+
 SERVERS: list[Server] = [
     Server("c_epoll", lambda ctx, port, _: [str(ctx.build / "c_epoll_reverse"), str(port)]),
-    Server("tcpkit-async", tcpkit("async"), services=("reverse", "factor")),
-    Server("tcpkit-thread", tcpkit("thread"), services=("reverse", "factor")),
+    # chat: the tcpkit-chat example (pip install -e examples/chat); skipped without it.
+    Server("tcpkit-async", tcpkit("async"), services=("reverse", "factor", "chat")),
+    Server("tcpkit-thread", tcpkit("thread"), services=("reverse", "factor", "chat")),
     Server("tcpkit-fork", tcpkit("fork"), services=("reverse", "factor"), no_hold=PROCESS_EACH,
            forks=True),
     Server("tcpkit-iterative", tcpkit("iterative"), services=("reverse", "factor"),
@@ -168,11 +190,21 @@ SERVERS: list[Server] = [
     Server("twisted", python_anchor("py_twisted.py"), needs=("py:twisted",), optional=True),
     Server("trio", python_anchor("py_trio.py"), needs=("py:trio",), optional=True),
     Server("gevent", python_anchor("py_gevent.py"), needs=("py:gevent",), optional=True),
+    Server("chat-twisted", chat_anchor("python", "chat_twisted.py"), services=CHAT,
+           needs=("py:twisted",)),
+    Server("chat-asyncio", chat_anchor("python", "chat_asyncio.py"), services=CHAT),
+    Server("chat-uvloop", chat_anchor("python", "chat_asyncio.py", "--uvloop"), services=CHAT,
+           needs=("py:uvloop",)),
+    Server("chat-node", chat_anchor("node", "chat_node.js"), services=CHAT, needs=("node",)),
+    Server("chat-perl", chat_anchor("perl", "chat_perl.pl"), services=CHAT, needs=("perl",)),
 ]
 
 # tcpkit's targets (issue 3): median ratio to C epoll in the same run.
 ASYNC_TARGETS = {"rr-c100": 0.90, "rr-c1000": 0.70, "conn-c10": 0.90, "stream-w64": 0.96}
 HOLD_TARGET_KB = 2.0
+# Issue 10: tcpkit ahead of every chat anchor in the fan-out cell, in the same run.
+FANOUT_TARGETS = {"fanout-m100": ("tcpkit-async", ("chat-twisted", "chat-asyncio",
+                                                   "chat-uvloop", "chat-node", "chat-perl"))}
 # Each tcpkit mode must match or beat its peer on every cell.
 PEERS = {
     "tcpkit-thread": "socketserver-thread",
@@ -191,10 +223,13 @@ def progress(message: str) -> None:
 
 
 def build(shared: Path, out: Path) -> None:
-    """Compile loadgen and the C epoll server (again only when a source changed)."""
+    """Compile loadgen, the C epoll server and the fan-out driver (again only when a
+    source changed)."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, source in (("loadgen", "loadgen.c"), ("c_epoll_reverse", "c_epoll_reverse.c")):
-        src, binary = shared / source, out / name
+    for name, src in (("loadgen", shared / "loadgen.c"),
+                      ("c_epoll_reverse", shared / "c_epoll_reverse.c"),
+                      ("fanout", HERE / "fanout.c")):
+        binary = out / name
         if binary.exists() and binary.stat().st_mtime >= src.stat().st_mtime:
             continue
         progress(f"building {binary}")
@@ -369,23 +404,28 @@ def stop(running: Running) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def run_loadgen(ctx: Context, cell: Cell, port: int) -> dict[str, Any]:
-    """One loadgen run against ``port``; its JSON line as a dict."""
+def run_driver(ctx: Context, cell: Cell, port: int) -> dict[str, Any]:
+    """One run of the cell's driver (loadgen or fanout) against ``port``; its JSON line
+    as a dict, with ``failed`` when it found a wrong or missing reply."""
     values = {"seconds": ctx.seconds, "hold": ctx.hold, "idle": ctx.idle,
               "shared": ctx.shared, "here": HERE}
-    args = [arg.format(**values) for arg in cell.loadgen]
-    argv = ["taskset", "-c", LOADGEN_CPUS, str(ctx.build / "loadgen"),
+    args = [arg.format(**values) for arg in cell.args]
+    argv = ["taskset", "-c", LOADGEN_CPUS, str(ctx.build / cell.driver),
             "--host", "127.0.0.1", "--port", str(port), *args]
-    # hold waits up to 60 s for each of its two rounds when a server is stuck.
-    limit = ctx.seconds + (150 if cell.hold else 30)
+    # hold waits up to 60 s for each of its two rounds when a server is stuck;
+    # fanout up to 20 s to seat its members and 15 s for the last lines and QUITs.
+    limit = ctx.seconds + (150 if cell.hold else 45)
     try:
         done = subprocess.run(argv, capture_output=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
-        return {"failed": f"loadgen did not finish within {limit:.0f} s"}
+        return {"failed": f"{cell.driver} did not finish within {limit:.0f} s"}
+    why = done.stderr.decode(errors="replace").strip()
     try:
         result: dict[str, Any] = json.loads(done.stdout)
     except ValueError:
-        return {"failed": f"loadgen: {done.stderr.decode(errors='replace').strip()[-200:]}"}
+        return {"failed": f"{cell.driver}: {why[-200:]}"}
+    if done.returncode != 0:  # fanout: a delivery missing, duplicated or out of order
+        result["failed"] = f"{cell.driver} exit {done.returncode}: {why[:200]}"
     return result
 
 
@@ -407,10 +447,12 @@ def estimate(plan: Plan, ctx: Context) -> float:
     total = 0.0
     for server in plan.servers:
         for cell in plan.cells:
+            if cell.service not in server.services:
+                continue
             if cell.hold:
                 total += 0 if server.no_hold else ctx.idle + 2.5 + ctx.hold / 4000
-            else:
-                total += ctx.seconds + 0.4
+            else:  # fanout also seats its members, warms up and waits for the QUITs
+                total += ctx.seconds + (1.5 if cell.driver == "fanout" else 0.4)
         total += 1.0
     return total * plan.repeat
 
@@ -420,7 +462,7 @@ def measure(ctx: Context, plan: Plan, raw: Path, logs: Path, stamp: str) -> None
     total = plan.repeat * sum(1 for s in plan.servers for c in plan.cells
                               if c.service in s.services)
     done = 0
-    rejected: dict[str, str] = {}
+    rejected: dict[tuple[str, str], str] = {}
     with open(raw, "a") as out:
         def record(entry: dict[str, Any]) -> None:
             entry = {"run": stamp, **entry}
@@ -459,11 +501,16 @@ def cell_groups(cells: Sequence[Cell], server: Server) -> Iterator[list[Cell]]:
 
 
 def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
-                rejected: dict[str, str]) -> Iterator[tuple[Cell, dict[str, Any]]]:
-    """Start ``server`` once for ``cells`` and measure each in turn."""
-    if server.name in rejected:
+                rejected: dict[tuple[str, str], str]) -> Iterator[tuple[Cell, dict[str, Any]]]:
+    """Start ``server`` once for ``cells`` (one service's) and measure each in turn.
+
+    A refusal is remembered per server and service: a tcpkit without the chat
+    example refuses ``serve chat`` but still serves ``reverse``.
+    """
+    key = (server.name, cells[0].service)
+    if key in rejected:
         for cell in cells:
-            yield cell, {"skipped": rejected[server.name]}
+            yield cell, {"skipped": rejected[key]}
         return
     if cells[0].hold and server.no_hold:
         yield cells[0], {"skipped": server.no_hold}
@@ -471,9 +518,9 @@ def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
     try:
         running = start(ctx, server, cells[0].service, logs)
     except Rejected as exc:
-        rejected[server.name] = f"server rejected: {exc}"
+        rejected[key] = f"server rejected: {exc}"
         for cell in cells:
-            yield cell, {"skipped": rejected[server.name]}
+            yield cell, {"skipped": rejected[key]}
         return
     try:
         for cell in cells:
@@ -481,11 +528,13 @@ def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
             children = len(descendants(pid))
             before, cpu = tree_rss_kb(pid), tree_cpu_seconds(pid)
             with RssSampler(pid) as sampler:
-                result = run_loadgen(ctx, cell, running.port)
+                result = run_driver(ctx, cell, running.port)
             cpu = tree_cpu_seconds(pid) - cpu
             result.update(rss_kb_before=before, rss_kb=sampler.peak, cpu_s=round(cpu, 3))
-            if result.get("requests"):
-                result["cpu_us_per_req"] = round(cpu * 1e6 / result["requests"], 2)
+            # fanout's CPU time spans its warm-up and drain too: divide by every delivery.
+            count = result.get("deliveries_total") or result.get("requests")
+            if count:
+                result["cpu_us_per_req"] = round(cpu * 1e6 / count, 2)
             if cell.hold and "failed" not in result:
                 conns = result.get("connections") or 1
                 result["rss_growth_kb_per_conn"] = round((sampler.peak - before) / conns, 3)
@@ -514,6 +563,10 @@ def label(cell: Cell, ctx: Context) -> str:
     return cell.label.format(hold=ctx.hold)
 
 
+def plural(unit: str) -> str:
+    return unit[:-1] + "ies" if unit.endswith("y") else unit + "s"
+
+
 def describe(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"skipped: {result['skipped']}"
@@ -521,6 +574,10 @@ def describe(result: dict[str, Any]) -> str:
         return f"FAILED: {result['failed']}"
     text = (f"{result['rps']:>11,.0f} req/s  p99 {result['p99_us'] / 1000:7.2f} ms  "
             f"RSS {result['rss_kb'] / 1024:7.1f} MB")
+    if "messages_per_s" in result:  # fanout
+        text = (f"{result['rps']:>11,.0f} deliveries/s ({result['messages_per_s']:,.0f} "
+                f"messages/s)  p99 {result['p99_us'] / 1000:7.2f} ms  "
+                f"RSS {result['rss_kb'] / 1024:7.1f} MB")
     if "cpu_us_per_req" in result:
         text += f"  CPU {result['cpu_us_per_req']:6.2f} us/req"
     if "held_ok" in result:
@@ -631,7 +688,7 @@ def markdown(plan: Plan, ctx: Context, info: dict[str, str], command: str, stamp
     timed = [c for c in plan.cells if not c.hold]
     holds = [c for c in plan.cells if c.hold]
     lines = [
-        f"## Reverse service, every server: `bench/run.py` run of {stamp}",
+        f"## Every server and cell: `bench/run.py` run of {stamp}",
         "",
         f"- Machine: {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}; "
         f"load average at start {info['load']}",
@@ -645,19 +702,18 @@ def markdown(plan: Plan, ctx: Context, info: dict[str, str], command: str, stamp
         f"- Raw measurements: `{rel(raw)}`",
         *(f"- {note}" for note in notes),
     ]
-    if timed:
-        lines += metric_table("Requests per second (ratio to C epoll)", figures, names, timed,
-                              ctx, lambda f: f.rps, lambda v: f"{v:,.0f}", mark_problems=True)
-        lines += metric_table("p99 latency, ms (ratio to C epoll; lower is better)", figures,
-                              names, timed, ctx, lambda f: f.p99_ms, lambda v: f"{v:.2f}")
-        lines += metric_table("Server CPU time per request, µs (ratio to C epoll; lower is "
-                              "better; steadier than req/s on a busy machine; not measured for "
-                              "servers that fork per client)", figures, names, timed, ctx,
-                              lambda f: f.cpu_us if f.has_cpu else None, lambda v: f"{v:.2f}")
-        lines += metric_table("Peak RSS, MB, server and its children (ratio to C epoll; a "
-                              "process per client counts shared pages in every process)",
-                              figures, names, timed, ctx, lambda f: f.rss_mb,
-                              lambda v: f"{v:.1f}")
+    if any(c.driver == "fanout" for c in timed):
+        lines.append("- Fan-out: `bench/fanout.c` (CPU 1) seats M members in one chat room, "
+                     "then each sends a line once every other member has its previous one; "
+                     "a line counts once per recipient (deliveries/s); every delivery is "
+                     "checked (once, intact, in order per sender). Servers: the chat anchors "
+                     "of `bench/anchors/` and `tcpkit serve chat`.")
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for cell in timed:  # one set of tables per baseline and unit: reverse, fan-out
+        groups.setdefault((cell.baseline, cell.unit), []).append(cell)
+    for group in groups.values():
+        lines += timed_tables(figures, [n for n in names if any(
+            (n, c.name) in figures for c in group)], group, ctx)
     for cell in holds:
         lines += ["", f"### {label(cell, ctx)}: idle connections "
                   f"(served before/after the idle period, per repetition)", "",
@@ -688,6 +744,28 @@ def markdown(plan: Plan, ctx: Context, info: dict[str, str], command: str, stamp
     if plot is not None:
         lines += ["", f"![requests per second per server and cell]({rel(plot)})"]
     return "\n".join(lines) + "\n"
+
+
+def timed_tables(figures: dict[tuple[str, str], Figure], names: Sequence[str],
+                 cells: Sequence[Cell], ctx: Context) -> list[str]:
+    """Throughput, p99, CPU and RSS of ``cells`` (one baseline, one unit)."""
+    ref = "C epoll" if cells[0].baseline == "c_epoll" else cells[0].baseline
+    unit = cells[0].unit
+    units = plural(unit)
+    short = "req" if unit == "request" else units
+    return [
+        *metric_table(f"{units.capitalize()} per second (ratio to {ref})", figures, names,
+                      cells, ctx, lambda f: f.rps, lambda v: f"{v:,.0f}", mark_problems=True),
+        *metric_table(f"p99 latency, ms (ratio to {ref}; lower is better)", figures,
+                      names, cells, ctx, lambda f: f.p99_ms, lambda v: f"{v:.2f}"),
+        *metric_table(f"Server CPU time per {unit}, µs (ratio to {ref}; lower is "
+                      f"better; steadier than {short}/s on a busy machine; not measured for "
+                      "servers that fork per client)", figures, names, cells, ctx,
+                      lambda f: f.cpu_us if f.has_cpu else None, lambda v: f"{v:.2f}"),
+        *metric_table(f"Peak RSS, MB, server and its children (ratio to {ref}; a "
+                      "process per client counts shared pages in every process)",
+                      figures, names, cells, ctx, lambda f: f.rss_mb, lambda v: f"{v:.1f}"),
+    ]
 
 
 def metric_table(title: str, figures: dict[tuple[str, str], Figure], names: Sequence[str],
@@ -743,6 +821,12 @@ def targets(figures: dict[tuple[str, str], Figure], plan: Plan, ctx: Context) ->
             f == str(ctx.hold) for pair in hold.held.split(", ") for f in pair.split("/"))
         rows.append(f"| tcpkit-async hold: all {ctx.hold} served, ≤ {HOLD_TARGET_KB:g} KB/conn "
                     f"| {hold.held}; {hold.growth_kb:.2f} KB | | {'yes' if ok else '**no**'} |")
+    for cell, (mine, anchors) in FANOUT_TARGETS.items():
+        fig = get(mine, cell)
+        for anchor in anchors:
+            other = get(anchor, cell)
+            if fig and other:
+                rows.append(compare(f"{mine} ≥ {anchor}, {cell}", fig, other, 1.0))
     for mine, peer in PEERS.items():
         for each in plan.cells:
             fig, other = get(mine, each.name), get(peer, each.name)
@@ -751,7 +835,7 @@ def targets(figures: dict[tuple[str, str], Figure], plan: Plan, ctx: Context) ->
     lines = []
     if rows:
         lines = ["", "### Targets (medians of this run)", "",
-                 "| target | req/s ratio | CPU-per-request ratio | met (req/s) |",
+                 "| target | req/s (deliveries/s) ratio | CPU-per-request ratio | met |",
                  "|---|---:|---:|---|", *rows]
     return lines + a_b(figures, plan)
 
@@ -814,7 +898,9 @@ def write_plot(path: Path, plan: Plan, ctx: Context) -> bool:
     figures = summarize(plan.records)
     names = [s.name for s in plan.servers]
     panels: list[tuple[str, Cell, Callable[[Figure], float], str]] = [
-        (label(c, ctx), c, lambda f: f.rps, "{:,.0f}") for c in plan.cells if not c.hold]
+        (label(c, ctx) if c.unit == "request" else
+         f"{label(c, ctx)}: {plural(c.unit)} per second (ratio to {c.baseline})", c,
+         lambda f: f.rps, "{:,.0f}") for c in plan.cells if not c.hold]
     panels += [(f"{label(c, ctx)}: RSS growth, KB per connection (lower is better)", c,
                 lambda f: f.growth_kb, "{:.2f}") for c in plan.cells if c.hold]
     if not panels:
@@ -825,11 +911,12 @@ def write_plot(path: Path, plan: Plan, ctx: Context) -> bool:
                              squeeze=False)
     for ax, (title, cell, value, fmt) in zip(axes.flat, panels, strict=False):
         ref = figures.get((cell.baseline, cell.name))
-        values = [value(figures[(n, cell.name)]) if (n, cell.name) in figures
-                  and figures[(n, cell.name)].runs else 0.0 for n in names]
+        here = [n for n in names if (n, cell.name) in figures]  # servers that speak it
+        values = [value(figures[(n, cell.name)]) if figures[(n, cell.name)].runs else 0.0
+                  for n in here]
         colours = ["#444444" if n == cell.baseline else "#1f77b4" if n.startswith("tcpkit")
-                   else "#aaaaaa" for n in names]
-        bars = ax.barh(names, values, color=colours)
+                   else "#aaaaaa" for n in here]
+        bars = ax.barh(here, values, color=colours)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10, loc="left")
         ax.tick_params(labelsize=8)

@@ -22,7 +22,7 @@ HARNESSES = sorted(p.stem.removeprefix("fuzz_") for p in FUZZ.glob("fuzz_*.py"))
 
 
 def test_every_harness_has_a_seed_corpus() -> None:
-    assert set(HARNESSES) == {"endpoint", "factor", "framing", "reverse"}
+    assert set(HARNESSES) == {"endpoint", "factor", "framing", "proxy", "reverse"}
     for name in HARNESSES:
         assert list((FUZZ / "corpus" / name).iterdir()), name
 

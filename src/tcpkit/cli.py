@@ -96,6 +96,7 @@ def plan_listeners(names: Sequence[str], listen: Sequence[str]) -> list[tuple[st
 
 def run_serve(args: argparse.Namespace) -> int:
     from tcpkit.operate import Operation, OptionError
+    from tcpkit.serving.guards.pidfile import PidFileError
     from tcpkit.serving.listeners import ListenError
 
     try:
@@ -128,7 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
             (services[name], endpoint) for name, endpoint in plan], limits)
     except OptionError as exc:
         raise UsageError(str(exc)) from None
-    except ListenError as exc:
+    except (ListenError, PidFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -136,6 +137,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Service],
                    plan: list[tuple[Service, Endpoint]], limits: Limits) -> int:
     """Serve the one inetd connection, systemd's sockets, or the ones in ``plan``."""
+    from tcpkit.serving.guards import privileges
     from tcpkit.serving.modes.inetd import InetdError, serve_inetd, take_stdin_socket
     from tcpkit.serving.run import run, serve_listeners
 
@@ -144,14 +146,17 @@ def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Serv
             sock = take_stdin_socket()
         except InetdError as exc:
             raise UsageError(str(exc)) from None
+        privileges.drop(ops.credentials)
         serve_inetd(sock, services[0], limits, ops.observer("inetd"), ops.tls)
         return EXIT_OK
     inherited = ops.inherited_listeners(services)
     observer = ops.observer(args.mode, args.workers)
     if inherited is not None:
-        serve_listeners(inherited, args.mode, limits, observer, args.workers)
+        serve_listeners(inherited, args.mode, limits, observer, args.workers,
+                        ops.pid_file, ops.credentials)
     else:
-        run(plan, args.mode, limits, observer, ops.tls, args.workers)
+        run(plan, args.mode, limits, observer, ops.tls, args.workers, ops.pid_file,
+            ops.credentials)
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ from tcpkit.endpoints import Endpoint, EndpointError, parse_endpoint
 from tcpkit.errors import Error
 from tcpkit.service import Service
 from tcpkit.serving.config import Listener
+from tcpkit.serving.guards.privileges import Credentials, PrivilegeError, resolve
 from tcpkit.serving.guards.tls import ServerTLS, TLSError
 from tcpkit.serving.listeners import ListenError
 from tcpkit.serving.observe.events import Observer, ObserverGroup
@@ -39,6 +40,8 @@ class Operation:
     resolve_names: bool
     inetd: bool
     activated: bool  # LISTEN_FDS is set for this process
+    credentials: Credentials | None = None  # whom to become once everything is open
+    pid_file: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, names: Sequence[str]) -> Operation:
@@ -58,7 +61,13 @@ class Operation:
                 raise OptionError(f"--metrics: {exc}") from None
             if metrics.is_unix:
                 raise OptionError("--metrics needs a TCP [HOST:]PORT, not a unix socket")
-        return cls(_load_tls(args), metrics, bool(args.resolve_names), inetd, activated)
+        _refuse_unenforced(args)
+        try:
+            credentials = resolve(args.user, args.group)
+        except PrivilegeError as exc:
+            raise OptionError(str(exc)) from None
+        return cls(_load_tls(args), metrics, bool(args.resolve_names), inetd, activated,
+                   credentials, args.pid_file)
 
     # -- what the serving mode gets -------------------------------------------------
 
@@ -112,6 +121,17 @@ class Operation:
                 for service, item in zip(chosen, inherited, strict=True)]
 
 
+def _refuse_unenforced(args: argparse.Namespace) -> None:
+    """Options parsed but not yet obeyed by the serving modes must not be accepted:
+    an access list that is silently ignored is worse than none.  (The parsers,
+    guards/proxy.py and guards/access.py, are done; the modes' use of them waits
+    for the one admission gate.)"""
+    for option, given in (("--proxy-protocol", args.proxy_protocol), ("--allow", args.allow),
+                          ("--deny", args.deny), ("--quiet-deny", args.quiet_deny)):
+        if given:
+            raise OptionError(f"{option} is not available yet in this build")
+
+
 def _activated() -> bool:
     return bool(os.environ.get("LISTEN_FDS")) and os.environ.get(
         "LISTEN_PID", str(os.getpid())).strip() == str(os.getpid())
@@ -123,7 +143,7 @@ def _check_inetd(args: argparse.Namespace, names: Sequence[str]) -> None:
     clashes = [("--listen", bool(args.listen)), ("--metrics", args.metrics is not None),
                ("--max-per-ip", args.max_per_ip is not None),
                ("--rate-per-ip", args.rate_per_ip is not None),
-               ("--workers", args.workers != 1),
+               ("--workers", args.workers != 1), ("--pid-file", args.pid_file is not None),
                ("--mode", args.mode != "async")]
     for option, given in clashes:
         if given:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from tcpkit import logs
 from tcpkit.service import Options
 from tcpkit.serving.config import MODES, Limits
+from tcpkit.serving.guards.access import IPNetwork, parse_network
 from tcpkit.serving.guards.admission import parse_rate
 from tcpkit.serving.guards.tls import HANDSHAKE_TIMEOUT
 
@@ -67,6 +68,15 @@ def rate(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def networks(text: str) -> tuple[IPNetwork, ...]:
+    """``--allow``, ``--deny``, ``--proxy-protocol``: CIDR blocks, separated by commas."""
+    try:
+        return tuple(parse_network(part) for part in text.split(",") if part.strip()) or (
+            parse_network(text),)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def shown_default(value: float | int | str) -> str:
     """The one way help text states a default: ``(default: 300)``, ``(default: 0.5)``."""
     text = f"{value:g}" if isinstance(value, float) else str(value)
@@ -86,6 +96,7 @@ def add_options(serve: argparse.ArgumentParser) -> None:
     _add_factor(serve.add_argument_group("factor service"))
     _add_sessions(serve.add_argument_group("session services"))
     _add_production(serve.add_argument_group("production"))
+    _add_host(serve.add_argument_group("behind a proxy, on a real host"))
     _add_logging(serve.add_argument_group("logging"))
 
 
@@ -167,6 +178,28 @@ def _add_production(group: argparse._ArgumentGroup) -> None:
                        help="check the options, print 'config ok' and exit")
 
 
+def _add_host(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--proxy-protocol", type=networks, action="append", default=[],
+                       metavar="CIDR[,CIDR...]",
+                       help="read a PROXY protocol header (HAProxy send-proxy, v1 or v2) "
+                            "from these senders, and serve the client it names; anyone "
+                            "else is refused (repeatable)")
+    group.add_argument("--allow", type=networks, action="append", default=[],
+                       metavar="CIDR", help="serve only clients from these networks "
+                                            "(repeatable; default: everyone)")
+    group.add_argument("--deny", type=networks, action="append", default=[], metavar="CIDR",
+                       help="refuse clients from these networks with 'error: access "
+                            "denied'; deny wins over --allow (repeatable)")
+    group.add_argument("--quiet-deny", action="store_true",
+                       help="close a denied client without the error line")
+    group.add_argument("--user", metavar="NAME",
+                       help="after opening every socket and file as root, run as this user "
+                            "(its group too, unless --group)")
+    group.add_argument("--group", metavar="NAME", help="...and as this group")
+    group.add_argument("--pid-file", metavar="FILE",
+                       help="write the server's PID here after binding; removed at exit")
+
+
 def _add_logging(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="text: lines like the article's transcripts; json: one object "
@@ -186,8 +219,14 @@ def limits(args: argparse.Namespace) -> Limits:
         time_limit=args.time_limit, pool_size=args.factor_workers,
         max_per_ip=args.max_per_ip, rate_per_ip=args.rate_per_ip,
         executor=None if args.executor == "local" else args.executor,
+        allow=_joined(args.allow), deny=_joined(args.deny), quiet_deny=args.quiet_deny,
+        proxy_from=_joined(args.proxy_protocol) or None,
         pubsub=None if args.pubsub in (None, "local") else args.pubsub,
     )
+
+
+def _joined(groups: list[tuple[IPNetwork, ...]]) -> tuple[IPNetwork, ...]:
+    return tuple(network for group in groups for network in group)
 
 
 def service_options(args: argparse.Namespace) -> Options:

@@ -2,7 +2,8 @@
 
 :func:`start_server` starts ``tcpkit serve`` (or any command that logs
 ``Listening on HOST:PORT``) as a subprocess, reads its stderr in a thread and
-gives back a :class:`Server` once every listening line is in; :class:`Servers`
+gives back a :class:`Server` once every listening line is in (:func:`start_on_port`:
+once a server told its port listens there); :class:`Servers`
 starts ``tcpkit serve`` on loopback port 0 and stops what it started (the
 ``serve`` fixture of conftest.py).
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.net import ipv6_loopback
+from helpers.net import ipv6_loopback, listening
 from helpers.processes import descendants, kill_all, wait_for
 
 TESTS = Path(__file__).resolve().parent.parent
@@ -119,6 +120,26 @@ def start_server(args: list[str], services: int = 1, env: dict[str, str] | None 
     if not ready.wait(20) or len(server.ports) < services:
         server.stop(signal.SIGKILL)
         raise AssertionError(f"server did not start: {args}\n{server.stderr()}")
+    return server
+
+
+def start_on_port(args: list[str], port: int, timeout: float = 20.0) -> Server:
+    """Start a server that is told its port (one that logs no ``Listening on`` line,
+    e.g. a benchmark anchor) and wait until it listens there."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = Server(process, ports={"": port})
+
+    def read() -> None:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            server.stderr_lines.append(raw.decode("utf-8", "replace"))
+
+    server._reader = threading.Thread(target=read, daemon=True)
+    server._reader.start()
+    if not wait_for(lambda: process.poll() is not None or listening(port), timeout) or (
+            process.poll() is not None):
+        server.stop(signal.SIGKILL)
+        raise AssertionError(f"server did not listen on port {port}: {args}\n{server.stderr()}")
     return server
 
 

@@ -31,6 +31,8 @@ by axis, a folder each, a file per job::
 
     guards/        who may be served, and how safely
       admission.py   per-address limits (xinetd's per_source and cps), sans-IO
+      access.py      allow/deny lists by network (xinetd's only_from), sans-IO
+      proxy.py       the PROXY protocol header (HAProxy v1/v2): the real client, sans-IO
       tls.py         certificates, handshakes, reload on SIGHUP
       activation.py  systemd socket activation and sd_notify
       fdlimit.py     the descriptor budget: refuse before descriptors run out

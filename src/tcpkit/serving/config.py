@@ -10,6 +10,7 @@ from tcpkit.session_connection import MAX_UNSENT
 
 if TYPE_CHECKING:
     from tcpkit.service import Service
+    from tcpkit.serving.guards.access import IPNetwork
     from tcpkit.serving.guards.tls import ServerTLS
 
 # Serving models (SPEC §2.1), each a module of tcpkit.serving; see run.py.
@@ -36,6 +37,12 @@ class Limits:
     # Per source address (xinetd's per_source and cps); None = no limit.
     max_per_ip: int | None = None
     rate_per_ip: float | None = None  # new connections per second
+    # Access lists (deny wins; an allow list names everyone allowed) and the
+    # trusted PROXY protocol senders (None: no PROXY header is read).
+    allow: tuple[IPNetwork, ...] = ()
+    deny: tuple[IPNetwork, ...] = ()
+    quiet_deny: bool = False  # close a denied client without "error: access denied"
+    proxy_from: tuple[IPNetwork, ...] | None = None
     # Sessions: unsolicited output a connection may hold unsent before it is
     # dropped ("send buffer full"), and the hub behind self.hub (None: in-process).
     max_unsent: int = MAX_UNSENT

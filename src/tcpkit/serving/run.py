@@ -23,7 +23,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from tcpkit.endpoints import Endpoint
 from tcpkit.service import Service
 from tcpkit.serving.config import MODES, Limits, Listener
-from tcpkit.serving.guards import activation, fdlimit
+from tcpkit.serving.guards import activation, fdlimit, privileges
+from tcpkit.serving.guards.pidfile import PidFile
+from tcpkit.serving.guards.privileges import Credentials
 from tcpkit.serving.guards.tls import ServerTLS
 from tcpkit.serving.listeners import ListenError, open_listener
 from tcpkit.serving.modes.accepting import BlockingServer
@@ -123,15 +125,34 @@ async def _serve_async(server: AsyncServer, stop_fd: int | None) -> None:
 
 def serve_listeners(listeners: Sequence[Listener], mode: str = "async",
                     limits: Limits | None = None, observer: Observer | None = None,
-                    workers: int = 1) -> None:
+                    workers: int = 1, pid_file: str | None = None,
+                    credentials: Credentials | None = None) -> None:
     """Serve already opened listeners until SIGINT/SIGTERM, then drain.
 
     With ``workers`` above 1, that many processes serve the same sockets under
     a supervisor that restarts any that dies (see :mod:`tcpkit.serving.modes.supervisor`).
+    Everything a server opens as root is open by now (the listeners, the
+    metrics port, the TLS files), so the pid file is written here, then the
+    process becomes ``credentials`` before any client is served, and every
+    process forked later (workers, fork-mode children, the factor pool) with it.
+    Raises PidFileError (the pid file is another server's) before serving.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
     fdlimit.raise_nofile()  # a connection per descriptor: allow all the system allows
+    taken = PidFile.take(pid_file) if pid_file is not None else None
+    try:
+        privileges.drop(credentials)
+        if taken is not None and credentials is not None:
+            taken.warn_if_unremovable()
+        _serve_ready(listeners, mode, limits, observer, workers)
+    finally:
+        if taken is not None:
+            taken.release()
+
+
+def _serve_ready(listeners: Sequence[Listener], mode: str, limits: Limits | None,
+                 observer: Observer | None, workers: int) -> None:
     activation.notify("READY=1")  # the sockets listen: clients queue from now on
     if workers > 1:
         from tcpkit.serving.modes.supervisor import Supervisor
@@ -145,13 +166,14 @@ def serve_listeners(listeners: Sequence[Listener], mode: str = "async",
 
 def run(plan: Sequence[tuple[Service, Endpoint]], mode: str = "async",
         limits: Limits | None = None, observer: Observer | None = None,
-        tls: ServerTLS | None = None, workers: int = 1) -> None:
-    """Open the listeners of ``plan`` and serve them (raises ListenError).
+        tls: ServerTLS | None = None, workers: int = 1, pid_file: str | None = None,
+        credentials: Credentials | None = None) -> None:
+    """Open the listeners of ``plan`` and serve them (raises ListenError, PidFileError).
 
     Unix socket files opened here are removed when serving ends.
     """
     with opened(plan, tls) as listeners:
-        serve_listeners(listeners, mode, limits, observer, workers)
+        serve_listeners(listeners, mode, limits, observer, workers, pid_file, credentials)
 
 
 @contextlib.contextmanager
