@@ -109,6 +109,9 @@ ERRORS = [  # (module, class, what it subclassed before tcpkit.Error existed)
     ("tcpkit.serving.offload.pool", "WorkerCrashed", Exception),
     ("tcpkit.serving.offload.dask", "DaskUnavailable", Exception),
     ("tcpkit.hub", "HubUnavailable", ConnectionError),
+    ("tcpkit.serving.guards.proxy", "ProxyHeaderError", ValueError),
+    ("tcpkit.serving.guards.pidfile", "PidFileError", Exception),
+    ("tcpkit.serving.guards.privileges", "PrivilegeError", Exception),
 ]
 
 

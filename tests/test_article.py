@@ -13,6 +13,7 @@ import pytest
 
 from helpers.net import LOOPBACKS, connect, recv_until_closed
 from helpers.servers import Server, needs_ipv6, run, script, start_server
+from tcpkit import __version__
 
 LINE_TIMEOUT = 10.0
 
@@ -88,7 +89,7 @@ def test_reverse_server_transcript(reverse_s: tuple[Server, Transcript]) -> None
             assert recv_until_closed(sock) == b"olleh\n"
         handle = shown(host_name(host), port)
         assert transcript.next() == f"accept {handle}"
-        assert transcript.next() == f"close {handle}"
+        assert transcript.next() == "close HANDLER"  # literally, as the article prints it
     with connect(server.port) as still_there:  # ^C with a client connected
         still_there.sendall(b"bye\n")
         assert recv_until_closed(still_there, limit=4) == b"eyb\n"
@@ -96,7 +97,7 @@ def test_reverse_server_transcript(reverse_s: tuple[Server, Transcript]) -> None
         assert transcript.next() == f"accept {handle}"
         assert server.stop(signal.SIGINT) == 0  # ^C ends it cleanly
         assert recv_until_closed(still_there) == b""  # the server closed it
-    assert transcript.rest() == [f"close {handle}"]
+    assert transcript.rest() == ["close HANDLER"]
     assert "Traceback" not in server.stderr()
     assert "stopped after" in server.stderr()
 
@@ -173,9 +174,33 @@ def test_usage_errors(program: str, args: list[str]) -> None:
     assert result.returncode == 2
     stderr = result.stderr.decode()
     assert "Traceback" not in stderr
-    assert stderr.splitlines()[-1] == {
-        "reverseC": "usage: reverseC HOST PORT", "factorC": "usage: factorC HOST PORT N",
-        "reverseS": "usage: reverseS [PORT]", "factorS": "usage: factorS [PORT]"}[program]
+    assert stderr.splitlines()[-1] == f"usage: {USAGES[program]}"
+
+
+USAGES = {"reverseC": "reverseC HOST PORT", "factorC": "factorC HOST PORT N",
+          "reverseS": "reverseS [PORT]", "factorS": "factorS [PORT]"}
+
+
+@pytest.mark.parametrize("program", ["reverseS", "reverseC", "factorS", "factorC"])
+def test_version_is_an_option_not_a_port(program: str) -> None:
+    result = run([*script(program), "--version"], timeout=30)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout.decode() == f"{program} (tcpkit {__version__})\n"
+
+
+@pytest.mark.parametrize("program", ["reverseS", "reverseC", "factorS", "factorC"])
+def test_unknown_option_is_a_usage_error(program: str) -> None:
+    result = run([*script(program), "--bogus"], timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [
+        "error: unknown option '--bogus' (options: --help, --version)",
+        f"usage: {USAGES[program]}"]
+
+
+def test_factor_client_takes_a_negative_number(factor_s: tuple[Server, Transcript]) -> None:
+    server, _ = factor_s
+    result = run([*script("factorC"), "127.0.0.1", str(server.port), "-42"])
+    assert (result.returncode, result.stdout) == (0, b"-1 2 3 7\n")
 
 
 @pytest.mark.parametrize("program", ["reverseC", "factorC"])

@@ -5,15 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
+import select
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from helpers.numbers import semiprime
 from helpers.servers import Server, run, script, start_server
 from tcpkit import __version__, factorize
+from tcpkit.services import factor as factor_service
+from tcpkit.testing import running
 
 TCPKIT = script("tcpkit")
 
@@ -78,6 +82,110 @@ def test_reverse_stops_with_an_error_if_the_server_cuts_it_off() -> None:
         "error: connection closed by the server after 2 of 3 replies"]
 
 
+def test_reverse_takes_host_port_as_two_arguments(server: Server) -> None:
+    port = str(server.ports["reverse"])
+    result = run([*TCPKIT, "reverse", "127.0.0.1", port], b"two args\n")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"sgra owt\n", b"")
+    result = run([*TCPKIT, "reverse", "localhost", "reverse"], b"x\n")  # names work too
+    assert b"unrecognized arguments" not in result.stderr
+    result = run([*TCPKIT, "reverse", f"127.0.0.1:{port}", port], b"x\n")
+    assert result.returncode == 2
+    assert no_traceback(result).splitlines()[-1] == (
+        f"tcpkit reverse: error: give HOST PORT or HOST:PORT, not both: '127.0.0.1:{port}' "
+        f"'{port}'")
+
+
+def test_reverse_exits_1_on_an_error_reply_and_prints_it_in_order(server: Server) -> None:
+    """Any line service's error reply (here factor's) is an error: SPEC §2's exit 1."""
+    result = run([*TCPKIT, "reverse", f"127.0.0.1:{server.ports['factor']}"],
+                 b"42\nabc\n12\n")
+    assert result.returncode == 1
+    assert result.stdout == b'2 3 7\nerror: not an integer: "abc"\n2 2 3\n'
+    assert result.stderr == b""
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e300", "-inf", "1000001"])
+@pytest.mark.parametrize("command", ["reverse", "factor"])
+def test_bad_timeouts_are_usage_errors(server: Server, command: str, value: str) -> None:
+    where = f"127.0.0.1:{server.ports[command]}"
+    args = [where] if command == "reverse" else ["-s", where, "42"]
+    result = run([*TCPKIT, command, f"--timeout={value}", *args], b"x\n")
+    assert result.returncode == 2
+    lines = no_traceback(result).splitlines()
+    assert lines[-1] == (f"tcpkit {command}: error: argument --timeout: must be from 0 to "
+                         f"1000000 seconds (0: no limit): '{value}'")
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("command", ["reverse", "factor"])
+def test_timeout_0_means_no_limit(server: Server, command: str) -> None:
+    where = f"127.0.0.1:{server.ports[command]}"
+    args = [where] if command == "reverse" else ["-s", where, "42"]
+    result = run([*TCPKIT, command, "--timeout", "0", *args], b"abc\n")
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout == (b"cba\n" if command == "reverse" else b"2 3 7\n")
+    assert "0 waits forever" in " ".join(run([*TCPKIT, command, "--help"]).stdout.decode().split())
+
+
+def test_reverse_timeout_counts_only_while_a_reply_is_awaited(server: Server) -> None:
+    """A person who pauses longer than --timeout, every reply received, is not cut off."""
+    client = subprocess.Popen(
+        [*TCPKIT, "reverse", "--timeout", "1", f"127.0.0.1:{server.ports['reverse']}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        client.stdin.write(b"a\n")
+        client.stdin.flush()
+        ready, _, _ = select.select([client.stdout], [], [], 20)
+        assert ready and client.stdout.readline() == b"a\n"  # the first reply is in
+        with pytest.raises(subprocess.TimeoutExpired):  # a quiet stdin: 3x --timeout
+            client.wait(3)
+        client.stdin.write(b"bc\n")
+        out, err = client.communicate(timeout=20)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert (client.returncode, out, err) == (0, b"cb\n", b"")
+
+
+def test_factor_error_prefix_is_quoted_as_the_server_quotes() -> None:
+    """No raw control byte reaches the terminal; one escaping rule on both sides."""
+    with running(factor_service.SERVICE) as server:
+        result = run([*TCPKIT, "factor", "-s", server.endpoint],
+                     b"4\x00 \xff\xfe 4\xc3\xa9 \x1b[2J 6\n")
+    assert result.returncode == 1
+    assert result.stdout == b"2 3\n"
+    lines = no_traceback(result).splitlines()
+    assert lines == [
+        '4\\x00: error: not an integer: "4\\x00"',
+        '\\xff\\xfe: error: not an integer: "\\xff\\xfe"',
+        '4\\u00e9: error: not an integer: "4\\u00e9"',
+        '\\x1b[2J: error: not an integer: "\\x1b[2J"']
+    assert all(32 <= byte < 127 or byte == 10 for byte in result.stderr)
+
+
+def test_factor_help_says_stdin_is_read_as_gnu_factor_reads_it() -> None:
+    shown = " ".join(run([*TCPKIT, "factor", "--help"]).stdout.decode().split())
+    assert "as GNU factor reads them" in shown and "not line by line" in shown
+
+
+def test_readme_reverse_example_uses_a_combining_tilde_and_is_real(server: Server) -> None:
+    """The README's `añb` is n + U+0303 (not a precomposed ñ), and its transcript is true."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "\u00f1" not in readme  # no precomposed ñ left anywhere
+    assert "`an\u0303b` written with a combining" in readme and "`bn\u0303a`" in readme
+    lines = readme.splitlines()
+    at = next(i for i, line in enumerate(lines) if "| tcpkit reverse" in line)
+    command = lines[at].strip().removeprefix("$ ").removesuffix("| tcpkit reverse")
+    shown = [line.strip() for line in lines[at + 1:at + 3]]
+    stdin = subprocess.run(["bash", "-c", command], capture_output=True, check=True).stdout
+    assert "an\u0303b".encode() in stdin  # the example really sends a combining tilde
+    result = reverse(server, stdin)
+    assert (result.returncode, result.stdout.decode().splitlines()) == (0, shown)
+    assert shown[1] == "bn\u0303a"
+
+
 # -- tcpkit factor -----------------------------------------------------------------
 
 
@@ -131,7 +239,7 @@ def test_factor_arguments_stay_one_request_each(server: Server) -> None:
     assert result.returncode == 1
     assert result.stdout == b"2 3\n2 2 3\n3 5\n"
     assert no_traceback(result).splitlines() == [
-        '4 2: error: not an integer: "4 2"', '\ufffd: error: not an integer: "\\\\xff"']
+        '4 2: error: not an integer: "4 2"', '\\xff: error: not an integer: "\\xff"']
 
 
 def test_factor_many_numbers_pipelined_in_order(server: Server) -> None:
@@ -292,10 +400,11 @@ def test_services_resolves_a_name(name: str, line: list[str]) -> None:
 
 
 def test_services_unknown_name() -> None:
+    """A lookup failure is a usage error, as for ``tcpkit serve NAME`` (test_ops_cli)."""
     result = run([*TCPKIT, "services", "no-such-service"])
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert no_traceback(result).splitlines() == [
-        "error: unknown port or service name: 'no-such-service'"]
+        "tcpkit services: error: unknown port or service name: 'no-such-service'"]
 
 
 def test_version() -> None:

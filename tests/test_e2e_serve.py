@@ -144,7 +144,7 @@ def test_factor_examples_and_errors_keep_the_connection(serve: Serve) -> None:
         (b"1\n", b"\n"),
         ("\uff14\uff12\n".encode(), b'error: not an integer: "\\uff14\\uff12"\n'),
         (b"-42\n", b"-1 2 3 7\n"),
-        (b"\xff\xfe\x00\n", b'error: not an integer: "\\\\xff\\\\xfe\\x00"\n'),
+        (b"\xff\xfe\x00\n", b'error: not an integer: "\\xff\\xfe\\x00"\n'),
         (b" +0042 \n", b"2 3 7\n"),
     ]
     with connect(server.port) as sock:

@@ -83,6 +83,25 @@ def test_bad_endpoints_say_why(text: str, message: str) -> None:
         parse_endpoint(text)
 
 
+FORMS = "(accepted: PORT, HOST:PORT, [IPV6]:PORT, HOST:SERVICENAME or unix:/path)"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("nonsense:port:x", "a host name has no ':' (only a bracketed IPv6 address does)"),
+    ("-1", "a port is a whole number from 0 to 65535"),
+    ("+7800", "a port is a whole number from 0 to 65535"),
+    ("::1:80", "IPv6 addresses need brackets: [::1]:80"),
+    ("fe80::1:80", "IPv6 addresses need brackets: [fe80::1]:80"),
+    ("localhost", "needs a port (try localhost:PORT)"),
+    ("[::1", "bad IPv6 endpoint, expected [ADDRESS]:PORT"),
+])
+def test_a_bad_endpoint_says_what_is_wrong_and_the_accepted_forms(text: str,
+                                                                   problem: str) -> None:
+    with pytest.raises(EndpointError) as caught:
+        parse_endpoint(text)
+    assert str(caught.value) == f"bad endpoint {text!r}: {problem} {FORMS}"
+
+
 def test_endpoint_text_round_trips() -> None:
     for text in ("127.0.0.1:7800", "[::1]:7801", "unix:/tmp/x.sock", "example.org:1"):
         assert str(parse_endpoint(text)) == text
@@ -103,5 +122,10 @@ def test_serve_without_services_plans_both_on_their_default_ports() -> None:
 
     assert plan_listeners([], []) == [("reverse", Endpoint(port=7800)),
                                       ("factor", Endpoint(port=7801))]
-    assert plan_listeners([], ["factor=[::1]:0"]) == [("reverse", Endpoint(port=7800)),
-                                                      ("factor", Endpoint("::1", 0))]
+    # Naming one service's endpoint serves that service only: no other public port.
+    assert plan_listeners([], ["factor=[::1]:0"]) == [("factor", Endpoint("::1", 0))]
+    assert plan_listeners([], ["factor=:0", "reverse=:1", "factor=:2"]) == [
+        ("factor", Endpoint(port=0)), ("factor", Endpoint(port=2)),
+        ("reverse", Endpoint(port=1))]
+    assert plan_listeners(["reverse", "factor"], ["factor=:0"]) == [
+        ("reverse", Endpoint(port=7800)), ("factor", Endpoint(port=0))]

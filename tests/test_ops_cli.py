@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.servers import run, script
+from helpers.servers import run, script, start_server
 
 trustme = pytest.importorskip("trustme")
 
@@ -45,7 +45,7 @@ BAD = {
                                "cannot read TLS key"),
     "handshake timeout 0": (["--tls-handshake-timeout", "0"], "must be above 0"),
     "metrics unix": (["--metrics", "unix:/tmp/m.sock"], "--metrics needs a TCP"),
-    "metrics junk": (["--metrics", "host:"], "--metrics: endpoint has an empty port"),
+    "metrics junk": (["--metrics", "host:"], "--metrics: bad endpoint 'host:': empty port"),
     "metrics port range": (["--metrics", "99999"], "port out of range"),
     "max per ip 0": (["--max-per-ip", "0"], "must be above 0"),
     "max per ip text": (["--max-per-ip", "many"], "not a number"),
@@ -76,6 +76,34 @@ def test_bad_combinations_exit_2_with_one_line(pem, case: str) -> None:
     assert errors[-1].startswith("tcpkit serve: error: ") and expected in errors[-1], errors
     # One error line; argparse's own errors are preceded by the usage summary.
     assert [e for e in errors if "error:" in e] == [errors[-1]]
+
+
+@pytest.mark.parametrize("listen", ["nonsense:port:x", "-1"])
+def test_serve_listen_errors_name_the_problem(listen: str) -> None:
+    status, (line, *more), _ = serve("reverse", "--listen", listen, "--check-config")
+    assert status == 2 and not more
+    assert line.startswith(f"tcpkit serve: error: bad endpoint {listen!r}: ")
+    assert line.endswith("(accepted: PORT, HOST:PORT, [IPV6]:PORT, HOST:SERVICENAME or "
+                         "unix:/path)")
+    assert "need brackets" not in line and "try -1" not in line
+
+
+def test_naming_one_services_endpoint_serves_that_service_only() -> None:
+    server = start_server([*script("tcpkit"), "serve", "--listen", "reverse=127.0.0.1:0"])
+    assert server.stop() == 0  # every listener is open before the first is logged
+    assert list(server.ports) == ["reverse"]
+    assert server.stderr().count("Listening on") == 1, server.stderr()
+    shown = " ".join(run([*script("tcpkit"), "serve", "--help"]).stdout.decode().split())
+    assert "or those named in --listen SERVICE=ENDPOINT" in shown
+
+
+@pytest.mark.parametrize("command", ["services", "serve"])
+def test_an_unknown_service_is_a_usage_error_everywhere(command: str) -> None:
+    done = run([*script("tcpkit"), command, "no-such-service"])
+    assert done.returncode == 2
+    (line,) = done.stderr.decode().splitlines()
+    assert line.startswith(f"tcpkit {command}: error: unknown ")
+    assert "no-such-service" in line
 
 
 def test_check_config_does_not_bind(pem) -> None:

@@ -7,12 +7,17 @@ import json
 import re
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from helpers.net import exchange, free_ports
 from helpers.servers import script
+from tcpkit.services import reverse
+from tcpkit.serving.config import Limits
+from tcpkit.serving.observe.events import Observer
+from tcpkit.testing import running
 
 
 def test_json_log_lines(serve) -> None:
@@ -69,3 +74,61 @@ def test_resolve_names(serve) -> None:
     assert exchange(server.port, b"x\ny\n") == b"x\ny\n"
     server.wait_for_stderr(rf"accept {name}:\d+ \(reverse\)")
     server.wait_for_stderr(rf"close {name}:\d+ \(2 lines")
+
+
+@pytest.mark.parametrize("mode", ["async", "thread", "fork", "iterative"])
+def test_close_lines_say_why_the_server_closed(serve, mode: str) -> None:
+    """Idle timeouts and over-long lines are named on their client's own close line."""
+    server = serve("reverse", "--mode", mode, "--idle-timeout", "1", "--max-line", "8")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
+        idle.sendall(b"ab\n")
+        assert idle.recv(10) == b"ba\n"
+        idle_port = idle.getsockname()[1]
+        assert idle.recv(10) == b""  # closed by the server once idle
+    server.wait_for_stderr(rf"close 127\.0\.0\.1:{idle_port} \(1 lines, [\d.]+ s, idle timeout\)")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as long:
+        long_port = long.getsockname()[1]
+        long.sendall(b"x" * 20 + b"\n")
+        assert long.recv(100) == b"error: line too long (max 8 bytes)\n"
+    server.wait_for_stderr(rf"close 127\.0\.0\.1:{long_port} \(\d+ lines, [\d.]+ s, "
+                           r"line too long\)")
+    assert exchange(server.port, b"ok\n") == b"ko\n"
+    server.stop()
+    plain = re.findall(r"close 127\.0\.0\.1:\d+ \(1 lines, [\d.]+ s\)$", server.stderr(), re.M)
+    assert len(plain) == 1  # a client that left by itself gets no reason
+
+
+def test_json_close_has_a_reason_only_when_the_server_closed(serve) -> None:
+    server = serve("reverse", "--log-format", "json", "--idle-timeout", "1")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
+        assert idle.recv(10) == b""  # silent: closed once idle
+    server.wait_for_stderr('"reason": "idle_timeout"')
+    assert exchange(server.port, b"x\n") == b"x\n"
+    server.stop()
+    closes = [entry for entry in map(json.loads, server.stderr_lines)
+              if entry["event"] == "close"]
+    assert [entry.get("reason") for entry in closes] == ["idle_timeout", None]
+    assert closes[0]["message"].endswith(", idle timeout)")
+
+
+class OnlyClosed(Observer):
+    """An observer written before close reasons existed: it overrides closed() only."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.done = threading.Event()
+
+    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
+        self.seen.append(port)
+        self.done.set()
+
+
+@pytest.mark.parametrize("mode", ["async", "thread"])
+def test_an_observer_without_reasons_still_hears_every_close(mode: str) -> None:
+    observer = OnlyClosed()
+    with running(reverse.SERVICE, Limits(idle_timeout=1), observer=observer,
+                 mode=mode) as server, \
+            socket.create_connection((server.host, server.port), timeout=10) as idle:
+        assert idle.recv(10) == b""  # closed by the server once idle
+        assert observer.done.wait(10)
+        assert observer.seen == [idle.getsockname()[1]]

@@ -15,14 +15,16 @@ Transcripts (SPEC §2.3)::
     bind                            bind
     listen                          connect
     accept localhost:40012          olleh
-    close localhost:40012           close
+    close HANDLER                   close
 
     $ factorS                       $ factorC localhost 7801 42
     Listening on 7801               2 3 7
     accept localhost
 
-``close HANDLER`` names the client handle the way its ``accept`` line did
-(``NAME:PORT``), so the two lines of one client pair up in a busy log.
+``close HANDLER`` is printed literally, as the article's transcript and Perl
+program print it: the transcript is the contract, so nothing else goes on
+stdout.  The four programs take ``--help`` and ``--version`` like every
+command; anything else that starts with ``-`` is a usage error, never a port.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import NoReturn
 
-from tcpkit import logs, registry
+from tcpkit import __version__, logs, registry
 from tcpkit.endpoints import EndpointError, format_address, resolve_port
 from tcpkit.serving.config import Listener
 from tcpkit.serving.listeners import ListenError
@@ -75,13 +77,30 @@ def _print(line: str) -> None:
 
 
 def _arguments(argv: Sequence[str] | None, usage: str, summary: str | None) -> list[str]:
-    """The program's arguments; ``-h`` or ``--help`` prints its usage and exits 0."""
+    """The program's arguments; ``-h``/``--help`` and ``--version`` answer and exit 0.
+
+    Any other option is a usage error: ``reverseS --version`` must never be
+    taken for a port name.
+    """
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] in (["-h"], ["--help"]):
         what = (summary or "").split("``: ", 1)[-1].replace("``", "")  # docstring, sans usage
-        print(f"usage: {usage}\n\n{what[:1].upper()}{what[1:]}".rstrip())
+        print(f"usage: {usage}\n\n{what[:1].upper()}{what[1:]}\n\n"
+              "options: -h, --help (this text), --version".rstrip())
         raise SystemExit(0)
+    if args[:1] == ["--version"]:
+        print(f"{usage.split()[0]} (tcpkit {__version__})")
+        raise SystemExit(0)
+    option = next((arg for arg in args if arg.startswith("-") and arg != "-"
+                   and not _is_number(arg)), None)
+    if option is not None:
+        _usage(usage, f"unknown option {option!r} (options: --help, --version)")
     return args
+
+
+def _is_number(text: str) -> bool:
+    """``-42`` is factorC's number, not an option."""
+    return text[1:].isascii() and text[1:].isdigit()
 
 
 def _port_argument(argv: Sequence[str], default: int, usage: str) -> int:
@@ -122,7 +141,7 @@ def reverse_server_main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(1) from None
     _serve(server, "reverse", TranscriptObserver(
         lambda name, p: f"accept {format_address(name, p)}",
-        lambda name, p: f"close {format_address(name, p)}"))
+        lambda name, p: "close HANDLER"))
 
 
 def factor_server_main(argv: Sequence[str] | None = None) -> None:
@@ -181,6 +200,7 @@ def factor_client_main(argv: Sequence[str] | None = None) -> None:
     from tcpkit.cli_clients import one_line
     from tcpkit.client import FactorClient
     from tcpkit.endpoints import Endpoint
+    from tcpkit.quoting import escape
 
     args = _arguments(argv, "factorC HOST PORT N", factor_client_main.__doc__)
     if len(args) != 3:
@@ -196,7 +216,7 @@ def factor_client_main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if reply.startswith(b"error: "):
-        shown = one_line(number).decode("utf-8", "replace")
+        shown = escape(one_line(number))  # as the server quotes it: no raw control bytes
         print(f"{shown}: {reply.decode('utf-8', 'replace')}", file=sys.stderr)
         raise SystemExit(1)
     print(reply.decode("ascii"))

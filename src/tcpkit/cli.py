@@ -58,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tcpkit import cli_clients
 
     cli_clients.add_parsers(commands)
-    services = commands.add_parser("services", help="list registered services or resolve one")
+    services = commands.add_parser(
+        "services", help="list registered services or resolve one",
+        description="List the registered services, or resolve NAME to its port (tcpkit's "
+                    "registry, then /etc/services). An unknown NAME is a usage error "
+                    "(exit 2), as it is for tcpkit serve.")
     services.add_argument("name", nargs="?", help="a service name to resolve to its port")
     services.set_defaults(run=run_services)
     return parser
@@ -73,8 +77,14 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def plan_listeners(names: Sequence[str], listen: Sequence[str]) -> list[tuple[str, Endpoint]]:
-    """Pair services with endpoints: ``--listen E`` for one service, ``S=E`` for several."""
-    names = list(names) or ["reverse", "factor"]
+    """Pair services with endpoints: ``--listen E`` for one service, ``S=E`` for several.
+
+    With no SERVICE given, the services named in ``--listen SERVICE=ENDPOINT``
+    are served, and only they: naming one service's endpoint must not open
+    another service's public port.  With none named either, both defaults.
+    """
+    named = [item.partition("=")[0] for item in listen if "=" in item]
+    names = list(names) or list(dict.fromkeys(named)) or ["reverse", "factor"]
     explicit: dict[str, list[Endpoint]] = {name: [] for name in names}
     for item in listen:
         name, sep, text = item.partition("=")
@@ -167,9 +177,8 @@ def run_services(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         port = resolve_port(args.name)
-    except EndpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except EndpointError as exc:  # a name nobody knows: a usage error, as for serve
+        raise UsageError(str(exc)) from None
     source = "tcpkit" if args.name in registry.services() else "system"
     if args.name.isdigit():
         try:

@@ -178,9 +178,11 @@ class StreamSender(threading.Thread):
     got its reply.
     """
 
-    def __init__(self, sock: INETSocket, source: int) -> None:
+    def __init__(self, sock: INETSocket, source: int,
+                 on_lines: Callable[[int], None] | None = None) -> None:
         super().__init__(daemon=True)
         self.sock, self.source = sock, source
+        self.on_lines = on_lines  # told of each request before it is sent
         self.lines = 0
         self.error: str | None = None
         self.start()
@@ -189,14 +191,19 @@ class StreamSender(threading.Thread):
         last = b"\n"
         try:
             while chunk := os.read(self.source, CHUNK):
-                self.lines += chunk.count(b"\n")
+                self._count(chunk.count(b"\n"))
                 last = chunk
                 self.sock.write(chunk)
             if not last.endswith(b"\n"):
-                self.lines += 1
+                self._count(1)
             self.sock.shutdown_write()
         except OSError as exc:
             self.error = exc.strerror or str(exc)
+
+    def _count(self, lines: int) -> None:
+        self.lines += lines
+        if lines and self.on_lines is not None:
+            self.on_lines(lines)
 
 
 class LineClient:

@@ -178,6 +178,11 @@ class ServiceConnection:
         """Bytes held for an unfinished request line."""
         return self._framer.buffered
 
+    @property
+    def line_too_long(self) -> bool:
+        """The client sent a line over the limit (the connection is closing for it)."""
+        return self._framer.overflowed
+
     # -- internals --------------------------------------------------------
 
     def _answer_lines(self, block: bytes) -> bytes:

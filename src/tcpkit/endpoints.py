@@ -9,6 +9,8 @@ network; only :func:`resolve_port` reads ``/etc/services``.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 
@@ -18,6 +20,14 @@ from tcpkit.errors import Error
 
 class EndpointError(Error, ValueError):
     """An endpoint string that cannot be understood; the message says why."""
+
+
+FORMS = "PORT, HOST:PORT, [IPV6]:PORT, HOST:SERVICENAME or unix:/path"
+
+
+def _bad(text: str, problem: str) -> EndpointError:
+    """What is wrong with ``text``, then the forms an endpoint may take."""
+    return EndpointError(f"bad endpoint {text!r}: {problem} (accepted: {FORMS})")
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,7 @@ def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
     """Parse an endpoint string; ``default_port`` allows a bare ``HOST``."""
     text = text.strip()
     if not text:
-        raise EndpointError("empty endpoint")
+        raise EndpointError(f"empty endpoint (accepted: {FORMS})")
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if not path:
@@ -86,26 +96,40 @@ def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
         return Endpoint(port=resolve_port(text))
     host, sep, port = text.rpartition(":")
     if not sep:
+        if _NUMBERISH.fullmatch(text):
+            raise _bad(text, "a port is a whole number from 0 to 65535")
         if default_port is None:
-            raise EndpointError(f"endpoint needs a port: {text!r} (try {text}:PORT)")
+            raise _bad(text, f"needs a port (try {text}:PORT)")
         return Endpoint(host=text, port=default_port)
     if ":" in host:
-        raise EndpointError(f"IPv6 addresses need brackets: [{host}]:{port}")
+        if _is_ipv6(host) or _is_ipv6(text):
+            raise _bad(text, f"IPv6 addresses need brackets: [{host}]:{port}")
+        raise _bad(text, "a host name has no ':' (only a bracketed IPv6 address does)")
     if not port:
-        raise EndpointError(f"endpoint has an empty port: {text!r}")
+        raise _bad(text, "empty port")
     return Endpoint(host=host or None, port=resolve_port(port))
+
+
+_NUMBERISH = re.compile(r"[+-][0-9]+")  # a signed number: meant as a port, not a host
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 def _parse_bracketed(text: str, default_port: int | None) -> Endpoint:
     host, sep, rest = text[1:].partition("]")
     if not sep or not host:
-        raise EndpointError(f"bad IPv6 endpoint: {text!r} (expected [ADDRESS]:PORT)")
+        raise _bad(text, "bad IPv6 endpoint, expected [ADDRESS]:PORT")
     if not rest:
         if default_port is None:
-            raise EndpointError(f"endpoint needs a port: {text!r}")
+            raise _bad(text, f"needs a port (try {text}:PORT)")
         return Endpoint(host=host, port=default_port)
     if not rest.startswith(":") or len(rest) == 1:
-        raise EndpointError(f"bad IPv6 endpoint: {text!r} (expected [ADDRESS]:PORT)")
+        raise _bad(text, "bad IPv6 endpoint, expected [ADDRESS]:PORT")
     return Endpoint(host=host, port=resolve_port(rest[1:]))
 
 

@@ -90,7 +90,7 @@ def add_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("services", nargs="*", metavar="SERVICE",
                        help="services to run: registered names, or package.module:SERVICE "
                             "(imported, from the current directory too; default: "
-                            "reverse factor)")
+                            "reverse factor, or those named in --listen SERVICE=ENDPOINT)")
     _add_listening(serve.add_argument_group("listening"))
     _add_limits(serve.add_argument_group("limits"))
     _add_factor(serve.add_argument_group("factor service"))

@@ -275,6 +275,11 @@ class SessionConnection(ServiceConnection):
         return self._messages.buffered
 
     @property
+    def line_too_long(self) -> bool:
+        """The client sent a message over the limit (the connection is closing for it)."""
+        return self._messages.overflowed
+
+    @property
     def gone(self) -> bool:
         return self._gone
 

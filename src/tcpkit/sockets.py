@@ -2,30 +2,43 @@
 
 The article builds everything on Perl's IO::Socket::INET, which hides the four
 or five socket calls behind one constructor and gives a handle you can read
-lines from.  :class:`INETSocket` does the same:
+lines from.  :class:`INETSocket` does the same (this runs, as a doctest):
 
-    with INETSocket.connect("localhost:7800") as sock:     # socket + connect
-        sock.print("hello")
-        print(sock.readline())                             # b"olleh\\n"
+>>> server = INETSocket.listen_on("127.0.0.1:0")       # socket + bind + listen
+>>> sock = INETSocket.connect("127.0.0.1", server.sockport, timeout=10)  # + connect
+>>> client = server.accept()
+>>> client.peerhost, client.peerport == sock.sockport
+('127.0.0.1', True)
+>>> sock.print("hello")                                # a line, LF added
+>>> client.readline()
+b'hello\\n'
+>>> for handle in (client, sock, server):
+...     handle.close()
 
-    server = INETSocket.listen(7800)                       # socket + bind + listen
-    client = server.accept()
-    print(client.peerhost, client.peerport)
+Against the reverse service, ``INETSocket.connect("localhost:7800")`` and
+``sock.print("hello"); sock.readline()`` give ``b"olleh\\n"``.
 
 The individual calls (:meth:`INETSocket.socket`, :meth:`bind`, :meth:`listen`,
-:meth:`connect`) are there too, for programs that show each step as the
-article's do.  Perl's own argument names work through :meth:`INETSocket.new`.
+:meth:`connect_to`) are there too, for programs that show each step as the
+article's do.  Perl's own option names, and its methods (``sockaddr``,
+``connected``, ``shutdown(HOW)``, ``timeout``, ``send``/``recv`` for UDP), work
+through :meth:`INETSocket.new`; :mod:`tcpkit.inet_options` checks each option
+(docs/inetsocket.md has the table).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import select
 import socket
 import ssl
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
+from tcpkit import inet_options
 from tcpkit.endpoints import Endpoint, format_address, parse_endpoint, peer_text, resolve_port
 from tcpkit.errors import Error
 from tcpkit.serving.listeners import ListenError, open_listener
@@ -69,10 +82,18 @@ class INETSocket:
     """A TCP (or unix) socket with file-like line I/O, in the style of IO::Socket::INET."""
 
     def __init__(self, sock: socket.socket | None = None, family: int = socket.AF_INET6,
-                 tls: TLSChannel | None = None) -> None:
+                 tls: TLSChannel | None = None, timeout: float | None = None) -> None:
         self.sock = sock if sock is not None else socket.socket(family, socket.SOCK_STREAM)
         self._tls = tls  # TLS over self.sock (the plain socket stays the one for addresses)
-        self._reader = tls.reader() if tls else self.sock.makefile("rb")
+        self._buffered: io.BufferedReader | None = None  # the line reader, made on first use
+        self._timeout = timeout  # Perl's Timeout: for connect and accept
+        self._sender: Any = None  # a UDP socket's last sender (Perl's peername after recv)
+
+    @property
+    def _reader(self) -> io.BufferedReader:
+        if self._buffered is None:
+            self._buffered = self._tls.reader() if self._tls else self.sock.makefile("rb")
+        return self._buffered
 
     # -- making sockets in one call ---------------------------------------
 
@@ -127,18 +148,25 @@ class INETSocket:
         return cls(sock)
 
     @classmethod
-    def new(cls, **args: Any) -> Self:
-        """IO::Socket::INET->new with Perl's argument names.
+    def new(cls, *peer: str, **options: Any) -> Self:
+        """IO::Socket::INET->new with Perl's option names (see :mod:`tcpkit.inet_options`).
 
-        PeerAddr, PeerPort and Timeout make a client; LocalAddr, LocalPort and
-        Listen a server.
+        ``new("host:port")`` is ``new(PeerAddr="host:port")``, as in Perl.  A bad
+        or unknown option is a ValueError naming it; a failed connect a
+        ConnectError, a failed bind or listen a ListenError.
         """
-        if "PeerAddr" in args:
-            return cls.connect(str(args["PeerAddr"]), args.get("PeerPort"), args.get("Timeout"))
-        local = args.get("LocalPort", 0)
-        host = args.get("LocalAddr")
-        port = local if isinstance(local, int) else resolve_port(str(local))
-        return cls.listen_on(Endpoint(host=host, port=port), int(args.get("Listen", 128)))
+        if len(peer) > 1:
+            raise TypeError("new() takes one positional argument, PeerAddr, as in Perl")
+        if peer:
+            if "PeerAddr" in options or "PeerHost" in options:
+                raise ValueError("PeerAddr given twice: positionally and by name")
+            options["PeerAddr"] = peer[0]
+        plan = inet_options.plan(options)
+        try:
+            sock = inet_options.open_socket(plan)
+        except OSError as exc:
+            raise (ConnectError(str(exc)) if plan.peer else ListenError(str(exc))) from None
+        return cls(sock, timeout=plan.timeout)
 
     # -- the individual calls, for programs that show each step ---------
 
@@ -173,22 +201,55 @@ class INETSocket:
         self.sock.listen(backlog)
 
     def accept(self) -> INETSocket:
-        """Wait for a client; return its connected socket (same kind of object)."""
+        """Wait for a client; return its connected socket (same kind of object).
+
+        With a :meth:`timeout` (Perl's ``Timeout``) the wait is bounded:
+        TimeoutError when no client came.  The new socket has the same timeout.
+        """
+        if self._timeout is not None and self.sock.getblocking():
+            ready, _, _ = select.select([self.sock], [], [], self._timeout)
+            if not ready:
+                raise TimeoutError(f"no client within {self._timeout:g} s (accept timed out)")
         sock, _ = self.sock.accept()
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return INETSocket(sock)
+        return INETSocket(sock, timeout=self._timeout)
+
+    def timeout(self, *value: float | None) -> float | None:
+        """Perl's ``timeout([VAL])``: the timeout for connect and accept; with a
+        value, set it and return the previous one."""
+        previous = self._timeout
+        if value:
+            self._timeout = inet_options.check_timeout(value[0])
+        return previous
 
     # -- addresses ---------------------------------------------------------
+
+    def _peer(self) -> tuple[str, int]:
+        """The connected peer, or an unconnected UDP socket's last sender (as Perl)."""
+        try:
+            return peer_text(self.sock.getpeername())
+        except OSError:
+            if self._sender is None:
+                raise
+            return peer_text(self._sender)
 
     @property
     def peerhost(self) -> str:
         """The peer's IP address as text (IPv4-mapped addresses shown as IPv4)."""
-        return peer_text(self.sock.getpeername())[0]
+        return self._peer()[0]
 
     @property
     def peerport(self) -> int:
-        return peer_text(self.sock.getpeername())[1]
+        return self._peer()[1]
+
+    @property
+    def connected(self) -> tuple[str, int] | None:
+        """Perl's ``connected``: the peer's (host, port) when connected, else None."""
+        try:
+            return peer_text(self.sock.getpeername())
+        except OSError:
+            return None
 
     @property
     def peeraddr(self) -> bytes:
@@ -205,6 +266,17 @@ class INETSocket:
     def sockport(self) -> int:
         return peer_text(self.sock.getsockname())[1]
 
+    @property
+    def sockaddr(self) -> bytes:
+        """The local address in packed binary form, as Perl's ``sockaddr``."""
+        host = self.sockhost
+        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+
+    @property
+    def socktype(self) -> int:
+        """``socket.SOCK_STREAM`` (TCP) or ``socket.SOCK_DGRAM`` (UDP), as Perl's ``socktype``."""
+        return int(self.sock.type)
+
     # -- line I/O ----------------------------------------------------------
 
     def readline(self) -> bytes:
@@ -215,8 +287,40 @@ class INETSocket:
         return iter(self.readline, b"")
 
     def recv(self, size: int = 65536) -> bytes:
-        """Whatever bytes are available (reads through the line buffer)."""
+        """Whatever bytes are available (reads through the line buffer).
+
+        On a UDP socket: one datagram; :attr:`peerhost`/:attr:`peerport` then
+        name its sender, and :meth:`send` without ``to`` answers it (as Perl).
+        """
+        if self.sock.type == socket.SOCK_DGRAM:
+            data, self._sender = self.sock.recvfrom(size)
+            return data
         return self._reader.read1(size)
+
+    def send(self, data: bytes | str, to: str | tuple[str, int] | None = None) -> int:
+        """Send ``data`` (one datagram on UDP); the number of bytes sent.
+
+        ``to`` (``"host:port"`` or a tuple) addresses an unconnected UDP
+        socket; without it the datagram goes to the connected peer, or to the
+        last sender.
+        """
+        raw = data.encode() if isinstance(data, str) else data
+        if self.sock.type != socket.SOCK_DGRAM:
+            self.write(raw)
+            return len(raw)
+        target = self._sender if to is None and self.connected is None else None
+        if to is not None:
+            target = self._address_of(to)
+        return self.sock.sendto(raw, target) if target is not None else self.sock.send(raw)
+
+    def _address_of(self, to: str | tuple[str, int]) -> Any:
+        host, port = to if isinstance(to, tuple) else inet_options.split_host(to)
+        if port is None:
+            raise ValueError(f"send to {to!r}: needs a port ('host:port')")
+        number = inet_options.port_number("send to", port, "udp")
+        mapped = socket.AI_V4MAPPED if self.sock.family == socket.AF_INET6 else 0
+        return socket.getaddrinfo(host, number, self.sock.family, socket.SOCK_DGRAM, 0,
+                                  mapped)[0][4]
 
     def write(self, data: bytes | str) -> None:
         """Send all of ``data``."""
@@ -236,6 +340,15 @@ class INETSocket:
         else:
             self.sock.settimeout(timeout)
 
+    def shutdown(self, how: int) -> None:
+        """Perl's ``shutdown(HOW)``: 0 stops reading, 1 writing (half-close), 2 both."""
+        if how not in (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR):
+            raise ValueError(f"shutdown({how!r}): HOW is 0 (read), 1 (write) or 2 (both)")
+        if how == socket.SHUT_WR:
+            self.shutdown_write()
+        else:
+            self.sock.shutdown(how)
+
     def shutdown_write(self) -> None:
         """Half-close: tell the peer we are done sending, keep reading its replies.
 
@@ -246,11 +359,18 @@ class INETSocket:
         else:
             self.sock.shutdown(socket.SHUT_WR)
 
+    def abort(self) -> None:
+        """Shut the connection both ways at once; a read blocked in another
+        thread then sees the end of the stream (a timeout uses this)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def close(self) -> None:
-        self._reader.close()
+        if self._buffered is not None:
+            self._buffered.close()
         self.sock.close()
 
     def __enter__(self) -> Self:

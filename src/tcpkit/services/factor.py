@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import flint
 
+from tcpkit import quoting
 from tcpkit.factoring.bands import INLINE_BELOW
 from tcpkit.factoring.engine import factor_pairs, factorize
 from tcpkit.service import Offload, Options, RequestError, Service
@@ -47,9 +48,7 @@ def parse_request(line: bytes, max_digits: int) -> tuple[bool, bytes]:
 
 def quote(line: bytes) -> str:
     """Show a bad request in an error message: bounded, printable, one line."""
-    text = line[:_SHOWN].decode("utf-8", "backslashreplace")
-    text = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
-    return f'"{text}..."' if len(line) > _SHOWN else f'"{text}"'
+    return quoting.quote(line, _SHOWN)
 
 
 def factor_digits(negative: bool, digits: bytes) -> bytes:

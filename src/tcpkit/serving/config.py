@@ -6,11 +6,13 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+# At run time, not only for the type checker: tcpkit.serve checks keyword
+# arguments against these fields' annotations.
+from tcpkit.serving.guards.access import IPNetwork
 from tcpkit.session_connection import MAX_UNSENT
 
 if TYPE_CHECKING:
     from tcpkit.service import Service
-    from tcpkit.serving.guards.access import IPNetwork
     from tcpkit.serving.guards.tls import ServerTLS
 
 # Serving models (SPEC §2.1), each a module of tcpkit.serving; see run.py.

@@ -21,11 +21,13 @@ import fcntl
 import logging
 import os
 
+from tcpkit.errors import Error
+
 log = logging.getLogger("tcpkit")
 MAX_SIZE = 64  # a pid file holds one number; anything longer is not one
 
 
-class PidFileError(Exception):
+class PidFileError(Error):
     """The pid file cannot be taken; the message is for the user (exit 1)."""
 
 

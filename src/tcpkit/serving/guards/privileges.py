@@ -21,10 +21,12 @@ import os
 import pwd
 from dataclasses import dataclass
 
+from tcpkit.errors import Error
+
 log = logging.getLogger("tcpkit")
 
 
-class PrivilegeError(Exception):
+class PrivilegeError(Error):
     """``--user``/``--group`` cannot be obeyed; the message is for the user."""
 
 

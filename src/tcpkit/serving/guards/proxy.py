@@ -25,6 +25,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from tcpkit.errors import Error
+
 V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the longest valid line, CRLF included (the spec's worst case)
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -48,7 +50,7 @@ _V2_STREAM, _V2_DGRAM = 0x1, 0x2
 Address = tuple[str, int]
 
 
-class ProxyHeaderError(ValueError):
+class ProxyHeaderError(Error, ValueError):
     """The bytes are not a valid PROXY header; the message says why (for the log)."""
 
 

@@ -47,7 +47,7 @@ from tcpkit.serving.guards.tls import reload_certificates, server_handshake
 from tcpkit.serving.listeners import describe
 from tcpkit.serving.modes.driver import Outcome, serve_connection
 from tcpkit.serving.modes.pipes import Wakeup
-from tcpkit.serving.observe.events import Observer
+from tcpkit.serving.observe.events import Observer, close_reason
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.bridge import OffloadBridge
 
@@ -198,7 +198,8 @@ class BlockingServer:
             outcome = Outcome(0, 1, False)
         if outcome.idle_closed:
             observer.failed(service.name, "idle_timeout")
-        observer.closed(service.name, host, port, outcome.lines, time.monotonic() - started)
+        observer.ended(service.name, host, port, outcome.lines, time.monotonic() - started,
+                        close_reason(outcome.idle_closed, outcome.line_too_long))
         return outcome
 
     def admit(self, peer: object) -> Refusal | None:

@@ -47,7 +47,7 @@ from tcpkit.serving.guards.admission import BUSY as BUSY_REFUSAL
 from tcpkit.serving.guards.admission import Admission, Refusal
 from tcpkit.serving.guards.tls import ServerTLS, reload_certificates
 from tcpkit.serving.listeners import BACKLOG, describe
-from tcpkit.serving.observe.events import Observer, receive_measured
+from tcpkit.serving.observe.events import Observer, close_reason, receive_measured
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.executors import make_executor
 from tcpkit.serving.offload.pool import job_failure
@@ -68,7 +68,7 @@ class _Client(asyncio.Protocol):
     # __slots__ throughout (here, ServiceConnection, LineFramer): with 10,000
     # idle clients every per-connection byte counts.
     __slots__ = (
-        "active", "conn", "host", "idle_ticks", "lingering", "paused_by_jobs",
+        "active", "conn", "host", "idle_closed", "idle_ticks", "lingering", "paused_by_jobs",
         "paused_by_writes", "peer_done", "port", "server", "service", "started", "transport",
     )
 
@@ -85,6 +85,7 @@ class _Client(asyncio.Protocol):
         # the ticks that passed without it (see idle_tick).
         self.active = True
         self.idle_ticks = 0
+        self.idle_closed = False  # closed by the idle sweep (for the close line's reason)
         self.peer_done = False  # the client sent EOF
         self.started = 0.0
         self.host, self.port = "", 0
@@ -182,7 +183,8 @@ class _Client(asyncio.Protocol):
         server.stats.lines += self.conn.lines
         server.stats.errors += self.conn.errors
         seconds = server.loop.time() - self.started
-        server.observer.closed(self.service.name, self.host, self.port, self.conn.lines, seconds)
+        server.observer.ended(self.service.name, self.host, self.port, self.conn.lines, seconds,
+                               close_reason(self.idle_closed, self.conn.line_too_long))
         server.maybe_finish_drain()
 
     def pause_writing(self) -> None:
@@ -302,6 +304,7 @@ class _Client(asyncio.Protocol):
             self.transport.abort()
 
     def close_idle(self) -> None:
+        self.idle_closed = True  # its close line says why
         if self.transport is not None:
             self.transport.close()
 

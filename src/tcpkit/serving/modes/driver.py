@@ -88,6 +88,7 @@ class Outcome:
     lines: int
     errors: int
     idle_closed: bool
+    line_too_long: bool = False
 
 
 def serve_connection(sock: socket.socket, service: Service, limits: Limits,
@@ -115,7 +116,8 @@ def serve_connection(sock: socket.socket, service: Service, limits: Limits,
         driver.run()
     finally:
         driver.close()
-    return Outcome(driver.conn.lines, driver.conn.errors, driver.idle_closed)
+    return Outcome(driver.conn.lines, driver.conn.errors, driver.idle_closed,
+                   driver.conn.line_too_long)
 
 
 class _Driver:

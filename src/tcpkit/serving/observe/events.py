@@ -11,6 +11,11 @@ Log records carry their figures as ``extra`` fields (``event``, ``peer``,
 ``service``, ``lines``, ``duration``...), so ``--log-format json`` writes them
 as separate keys instead of making log shippers parse the message.
 
+A connection the server ended itself says why on its ``close`` line
+(:meth:`Observer.ended`, :func:`close_reason`): ``idle_timeout`` or
+``line_too_long``, the same kinds the metrics count, so one client's fate is
+in the log and not only in the summary's totals.
+
 Per-read figures (:meth:`Observer.traffic`) cost a clock read per read, so a
 serving mode only measures them when :attr:`Observer.measures_traffic` is true.
 """
@@ -35,6 +40,16 @@ def _peer(host: str, port: int) -> str:
     return host if port == 0 and host == "unix" else format_address(host, port)
 
 
+IDLE_TIMEOUT, LINE_TOO_LONG = "idle_timeout", "line_too_long"  # why the server closed
+
+
+def close_reason(idle_closed: bool, line_too_long: bool) -> str:
+    """Why the server ended a connection ("" when the client ended it): every mode's rule."""
+    if line_too_long:
+        return LINE_TOO_LONG
+    return IDLE_TIMEOUT if idle_closed else ""
+
+
 class Observer:
     """Receives connection events; the default writes the access log."""
 
@@ -52,11 +67,34 @@ class Observer:
                      extra={"event": "accept", "peer": peer, "service": service})
 
     def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
+        """A connection closed: the access log's ``close`` line."""
+        self._log_close(service, host, port, lines, seconds, "")
+
+    def ended(self, service: str, host: str, port: int, lines: int, seconds: float,
+              reason: str = "") -> None:
+        """What the modes report: :meth:`closed`, plus why when the server ended it.
+
+        An observer that overrides only ``closed`` (written before reasons
+        existed) still gets ``closed``; the access log puts the reason on the
+        ``close`` line.
+        """
+        if type(self).closed is Observer.closed:
+            self._log_close(service, host, port, lines, seconds, reason)
+        else:
+            self.closed(service, host, port, lines, seconds)
+
+    def _log_close(self, service: str, host: str, port: int, lines: int, seconds: float,
+                   reason: str) -> None:
         if log.isEnabledFor(logging.INFO):
             peer = _peer(host, port)
-            log.info("close %s (%d lines, %.3f s)", peer, lines, seconds,
-                     extra={"event": "close", "peer": peer, "service": service,
-                            "lines": lines, "duration": round(seconds, 6)})
+            extra: dict[str, object] = {"event": "close", "peer": peer, "service": service,
+                                        "lines": lines, "duration": round(seconds, 6)}
+            if reason:
+                extra["reason"] = reason
+                log.info("close %s (%d lines, %.3f s, %s)", peer, lines, seconds,
+                         reason.replace("_", " "), extra=extra)
+            else:
+                log.info("close %s (%d lines, %.3f s)", peer, lines, seconds, extra=extra)
 
     def refused(self, service: str, host: str, port: int, reason: str) -> None:
         peer = _peer(host, port)
@@ -97,6 +135,11 @@ class ObserverGroup(Observer):
     def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
         for observer in self.observers:
             observer.closed(service, host, port, lines, seconds)
+
+    def ended(self, service: str, host: str, port: int, lines: int, seconds: float,
+              reason: str = "") -> None:
+        for observer in self.observers:
+            observer.ended(service, host, port, lines, seconds, reason)
 
     def refused(self, service: str, host: str, port: int, reason: str) -> None:
         for observer in self.observers:

@@ -117,11 +117,13 @@ class ResolvingObserver(Observer):
         self.resolver.later(
             lambda: accepted(service, self.resolver.name(lookup, host), port))
 
-    def closed(self, service: str, host: str, port: int, lines: int, seconds: float) -> None:
+    def ended(self, service: str, host: str, port: int, lines: int, seconds: float,
+              reason: str = "") -> None:
         lookup = self._names.pop((host, port), None) or self.resolver.lookup(host)
-        closed = super().closed
+        ended = super().ended
         self.resolver.later(
-            lambda: closed(service, self.resolver.name(lookup, host), port, lines, seconds))
+            lambda: ended(service, self.resolver.name(lookup, host), port, lines, seconds,
+                          reason))
 
     def flush(self) -> None:
         self.resolver.flush()
