@@ -105,14 +105,15 @@ class Dialog:
         return b"".join(parts)
 
     def _run(self, job: Job) -> bytes:
-        from tcpkit.serving.offload.pool import job_failure
+        # The same reply (or error reply) a server would give: one helper for all.
+        from tcpkit.serving.offload.jobs import finish_job
 
+        outcome: Any
         try:
-            result = self._work(job.work)
+            outcome = self._work(job.work)
         except Exception as exc:
-            message, kind = job_failure(exc)
-            return self.conn.job_failed(job, message, kind)
-        return self.conn.job_done(job, result)
+            outcome = exc
+        return finish_job(self.conn, job, outcome, None, "", 0.0)
 
     def _work(self, work: Any) -> Any:
         if isinstance(work, Offload):
