@@ -216,8 +216,22 @@ def test_shared_state_cannot_be_split_without_redis(service: str, split: list[st
     assert done.returncode == 2, done
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"error: {service} shares state") or service in lines[0]
+    assert f"error: {service} " in lines[0] and "cannot run with" in lines[0]
     assert "--pubsub redis://" in lines[0]
+
+
+@pytest.mark.parametrize("split", [["--mode", "fork"], ["--workers", "2"]])
+def test_kv_in_process_state_is_not_split_even_with_redis(
+        split: list[str], examples_env: dict[str, str]) -> None:
+    """kv's dict lives in one process: a shared hub shares rooms, not that dict."""
+    done = subprocess.run([*script("tcpkit"), "serve", "kv", "--listen", "127.0.0.1:0",
+                           "--pubsub", "redis://127.0.0.1:9", *split],
+                          env={**os.environ, **examples_env}, capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2, done
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "kv keeps state shared by its connections in one process" \
+        in lines[0], lines
 
 
 # -- chat --------------------------------------------------------------------------

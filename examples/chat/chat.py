@@ -10,7 +10,7 @@ is dropped once 1 MiB of lines waits for it (the others see it leave).
 
 The room, the guest counter and the nicknames live in the server's hub
 (``self.hub``): in the server process by default, so the service says
-``shared_state=True``; with ``tcpkit serve chat --pubsub redis://HOST:PORT``
+``shared_state="hub"``; with ``tcpkit serve chat --pubsub redis://HOST:PORT``
 they live in Redis, and one room spans ``--workers N``, ``--mode fork`` and
 several servers behind a load balancer (docs/rooms-redis.md).
 """
@@ -88,4 +88,4 @@ class Chat(Session):
         return f"you are now {name}"
 
 
-SERVICE = Service("chat", 7815, "a chat room", session=Chat, shared_state=True)
+SERVICE = Service("chat", 7815, "a chat room", session=Chat, shared_state="hub")
