@@ -55,16 +55,21 @@ def shared_state_refusal(services: Iterable[Service], mode: str, workers: int,
                          pubsub: str | None) -> str | None:
     """Why these services cannot be served so (a usage error), or None.
 
-    A ``shared_state`` service keeps state that all its connections share in
-    one process (a chat room, a key-value store).  Split across processes
-    (``--mode fork``, ``--workers`` above 1) each process would have its own,
-    silently, unless that state lives in a shared backend (``--pubsub redis://``).
+    A ``shared_state`` service keeps state that all its connections share (a
+    key-value store's dict, a chat room).  Split across processes (``--mode
+    fork``, ``--workers`` above 1) each process would have its own, silently:
+    so in-process state (``True``) is never split, and hub state (``"hub"``)
+    only with a shared hub (``--pubsub redis://``).
     """
-    if pubsub not in (None, "", "local") or (mode != "fork" and workers <= 1):
+    if mode != "fork" and workers <= 1:
         return None
+    how = "--mode fork" if mode == "fork" else f"--workers {workers}"
+    shared_hub = pubsub not in (None, "", "local")
     for service in services:
-        if service.shared_state:
-            how = "--mode fork" if mode == "fork" else f"--workers {workers}"
+        if service.shared_state is True:
+            return (f"{service.name} keeps state shared by its connections in one process: "
+                    f"it cannot run with {how} (--pubsub redis:// shares rooms, not it)")
+        if service.shared_state == "hub" and not shared_hub:
             return (f"{service.name} shares state between its connections: it cannot run "
                     f"with {how} unless --pubsub redis://HOST:PORT shares it")
     return None

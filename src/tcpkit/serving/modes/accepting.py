@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import select
 import signal
@@ -40,13 +41,13 @@ from types import FrameType
 from typing import Any
 
 from tcpkit.endpoints import peer_text
-from tcpkit.hub import Hub, make_hub
+from tcpkit.hub import Hub, Hubs
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.admission import BUSY, Refusal
 from tcpkit.serving.guards.gate import LINGER, LINGER_BLOCKING, TICK, Gate
 from tcpkit.serving.guards.tls import reload_certificates, server_handshake
-from tcpkit.serving.listeners import describe
+from tcpkit.serving.listeners import describe, send_at_once
 from tcpkit.serving.modes.driver import Outcome, serve_connection
 from tcpkit.serving.modes.pipes import Wakeup
 from tcpkit.serving.observe.events import Observer, close_reason
@@ -79,7 +80,7 @@ class BlockingServer:
         self._bridge: OffloadBridge | None = None
         self.preload = preload_for(listener.service for listener in self.listeners)
         self._bridge_lock = threading.Lock()
-        self._hub: Hub | None = None  # sessions' hub, made on first use
+        self._hubs: Hubs | None = None  # sessions' hubs, made on first use
         self._poller: select.poll | None = None  # the accept loop's
         self._lingering: dict[int, tuple[socket.socket, float]] = {}  # fd -> (sock, until)
         self._accept_pauses = 0  # consecutive out-of-resources pauses
@@ -153,6 +154,7 @@ class BlockingServer:
         """
         service = listener.service
         host, port = peer_text(peer)
+        send_at_once(sock)  # here, not in the accept loop: a fork child pays for it
         if listener.tls is not None:
             wrapped = server_handshake(sock, listener.tls, self.stop_fds())
             if wrapped is None:
@@ -166,7 +168,8 @@ class BlockingServer:
             outcome = serve_connection(sock, service, listener.limits or self.limits,
                                        self.stop_fds(), self.bridge,
                                        observer if observer.measures_traffic else None,
-                                       peer=(host, port), hub=self.session_hub)
+                                       peer=(host, port),
+                                       hub=functools.partial(self.session_hub, service.name))
         except Exception:
             log.exception("a connection failed")
             sock.close()
@@ -195,18 +198,20 @@ class BlockingServer:
                 self._bridge = OffloadBridge(self.limits, self.preload)
             return self._bridge
 
-    def session_hub(self) -> Hub:
-        """The hub every session of this process shares, made on first use (thread-safe)."""
+    def session_hub(self, service: str) -> Hub:
+        """The hub every session of ``service`` in this process shares, made on first use
+        (thread-safe)."""
         with self._bridge_lock:
-            if self._hub is None:
-                self._hub = make_hub(self.limits.pubsub)
-            return self._hub
+            if self._hubs is None:
+                self._hubs = Hubs(self.limits.pubsub)
+            hubs = self._hubs
+        return hubs.get(service)
 
     def close_hub(self) -> None:
         with self._bridge_lock:
-            hub, self._hub = self._hub, None
-        if hub is not None:
-            hub.close()
+            hubs, self._hubs = self._hubs, None
+        if hubs is not None:
+            hubs.close()
 
     def close_bridge(self) -> None:
         with self._bridge_lock:

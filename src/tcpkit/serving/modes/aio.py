@@ -53,7 +53,7 @@ from tcpkit.serving.offload.executors import make_executor, preload_for
 from tcpkit.serving.offload.jobs import finish_job
 
 if TYPE_CHECKING:
-    from tcpkit.hub import Hub
+    from tcpkit.hub import Hubs
 
 log = logging.getLogger("tcpkit")
 
@@ -354,7 +354,8 @@ class AsyncServer:
         self._stop: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop  # set by serve()
-        self.hub: Hub | None = None  # made when the first session needs it
+        self.hub: Hubs | None = None  # sessions' hubs, made when the first session needs one
+        self.farewells: set[asyncio.Task[None]] = set()  # disconnected() hooks running
 
     async def serve(self) -> None:
         """Serve until SIGINT/SIGTERM (or :meth:`stop`), then drain and return."""
@@ -376,7 +377,7 @@ class AsyncServer:
         finally:
             ticker.cancel()
             await self.pool.close()
-            self._close_hub()
+            await self._close_hub()
 
     async def _listen(self, listener: Listener) -> tuple[asyncio.Server, socket.socket]:
         """Serve ``listener`` (again): libuv gets a duplicate of its socket to close."""
@@ -444,9 +445,13 @@ class AsyncServer:
             for waiter in waiters:
                 waiter.cancel()
             await self.pool.close()
-            self._close_hub()
+            await self._close_hub()
 
-    def _close_hub(self) -> None:
+    async def _close_hub(self) -> None:
+        """Close the sessions' hubs once their disconnected() hooks, which may still be
+        using them (leaving a room, saying goodbye), are done."""
+        if self.farewells:
+            await asyncio.wait(self.farewells, timeout=self.limits.drain_timeout)
         if self.hub is not None:
             self.hub.close()
 

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import format_address
-from tcpkit.hub import make_hub
+from tcpkit.hub import Hub, Hubs
 from tcpkit.service import Blocking, Service
 from tcpkit.serving.modes.aio import AsyncServer, _Client
 from tcpkit.serving.offload.jobs import TimeLimitExceeded
@@ -66,7 +66,7 @@ class SessionClient(_Client):
             return  # refused: the session never starts
         conn = self.session
         conn.peer = Peer(self.host, self.port)
-        conn.hub = _server_hub(self.server)
+        conn.hub = _service_hub(self.server, self.service)
         conn.wakeup = self.wake
         conn.backlog = live.get_write_buffer_size
         self.session_started = True
@@ -80,7 +80,9 @@ class SessionClient(_Client):
         pending = self.session.connection_lost(
             ending_reason(self.session, self.end_reason, self.server.draining, exc is not None))
         if pending is not None:
-            self.server.loop.create_task(self._disconnected(pending))
+            farewell = self.server.loop.create_task(self._disconnected(pending))
+            self.server.farewells.add(farewell)  # the server waits for it before closing hubs
+            farewell.add_done_callback(self.server.farewells.discard)
 
     def close_idle(self) -> None:
         self.end_reason = "idle"
@@ -145,9 +147,10 @@ class SessionClient(_Client):
             log.exception("%s: disconnected() failed", self.service.name)
 
 
-def _server_hub(server: AsyncServer) -> Any:
-    """The server's hub, made on first use (a stateless server never makes one)."""
+def _service_hub(server: AsyncServer, service: Service) -> Hub:
+    """The service's hub in this server, made on first use (a stateless server never makes
+    one)."""
     if server.hub is None:
-        server.hub = make_hub(server.limits.pubsub)
-    return server.hub
+        server.hub = Hubs(server.limits.pubsub)
+    return server.hub.get(service.name)
 
