@@ -47,6 +47,8 @@ from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.gate import LINGER, LINGER_BYTES, TICK, Gate
 from tcpkit.serving.guards.tls import ServerTLS, reload_certificates
 from tcpkit.serving.listeners import BACKLOG, describe
+from tcpkit.serving.modes.aio_refused import Refused
+from tcpkit.serving.modes.loop import log_loop_error
 from tcpkit.serving.observe.events import Observer, close_reason, receive_measured
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.executors import make_executor, preload_for
@@ -101,7 +103,7 @@ class _Client(asyncio.Protocol):
                                     server.loop.time())
         if refusal is not None:
             transport.write(refusal.line)
-            _Refused.close(server, transport)
+            Refused.close(server.gate, server.loop, transport)
             self.transport = None
             self.conn.stop_input()  # off the fast path: anything that still arrives is dropped
             return
@@ -289,44 +291,6 @@ class _Client(asyncio.Protocol):
             self.transport.close()
 
 
-class _Refused(asyncio.Protocol):
-    """A refused client after its ``error:`` line: read and drop what it sends.
-
-    Closing a socket with unread input makes the kernel reset the connection,
-    and the reset can overtake the error line.  So the line is followed by a
-    FIN, and the connection lingers (at most LINGER seconds, as many at once
-    as the gate allows) until the client closes its side.
-    """
-
-    def __init__(self, gate: Gate, transport: asyncio.Transport) -> None:
-        self.gate = gate
-        self.transport = transport
-        self.timer: asyncio.TimerHandle | None = None
-
-    @classmethod
-    def close(cls, server: AsyncServer, transport: asyncio.Transport) -> None:
-        if not transport.can_write_eof() or not server.gate.linger():
-            transport.close()
-            return
-        refused = cls(server.gate, transport)
-        transport.set_protocol(refused)
-        transport.write_eof()
-        refused.timer = server.loop.call_later(LINGER, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def eof_received(self) -> bool:
-        self.transport.close()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-            self.gate.unlinger()
-
-
 class AsyncServer:
     """Serves a set of listeners on one event loop until asked to stop."""
 
@@ -369,7 +333,7 @@ class AsyncServer:
             self._serving_socks.append(sock)
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
         self.gate.budget()
-        self.loop.set_exception_handler(_log_loop_error)
+        self.loop.set_exception_handler(log_loop_error)
         ticker = self.loop.create_task(self._tick())
         try:
             await self._stop.wait()
@@ -428,7 +392,7 @@ class AsyncServer:
         self._drained = asyncio.Event()
         self.one_shot = True
         self._install_signals()
-        self.loop.set_exception_handler(_log_loop_error)
+        self.loop.set_exception_handler(log_loop_error)
         ticker = self.loop.create_task(self._tick())
         waiters = [self.loop.create_task(event.wait()) for event in (self._stop, self._drained)]
         try:
@@ -513,21 +477,3 @@ def _client_class(service: Service) -> type[_Client]:
     from tcpkit.serving.modes.aio_sessions import SessionClient
 
     return SessionClient
-
-
-def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Unexpected errors in callbacks: one log line (traceback only at debug level)."""
-    exc = context.get("exception")
-    log.error("%s: %r", context.get("message", "unexpected error"), exc)
-    if exc is not None:
-        log.debug("details", exc_info=exc)
-
-
-def install_uvloop() -> bool:
-    """Use uvloop for new event loops when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
