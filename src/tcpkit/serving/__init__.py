@@ -12,6 +12,7 @@ by axis, a folder each, a file per job::
     modes/         how clients are served
       aio.py         async: one event loop (uvloop) for every client
       aio_sessions.py  ...its protocol class for session services' clients
+      aio_proxied.py   ...its accept loop for listeners behind --proxy-protocol
       accepting.py   the accept loop shared by the blocking modes
       driver.py      the blocking modes' per-connection driver (one poll loop)
       driver_sessions.py  ...its subclass for session services' clients
@@ -30,11 +31,12 @@ by axis, a folder each, a file per job::
       dask.py        the Dask executor (--executor dask://)
 
     guards/        who may be served, and how safely
-      gate.py        who gets in, one rule for every mode: busy, descriptor budget,
+      gate.py        who gets in, one rule for every mode: access lists, busy, descriptor budget,
                      per-address limits, refusal counts and logs, lingering; sans-IO
       admission.py   per-address limits (xinetd's per_source and cps), sans-IO
       access.py      allow/deny lists by network (xinetd's only_from), sans-IO
       proxy.py       the PROXY protocol header (HAProxy v1/v2): the real client, sans-IO
+      proxied.py     ...read off a socket without a byte more, with a deadline and a cap
       tls.py         certificates, handshakes, reload on SIGHUP
       activation.py  systemd socket activation and sd_notify
       fdlimit.py     the descriptor budget: refuse before descriptors run out
