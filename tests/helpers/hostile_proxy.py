@@ -66,8 +66,9 @@ class GoodClient:
         while not self._stop.is_set():
             self.asked += 1
             with contextlib.suppress(OSError):
-                reply = _one(self.port, self.header(self.asked) + b"ping %d\n" % self.asked)
-                self.answered += reply == b"%d gnip\n" % self.asked
+                line = b"ping %d" % self.asked
+                reply = _one(self.port, self.header(self.asked) + line + b"\n")
+                self.answered += reply == line[::-1] + b"\n"
 
 
 def _kinds(replies: list[bytes]) -> dict[str, int]:
