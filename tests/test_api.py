@@ -105,13 +105,14 @@ ERRORS = [  # (module, class, what it subclassed before tcpkit.Error existed)
     ("tcpkit.operate", "OptionError", Exception),
     ("tcpkit.registry", "UnknownService", LookupError),
     ("tcpkit.registry", "ServiceSpecError", LookupError),
-    ("tcpkit.serving.offload.pool", "TimeLimitExceeded", Exception),
-    ("tcpkit.serving.offload.pool", "WorkerCrashed", Exception),
+    ("tcpkit.serving.offload.jobs", "TimeLimitExceeded", Exception),
+    ("tcpkit.serving.offload.jobs", "WorkerCrashed", Exception),
     ("tcpkit.serving.offload.dask", "DaskUnavailable", Exception),
     ("tcpkit.hub", "HubUnavailable", ConnectionError),
     ("tcpkit.serving.guards.proxy", "ProxyHeaderError", ValueError),
     ("tcpkit.serving.guards.pidfile", "PidFileError", Exception),
     ("tcpkit.serving.guards.privileges", "PrivilegeError", Exception),
+    ("tcpkit.config_file", "ConfigError", Exception),
 ]
 
 

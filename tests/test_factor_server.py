@@ -15,8 +15,17 @@ import pytest
 
 from helpers.net import abort, connect, exchange, readable, recv_lines
 from helpers.numbers import HUGE, HUGE2, MID, reply_for, semiprimes
-from helpers.processes import factor_workers, wait_asleep, wait_for, wait_gone, wait_working
+from helpers.processes import (
+    cmdline,
+    factor_workers,
+    forkservers,
+    wait_asleep,
+    wait_for,
+    wait_gone,
+    wait_working,
+)
 from helpers.servers import Server
+from tcpkit.serving.run import MODES
 
 
 def test_pipelined_mix_comes_back_in_order(serve: Callable[..., Server]) -> None:
@@ -62,6 +71,24 @@ def test_disconnect_stops_the_work_and_the_pool_stays_full(
     assert factor_workers(server.pid) != [busy]
     assert wait_asleep(lambda: factor_workers(server.pid), 10)
     assert exchange(server.port, b"%d\n" % MID[1]) == reply_for(MID[1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_workers_preload_what_the_services_declare(
+        mode: str, serve: Callable[..., Server]) -> None:
+    server = serve("reverse", "factor", "--mode", mode)
+    assert exchange(server.ports["reverse"], b"abc\n") == b"cba\n"
+    assert forkservers(server.pid) == []  # no offloaded work: no pool, no process
+    with connect(server.ports["factor"], timeout=30) as sock:  # open: a fork child stays
+        sock.sendall(b"%d\n" % MID[0])
+        assert recv_lines(sock, 1) == [reply_for(MID[0])]
+        [forkserver] = forkservers(server.pid)
+        assert wait_for(lambda: factor_workers(server.pid), 10)
+        # What the factor service declares, and nothing for reverse (it declares none):
+        # the forkserver's preload list is in its command line, and its workers' too.
+        preload = "['tcpkit.services.factor', 'tcpkit.factoring.preload']"
+        for pid in [forkserver, *factor_workers(server.pid)]:
+            assert preload in cmdline(pid)
 
 
 def test_a_huge_number_does_not_delay_other_clients(serve: Callable[..., Server]) -> None:

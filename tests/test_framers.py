@@ -82,6 +82,15 @@ def test_lines_keep_their_terminators() -> None:
     assert Lines(newline=b"\r\n").encode(b"x") == b"x\r\n"
 
 
+def test_lines_can_always_answer_with_their_own_newline() -> None:
+    """SMTP-style: every line sent ends CR LF, even a reply to a bare-LF request."""
+    framer = Lines(newline=b"\r\n", echo_terminator=False).new(64)
+    assert framer.feed_framed(b"a\nb\r\n") == [(b"a", b"\n"), (b"b", b"\r\n")]
+    assert framer.encode(b"x", b"\n") == framer.encode(b"x", b"\r\n") == b"x\r\n"
+    assert framer.encode(b"x") == b"x\r\n"
+    assert framer.limit == 64 and not framer.echo_terminator
+
+
 @pytest.mark.parametrize("size", range(1, 20))
 def test_lines_every_chunk_size(size: int) -> None:
     data = b"one\ntwo\r\n\nthree\r\r\n"

@@ -68,9 +68,9 @@ def test_busy_at_the_connection_limit() -> None:
     assert gate.admit("echo", "10.0.0.1", 1000, 0, 0.0) is None
     assert gate.admit("echo", "10.0.0.1", 1001, 1, 0.0) is None
     assert gate.admit("echo", "10.0.0.1", 1002, 2, 0.0) is BUSY
-    assert gate.admit("echo", "10.0.0.2", 1003, 1, 0.0, draining=True) is BUSY
-    assert (stats.busy, stats.limited) == (2, 0)
-    assert observer.limits == [("echo", "busy"), ("echo", "busy")]
+    assert gate.admit("echo", "10.0.0.2", 1003, 1, 0.0) is None  # one has left
+    assert (stats.busy, stats.limited) == (1, 0)
+    assert observer.limits == [("echo", "busy")]
     assert observer.refused_lines == [("echo", "10.0.0.1", 1002, "server busy")]
 
 

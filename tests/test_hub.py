@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from helpers.redis import RedisServer
-from tcpkit.hub import LOST, RESTORED, Hub, LocalHub, RedisHub, make_hub
+from tcpkit.hub import LOST, RESTORED, Hub, Hubs, LocalHub, RedisHub, make_hub
 
 
 class Member:
@@ -199,6 +199,43 @@ def test_redis_restarting_is_survived(redis_server: RedisServer) -> None:
     finally:
         hub.close()
         other.close()
+
+
+def test_names_survive_redis_restarting_empty(redis_server: RedisServer) -> None:
+    """A Redis restarted without its data forgot every name: each hub claims its own
+    again before it takes new claims, so no two members ever share one."""
+    hub, other = RedisHub(redis_server.url, "t"), RedisHub(redis_server.url, "t")
+    ann, bob = Member(), Member()
+    try:
+        for each in (hub, other):
+            each.start()
+            assert each.connected.wait(10)
+        run(hub.join("lobby", ann))
+        run(other.join("lobby", bob))
+        assert run(hub.claim("guest1", ann))
+        redis_server.stop()
+        assert ann.next() == LOST and bob.next() == LOST
+        redis_server.start()  # empty: no --save, no AOF
+        assert ann.next() == RESTORED and bob.next() == RESTORED
+        assert not run(other.claim("guest1", bob))
+        assert run(hub.claim("guest1", ann))  # still ann's
+    finally:
+        hub.close()
+        other.close()
+
+
+def test_hubs_give_each_service_its_own_namespace() -> None:
+    hubs = Hubs()
+    chat, kv = hubs.get("chat"), hubs.get("kv")
+    assert hubs.get("chat") is chat and kv is not chat
+    member = Member()
+    run(chat.join("lobby", member))
+    run(kv.publish("lobby", b"other service"))
+    run(chat.publish("lobby", b"same service"))
+    assert member.next() == b"same service" and member.nothing()
+    hubs.close()
+    remote = Hubs("redis://127.0.0.1:1").get("chat")
+    assert isinstance(remote, RedisHub) and remote.prefix == "tcpkit:chat:"
 
 
 def test_a_forked_child_gets_a_hub_of_its_own(redis_server: RedisServer) -> None:

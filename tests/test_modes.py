@@ -313,7 +313,8 @@ RELISTEN = """
 import asyncio, logging, socket, sys
 from tcpkit.endpoints import Endpoint
 from tcpkit.registry import get
-from tcpkit.serving.modes.aio import AsyncServer, install_uvloop
+from tcpkit.serving.modes.aio import AsyncServer
+from tcpkit.serving.modes.loop import install_uvloop
 from tcpkit.serving.run import open_listeners
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")

@@ -8,35 +8,22 @@ an installed plug-in, and a real ``tcpkit serve shout`` process serves it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import subprocess
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers.examples import EXAMPLES, install_examples, load_example
 from helpers.net import exchange
 from helpers.servers import run, script, start_server
 from tcpkit import INETSocket
 from tcpkit.testing import RunningServer
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "shout"
+EXAMPLE = EXAMPLES / "shout"
 
 
 def install_example(target: Path) -> dict[str, str]:
-    """Lay out examples/shout as an installed distribution; return the environment."""
-    meta = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
-    shutil.copy(EXAMPLE / "shout.py", target)
-    info = target / f"tcpkit_shout-{meta['version']}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n")
-    points = meta["entry-points"]["tcpkit.services"]
-    (info / "entry_points.txt").write_text(
-        "[tcpkit.services]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
-    path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": path}
+    return install_examples(target, "shout")
 
 
 def test_example_is_under_20_lines() -> None:
@@ -80,10 +67,7 @@ def test_unknown_service_is_a_usage_error() -> None:
 
 def test_readme_fixture_example(tcpkit_server: Callable[..., RunningServer]) -> None:
     """The README's test of the example service, through the pytest fixture."""
-    spec = importlib.util.spec_from_file_location("shout", EXAMPLE / "shout.py")
-    assert spec is not None and spec.loader is not None
-    shout = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shout)
+    shout = load_example("shout")
     server = tcpkit_server(shout.SERVICE)
     with INETSocket.connect(server.endpoint) as sock:
         sock.print("hi", "")

@@ -10,7 +10,9 @@ The pieces, from the bottom up:
 * :mod:`tcpkit.sockets` and :mod:`tcpkit.client` — IO::Socket::INET-like
   sockets and the clients built on them;
 * :mod:`tcpkit.api` — ``serve``/``serve_async``: serving from Python in one call;
-* :mod:`tcpkit.testing` — any service on an ephemeral port, for tests.
+* :mod:`tcpkit.testing` — any service on an ephemeral port, for tests;
+  :mod:`tcpkit.dialog` — a session's dialog without a socket, for tests;
+* :mod:`tcpkit.hub` — rooms for sessions, in-process or through Redis.
 
 Every exception tcpkit raises for a user to catch derives from :class:`Error`.
 """

@@ -20,7 +20,9 @@ from tcpkit.service import Service
 from tcpkit.serving.config import Limits
 
 if TYPE_CHECKING:
+    from tcpkit.config_file import Settled
     from tcpkit.operate import Operation
+    from tcpkit.serving.reexec import Handoff
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -68,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve_parser() -> argparse.ArgumentParser:
+    """A parser of ``tcpkit serve``'s options alone (what a config file may set)."""
+    parser = CommandParser(prog="tcpkit serve", add_help=False)
+    serve_options.add_options(parser)
+    return parser
+
+
 def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser(
         "serve", help="run services (default: reverse on 7800 and factor on 7801)",
@@ -108,10 +117,21 @@ def run_serve(args: argparse.Namespace) -> int:
     from tcpkit.operate import Operation, OptionError
     from tcpkit.serving.guards.pidfile import PidFileError
     from tcpkit.serving.listeners import ListenError
+    from tcpkit.serving.reexec import take_handoff
 
+    handoff = take_handoff()  # set when a rolling restart or an upgrade executed us
+    per_service: dict[str, dict[str, object]] = {}
+    if args.config:
+        from tcpkit.config_file import ConfigError, apply
+
+        try:
+            per_service = apply(args, serve_parser(), args.command_line)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     try:
         plan = plan_listeners(args.services, [] if args.inetd else args.listen)
-        ops = Operation.from_args(args, list(dict.fromkeys(name for name, _ in plan)))
+        ops = Operation.from_args(args, list(dict.fromkeys(name for name, _ in plan)),
+                                  handed_off=handoff is not None)
     except (EndpointError, registry.UnknownService, OptionError) as exc:
         raise UsageError(str(exc)) from None
     from tcpkit.hub import check_pubsub
@@ -131,12 +151,20 @@ def run_serve(args: argparse.Namespace) -> int:
     if refusal is not None:
         raise UsageError(refusal)
     limits = serve_options.limits(args)
+    from tcpkit.config_file import Settled
+
+    try:
+        settle = Settled(args, per_service)
+    except OptionError as exc:
+        raise UsageError(f"{args.config}: {exc}") from None
     if args.check_config:
         print("config ok")
         return EXIT_OK
     try:
+        if handoff is not None and handoff.is_worker:
+            return serve_worker(ops, args, list(services.values()), limits, settle, handoff)
         return serve_operated(ops, args, list(services.values()), [
-            (services[name], endpoint) for name, endpoint in plan], limits)
+            (services[name], endpoint) for name, endpoint in plan], limits, settle)
     except OptionError as exc:
         raise UsageError(str(exc)) from None
     except (ListenError, PidFileError) as exc:
@@ -145,11 +173,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Service],
-                   plan: list[tuple[Service, Endpoint]], limits: Limits) -> int:
+                   plan: list[tuple[Service, Endpoint]], limits: Limits,
+                   settle: Settled) -> int:
     """Serve the one inetd connection, systemd's sockets, or the ones in ``plan``."""
     from tcpkit.serving.guards import privileges
     from tcpkit.serving.modes.inetd import InetdError, serve_inetd, take_stdin_socket
-    from tcpkit.serving.run import run, serve_listeners
+    from tcpkit.serving.run import opened, serve_listeners
 
     if ops.inetd:
         try:
@@ -161,12 +190,37 @@ def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Serv
         return EXIT_OK
     inherited = ops.inherited_listeners(services)
     observer = ops.observer(args.mode, args.workers)
+    reexec = [sys.executable, "-m", "tcpkit", *args.command_line]  # what SIGUSR2 runs
+    if ops.handed_off:
+        # An upgrade executed us: our predecessor already was the user asked
+        # for (a second switch would fail without root) and held the pid file.
+        ops.credentials = None
     if inherited is not None:
-        serve_listeners(inherited, args.mode, limits, observer, args.workers,
-                        ops.pid_file, ops.credentials)
-    else:
-        run(plan, args.mode, limits, observer, ops.tls, args.workers, ops.pid_file,
-            ops.credentials)
+        serve_listeners(settle(inherited), args.mode, limits, observer, args.workers,
+                        ops.pid_file, ops.credentials, reexec)
+        return EXIT_OK
+    with opened(plan, ops.tls) as listeners:
+        serve_listeners(settle(listeners), args.mode, limits, observer, args.workers,
+                        ops.pid_file, ops.credentials, reexec)
+    return EXIT_OK
+
+
+def serve_worker(ops: Operation, args: argparse.Namespace, services: list[Service],
+                 limits: Limits, settle: Settled, handoff: Handoff) -> int:
+    """A worker a rolling restart executed: serve the supervisor's sockets, then report.
+
+    Its sockets, stop pipe and stats pipe come from the supervisor; the metrics
+    it counts go to the files the supervisor's scrape merges.
+    """
+    from tcpkit.serving.modes.supervisor import serve_as_worker
+    from tcpkit.serving.run import serve_once
+
+    inherited = ops.inherited_listeners(services)
+    if not inherited or handoff.stop is None or handoff.report is None:
+        raise UsageError("a worker was started without its supervisor's sockets")
+    serve_as_worker(settle(inherited), args.mode, serve_once, limits,
+                    ops.observer(args.mode, args.workers, serve_http=False),
+                    handoff.stop, handoff.report, handoff.ready)
     return EXIT_OK
 
 
@@ -195,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the ``tcpkit`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     logs.configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         status = args.run(args)

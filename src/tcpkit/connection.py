@@ -73,6 +73,7 @@ class ServiceConnection:
         "_new_jobs",
         "_pending",
         "closing",
+        "draining",
         "eof",
         "errors",
         "lines",
@@ -95,6 +96,7 @@ class ServiceConnection:
         self.errors = 0  # error replies sent
         self.eof = False  # the client sent EOF
         self.closing = False  # a protocol error: close once replies are out
+        self.draining = False  # the server drains: take no request after the next one
         # True while the serving layer has nothing to do but write the replies:
         # input open, no job started, no reply held.  A plain attribute, so the
         # hot path checks one flag instead of four conditions.
@@ -124,6 +126,8 @@ class ServiceConnection:
                 out = reply
             else:
                 out = self._answer_lines(block)
+            if not self.settled and self.draining:
+                self.stop_input()  # the request on its way when the drain began is answered
         elif data and framer.buffered == len(data):
             self.progressed = True  # nothing was held: these bytes begin a request
         if framer.overflowed:
@@ -147,9 +151,26 @@ class ServiceConnection:
         return b"".join(out)
 
     def stop_input(self) -> None:
-        """Take no more requests (the server is draining); answer those already read."""
+        """Take no more requests; answer those already read (then the connection is done)."""
         self.eof = True
         self.settled = False
+
+    def drain(self) -> None:
+        """The server is draining: finish at the next reply boundary.
+
+        At once if the connection is between requests (answered, no part of a
+        line held) or still has replies to send; otherwise once the request it
+        is receiving — a new connection's first one included — is answered.  A
+        client whose request was already on the wire when the drain began is
+        then answered, not cut off; only one sent after the last reply can
+        cross the server's FIN, and at most one per connection.
+        """
+        if self._pending or self.eof or self.closing or (
+                self.lines and not self._framer.buffered):
+            self.stop_input()
+        else:
+            self.draining = True
+            self.settled = False
 
     # -- offloaded work ---------------------------------------------------
 
@@ -265,6 +286,6 @@ class ServiceConnection:
             else:
                 out.append(head)
             pending.popleft()
-        if not pending and not (self.eof or self.closing):
+        if not pending and not (self.eof or self.closing or self.draining):
             self.settled = True
         return b"".join(out)

@@ -97,21 +97,27 @@ def _combined(own: int | None, server: int | None) -> int | None:
 
 class Lines(Framer):
     """LF-terminated lines (CR LF too); ``newline`` ends lines that answer no request
-    (``connected()`` and ``send()`` lines, the reply to a last line that had no LF)."""
+    (``connected()`` and ``send()`` lines, the reply to a last line that had no LF).
 
-    __slots__ = ("_lines", "max_size", "newline")
+    ``echo_terminator=False`` ends *every* line sent with ``newline``, whatever
+    the request's terminator: protocols such as SMTP always answer CR LF, even
+    to a client that sends bare LF."""
 
-    def __init__(self, max_size: int | None = None, newline: bytes = LF) -> None:
+    __slots__ = ("_lines", "echo_terminator", "max_size", "newline")
+
+    def __init__(self, max_size: int | None = None, newline: bytes = LF,
+                 echo_terminator: bool = True) -> None:
         if max_size is not None and max_size < 1:
             raise ValueError("max_size must be at least 1")
         if newline not in (b"\n", b"\r\n"):
             raise ValueError("newline must be LF or CR LF")
         self.max_size = max_size
         self.newline = newline
+        self.echo_terminator = echo_terminator
         self._lines = LineFramer(self.limit)
 
     def new(self, max_size: int | None = None) -> Lines:
-        return Lines(_combined(self.max_size, max_size), self.newline)
+        return Lines(_combined(self.max_size, max_size), self.newline, self.echo_terminator)
 
     @property
     def overflowed(self) -> bool:  # type: ignore[override]
@@ -133,7 +139,9 @@ class Lines(Framer):
         return self._lines.feed_eof()
 
     def encode(self, message: bytes, terminator: bytes | None = None) -> bytes:
-        return message + (terminator or self.newline)
+        if terminator and self.echo_terminator:
+            return message + terminator
+        return message + self.newline
 
     def too_long_message(self) -> str:
         return f"line too long (max {self.limit} bytes)"

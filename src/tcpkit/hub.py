@@ -21,8 +21,9 @@ never hears itself and each sender's messages arrive in the order sent.
 
 Redis going away is survived: every local member is told so in one line, the
 hub reconnects with exponential backoff (at most :data:`MAX_BACKOFF` seconds
-between tries), tells the members again once it is back, and meanwhile local
-members still hear each other.  Calls that need Redis (``next_id``, ``claim``)
+between tries), claims its names again (a Redis restarted empty forgot them),
+tells the members once it is back, and meanwhile local members still hear
+each other.  Calls that need Redis (``next_id``, ``claim``)
 raise :class:`HubUnavailable` until then.
 """
 
@@ -259,8 +260,12 @@ class RedisHub(Hub):
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._refresh())]
 
     async def _shutdown(self) -> None:
-        for task in self._tasks:
+        # Every task of the hub's loop: the listener, the refresher, and calls still
+        # waiting for Redis (whose callers are told they were cancelled).
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
             task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         for name, token in list(self._names.items()):
             with contextlib.suppress(Exception):
                 await self._redis.eval(_RELEASE, 1, self.prefix + "name:" + name, token)
@@ -274,6 +279,8 @@ class RedisHub(Hub):
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(self.prefix + "room:*")
+                if self._down:
+                    await self._reclaim()
                 self._restored()
                 delay = 0.1
                 async for message in pubsub.listen():
@@ -312,6 +319,14 @@ class RedisHub(Hub):
             log.info("message relay %s restored", self.url, extra={"event": "pubsub-restored"})
             self._tell_everyone(RESTORED)
 
+    async def _reclaim(self) -> None:
+        """Back from an outage: claim this process's names again, before anyone else may
+        (claims fail until :meth:`_restored`).  A Redis that restarted empty has
+        forgotten them, and its counter starts again at 1: without this, a new
+        guest could be given the name of a member still connected."""
+        for name, token in list(self._names.items()):
+            await self._redis.set(self.prefix + "name:" + name, token, nx=True, ex=NAME_TTL)
+
     async def _refresh(self) -> None:
         """Keep this process's names alive; a crashed server's names expire by themselves."""
         while True:
@@ -342,6 +357,37 @@ def check_pubsub(url: str | None) -> None:
 
     if importlib.util.find_spec("redis") is None:
         raise ValueError("--pubsub redis:// needs the redis extra: pip install 'tcpkit[redis]'")
+
+
+class Hubs:
+    """The hubs of one server process: one per session service, made on first use.
+
+    Each service gets its own namespace (``tcpkit:SERVICE``), so two services
+    served together never share a room, a counter or a name, while every
+    process and server serving one service with the same ``--pubsub`` URL
+    shares its hub's state.  Thread-safe (thread mode's connections ask for it).
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        check_pubsub(url)
+        self.url = url
+        self._hubs: dict[str, Hub] = {}
+        self._lock = threading.Lock()
+
+    def get(self, service: str) -> Hub:
+        """The hub of ``service`` in this process."""
+        with self._lock:
+            hub = self._hubs.get(service)
+            if hub is None:
+                hub = self._hubs[service] = make_hub(self.url, f"tcpkit:{service}")
+            return hub
+
+    def close(self) -> None:
+        """Close every hub made so far."""
+        with self._lock:
+            hubs, self._hubs = list(self._hubs.values()), {}
+        for hub in hubs:
+            hub.close()
 
 
 def make_hub(url: str | None = None, namespace: str = "tcpkit") -> Hub:

@@ -42,15 +42,21 @@ class Operation:
     activated: bool  # LISTEN_FDS is set for this process
     credentials: Credentials | None = None  # whom to become once everything is open
     pid_file: str | None = None
+    handed_off: bool = False  # executed by an upgrade, with its predecessor's sockets
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, names: Sequence[str]) -> Operation:
-        """Check the options (OptionError); ``names`` are the services to serve."""
+    def from_args(cls, args: argparse.Namespace, names: Sequence[str],
+                  handed_off: bool = False) -> Operation:
+        """Check the options (OptionError); ``names`` are the services to serve.
+
+        ``handed_off``: a rolling restart or an upgrade executed this process
+        with the sockets of the one before, which ``--listen`` had opened.
+        """
         activated = _activated()
         inetd = bool(args.inetd)
         if inetd:
             _check_inetd(args, names)
-        elif activated and args.listen:
+        elif activated and args.listen and not handed_off:
             raise OptionError("--listen cannot be used with socket activation "
                               "(LISTEN_FDS is set: the sockets come from systemd)")
         metrics = None
@@ -65,16 +71,18 @@ class Operation:
             credentials = resolve(args.user, args.group)
         except PrivilegeError as exc:
             raise OptionError(str(exc)) from None
-        return cls(_load_tls(args), metrics, bool(args.resolve_names), inetd, activated,
-                   credentials, args.pid_file)
+        return cls(load_tls(args), metrics, bool(args.resolve_names), inetd, activated,
+                   credentials, args.pid_file, handed_off)
 
     # -- what the serving mode gets -------------------------------------------------
 
-    def observer(self, mode: str, workers: int = 1) -> Observer:
+    def observer(self, mode: str, workers: int = 1, serve_http: bool = True) -> Observer:
         """The access log (with names if asked) and the metrics; starts the metrics server.
 
         With several ``workers``, or a child process per client (``fork`` mode),
         all the processes forked after this call count into one set of figures.
+        A worker executed by a rolling restart counts into them too, but
+        ``serve_http=False``: its supervisor serves the scrapes.
         Raises ListenError when the metrics port cannot be bound.
         """
         from tcpkit.serving.observe.names import ResolvingObserver
@@ -87,6 +95,8 @@ class Operation:
         if mode == "fork" or workers > 1:  # processes forked later count into shared files
             metrics.use_multiprocess_dir()
         collector = metrics.Metrics(mode)
+        if not serve_http:
+            return ObserverGroup([base, collector])
         try:
             metrics.serve_metrics(self.metrics, metrics.exposition_registry(collector))
         except OSError as exc:
@@ -139,7 +149,7 @@ def _check_inetd(args: argparse.Namespace, names: Sequence[str]) -> None:
                               f"does not apply")
 
 
-def _load_tls(args: argparse.Namespace) -> ServerTLS | None:
+def load_tls(args: argparse.Namespace) -> ServerTLS | None:
     if args.tls_cert is None and args.tls_key is None:
         return None
     if args.tls_cert is None or args.tls_key is None:

@@ -174,8 +174,13 @@ def _add_production(group: argparse._ArgumentGroup) -> None:
                        help="log clients' reverse-DNS names (looked up off the event loop)")
     group.add_argument("--inetd", action="store_true",
                        help="serve the one connection on stdin/stdout (inetd nowait)")
+    group.add_argument("--config", metavar="FILE",
+                       help="read options from this TOML file: any option under its long "
+                            "name, and a [services.NAME] table per service with its own "
+                            "listen and limits; command-line flags win")
     group.add_argument("--check-config", action="store_true",
-                       help="check the options, print 'config ok' and exit")
+                       help="check the options (and --config FILE), print 'config ok' "
+                            "and exit")
 
 
 def _add_host(group: argparse._ArgumentGroup) -> None:

@@ -21,8 +21,10 @@ A service may instead keep state per connection: ``session=`` names a
 :class:`tcpkit.session.Session` subclass, one object per connection (see
 that module).  ``framer=`` frames its messages (default: lines), ``errors=``
 writes tcpkit's own error replies in the service's syntax, and
-``shared_state=True`` says its connections share in-process state (so it
-cannot be split across processes without a shared backend).  A stateless
+``shared_state`` says its connections share state: ``True`` when that state
+lives in the process (a dict: it can never be split across processes), ``"hub"``
+when it lives in the server's :class:`~tcpkit.hub.Hub` (rooms, counters, names:
+split across processes only with a shared hub, ``--pubsub redis://``).  A stateless
 ``answer`` may also be an ``async def`` function or return a
 :class:`Blocking` call: such a service (and one with ``framer=`` or
 ``errors=``) is served by the session engine, one ``answer`` call per message.
@@ -35,7 +37,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from tcpkit.framers import Framer
@@ -115,6 +117,10 @@ class Service:
     ``session``, ``framer``, ``errors`` and ``shared_state``: see the module
     docstring.  An invalid definition is refused here, when it is built
     (TypeError or ValueError), not when the first client connects.
+    ``preload`` names modules the worker processes running its Offload work
+    import before their first job (heavy imports, warmed-up libraries), so a
+    fresh worker answers at once; a server's workers preload what all its
+    services declare, and a service with no Offload work needs none.
     """
 
     name: str
@@ -127,8 +133,9 @@ class Service:
     session: type[Session] | None = None
     framer: Framer | None = None
     errors: Callable[[str, str], bytes] | None = None
-    shared_state: bool = False
+    shared_state: bool | Literal["hub"] = False
     options: Options = field(default_factory=Options, compare=False)
+    preload: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from tcpkit.framers import Framer
@@ -159,6 +166,11 @@ class Service:
         if self.framer is not None and not isinstance(self.framer, Framer):
             raise TypeError(f"service {self.name!r}: framer must be a tcpkit.framers "
                             f"Framer (Lines(), Netstrings(), Int32Prefixed())")
+        if self.shared_state not in (False, True, "hub"):
+            raise ValueError(f"service {self.name!r}: shared_state must be False, True (state "
+                             f"in the process) or 'hub' (state in the pub/sub hub)")
+        if isinstance(self.preload, str) or not all(isinstance(m, str) for m in self.preload):
+            raise TypeError(f"service {self.name!r}: preload must be a tuple of module names")
 
     @property
     def uses_sessions(self) -> bool:

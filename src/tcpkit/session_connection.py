@@ -50,7 +50,7 @@ log = logging.getLogger("tcpkit")
 MAX_UNSENT = 1 << 20  # bytes of unsolicited output a connection may hold unsent
 SEND_BUFFER_FULL = "send buffer full"
 _LINES = Lines()  # the default framer's template
-# The metrics kinds of failed jobs (pool.job_failure) as the errors= kinds.
+# The metrics kinds of failed jobs (offload.jobs.job_failure) as the errors= kinds.
 _FAILURE_KINDS = {"time_limit": "time limit", "worker_crashed": "worker crashed"}
 
 
@@ -96,7 +96,7 @@ class SessionConnection(ServiceConnection):
         self._pending = None
         self._new_jobs = None
         self.lines = self.errors = 0
-        self.eof = self.closing = False
+        self.eof = self.closing = self.draining = False
         self.settled = True
         self.progressed = True  # the idle rule of every connection (tcpkit.connection)
         framer: Framer = (service.framer or _LINES).new(max_line)
@@ -201,6 +201,11 @@ class SessionConnection(ServiceConnection):
         if self._messages.failed and not self.closing:
             self._framing_failed(out)
         return b"".join(out)
+
+    def drain(self) -> None:
+        """The server is draining: a session has no reply boundary to wait for
+        (it may talk unasked, or sit silent for hours), so its input stops now."""
+        self.stop_input()
 
     def receive_eof(self) -> bytes:
         """The client finished sending: answer its unterminated last line, if any."""

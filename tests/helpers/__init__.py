@@ -12,5 +12,6 @@
 - ``metrics``: scraping a server's Prometheus endpoint.
 - ``hostile``: hostile clients and the reliability scenarios they make.
 - ``redis``: a throw-away redis-server on loopback (the pub/sub tests).
+- ``examples``: the packages of examples/, installed as plug-ins or imported in-process.
 - ``proxy``: PROXY protocol headers as HAProxy sends them (v1 text, v2 binary).
 """

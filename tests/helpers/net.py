@@ -46,6 +46,35 @@ def recv_lines(sock: socket.socket, count: int) -> list[bytes]:
     return [line + b"\n" for line in lines[:count]]
 
 
+class LinePeer:
+    """A line client over one real socket: read a line at a time, send several."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
+        self.sock = connect(port, host, timeout)
+        self.buffer = b""
+
+    def line(self) -> bytes:
+        """The next line without its LF (a CR stays); fails if the server closed first."""
+        while b"\n" not in self.buffer:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise AssertionError(f"closed; got {self.buffer!r}")
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def send(self, *lines: bytes, end: bytes = b"\n") -> None:
+        self.sock.sendall(b"".join(line + end for line in lines))
+
+    def rest(self) -> bytes:
+        """Everything until the server closes."""
+        rest, self.buffer = self.buffer + recv_until_closed(self.sock), b""
+        return rest
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def abort(sock: socket.socket) -> None:
     """Leave abruptly: close with RST instead of FIN (SO_LINGER on, timeout 0).
 

@@ -88,7 +88,7 @@ class Room(Session):
 
 GREETING = Service("t-greeting", 0, "greets and closes", session=Greeting)
 COUNTER = Service("t-counter", 0, "counts per connection", session=Counter)
-ROOM = Service("t-room", 0, "a room", session=Room, shared_state=True)
+ROOM = Service("t-room", 0, "a room", session=Room, shared_state="hub")
 
 ENTRY_POINTS = {
     "t-greeting": "session_services:GREETING",

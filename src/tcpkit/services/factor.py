@@ -123,4 +123,7 @@ SERVICE = Service(
     answer=make_answer(Options().max_digits),
     answer_block=answer_block,
     configure=_configure,
+    # The workers' forkserver imports the engine (what factor_digits needs to
+    # unpickle) and starts PARI: every worker forked from it has both ready.
+    preload=("tcpkit.services.factor", "tcpkit.factoring.preload"),
 )

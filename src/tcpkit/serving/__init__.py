@@ -8,11 +8,14 @@ by axis, a folder each, a file per job::
                    fails fast, before anything is served), then pick a mode
     config.py      Limits, Listener and the modes' names: what every mode reads
     listeners.py   opening a listening socket from an Endpoint
+    reexec.py      SIGUSR2: a fresh program image on the same listening sockets
 
     modes/         how clients are served
       aio.py         async: one event loop (uvloop) for every client
       aio_sessions.py  ...its protocol class for session services' clients
-      aio_proxied.py   ...its accept loop for listeners behind --proxy-protocol
+      aio_refused.py ...a refused client, lingering until it has read its error line
+      aio_proxied.py ...its accept loop for listeners behind --proxy-protocol
+      loop.py        the event loop: uvloop where installed, its error handler
       accepting.py   the accept loop shared by the blocking modes
       driver.py      the blocking modes' per-connection driver (one poll loop)
       driver_sessions.py  ...its subclass for session services' clients
@@ -24,10 +27,11 @@ by axis, a folder each, a file per job::
       pipes.py       the self-pipes the modes wake and report through
 
     offload/       where offloaded work (an Offload answer) runs
-      executors.py   the one factory: a local pool or a Dask cluster
-      pool.py        the local pool of stoppable worker processes
-      worker.py      the kernel's backstop for a worker whose server died
-      bridge.py      the async executor, used from the blocking modes' threads
+      executors.py   the one factory, for every mode: a local pool or a Dask cluster
+      jobs.py        the job protocol: a job's outcome, its reply, its metrics
+      pool.py        the local pool's scheduler (round robin, burst workers)
+      worker.py      the local pool's hardened worker processes and their backstops
+      bridge.py      any executor, used from the blocking modes' threads
       dask.py        the Dask executor (--executor dask://)
 
     guards/        who may be served, and how safely
@@ -36,7 +40,9 @@ by axis, a folder each, a file per job::
       admission.py   per-address limits (xinetd's per_source and cps), sans-IO
       access.py      allow/deny lists by network (xinetd's only_from), sans-IO
       proxy.py       the PROXY protocol header (HAProxy v1/v2): the real client, sans-IO
-      proxied.py     ...read off a socket without a byte more, with a deadline and a cap
+      proxied.py     ...that header read off an accepted socket, with a deadline
+      privileges.py  --user/--group: drop root once every socket is open
+      pidfile.py     --pid-file: written after binding, a live one refused
       tls.py         certificates, handshakes, reload on SIGHUP
       activation.py  systemd socket activation and sd_notify
       fdlimit.py     the descriptor budget: refuse before descriptors run out

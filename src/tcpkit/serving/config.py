@@ -58,3 +58,5 @@ class Listener:
     service: Service
     sock: socket.socket
     tls: ServerTLS | None = None  # serve over TLS with this certificate
+    # This service's own limits (a [services.NAME] table); None: the server's.
+    limits: Limits | None = None

@@ -93,6 +93,19 @@ def _unix_alive(path: str) -> bool:
         probe.close()
 
 
+def send_at_once(sock: socket.socket) -> None:
+    """Turn Nagle's algorithm off on an accepted TCP client (a no-op on unix sockets).
+
+    A session writes unsolicited lines while earlier ones are still unacknowledged;
+    with Nagle on, each such line waits for the peer's delayed ACK (~40 ms) before
+    it leaves.  The async mode's transports set ``TCP_NODELAY`` by themselves; the
+    blocking modes call this for every client, so every mode sends alike.
+    """
+    if sock.family != socket.AF_UNIX:
+        with contextlib.suppress(OSError):  # the client may already be gone
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def describe(sock: socket.socket) -> str:
     """The address a socket really listens on, e.g. ``127.0.0.1:43121``."""
     address = sock.getsockname()

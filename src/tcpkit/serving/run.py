@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import signal
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -29,9 +31,11 @@ from tcpkit.serving.guards.privileges import Credentials
 from tcpkit.serving.guards.tls import ServerTLS
 from tcpkit.serving.listeners import ListenError, open_listener
 from tcpkit.serving.modes.accepting import BlockingServer
-from tcpkit.serving.modes.aio import AsyncServer, install_uvloop
+from tcpkit.serving.modes.aio import AsyncServer
 from tcpkit.serving.modes.forking import ForkingServer
 from tcpkit.serving.modes.iterative import IterativeServer
+from tcpkit.serving.modes.loop import install_uvloop
+from tcpkit.serving.modes.pipes import Wakeup
 from tcpkit.serving.modes.threaded import ThreadedServer
 from tcpkit.serving.observe.events import Observer
 from tcpkit.serving.observe.stats import Stats
@@ -52,16 +56,21 @@ def shared_state_refusal(services: Iterable[Service], mode: str, workers: int,
                          pubsub: str | None) -> str | None:
     """Why these services cannot be served so (a usage error), or None.
 
-    A ``shared_state`` service keeps state that all its connections share in
-    one process (a chat room, a key-value store).  Split across processes
-    (``--mode fork``, ``--workers`` above 1) each process would have its own,
-    silently, unless that state lives in a shared backend (``--pubsub redis://``).
+    A ``shared_state`` service keeps state that all its connections share (a
+    key-value store's dict, a chat room).  Split across processes (``--mode
+    fork``, ``--workers`` above 1) each process would have its own, silently:
+    so in-process state (``True``) is never split, and hub state (``"hub"``)
+    only with a shared hub (``--pubsub redis://``).
     """
-    if pubsub not in (None, "", "local") or (mode != "fork" and workers <= 1):
+    if mode != "fork" and workers <= 1:
         return None
+    how = "--mode fork" if mode == "fork" else f"--workers {workers}"
+    shared_hub = pubsub not in (None, "", "local")
     for service in services:
-        if service.shared_state:
-            how = "--mode fork" if mode == "fork" else f"--workers {workers}"
+        if service.shared_state is True:
+            return (f"{service.name} keeps state shared by its connections in one process: "
+                    f"it cannot run with {how} (--pubsub redis:// shares rooms, not it)")
+        if service.shared_state == "hub" and not shared_hub:
             return (f"{service.name} shares state between its connections: it cannot run "
                     f"with {how} unless --pubsub redis://HOST:PORT shares it")
     return None
@@ -126,7 +135,8 @@ async def _serve_async(server: AsyncServer, stop_fd: int | None) -> None:
 def serve_listeners(listeners: Sequence[Listener], mode: str = "async",
                     limits: Limits | None = None, observer: Observer | None = None,
                     workers: int = 1, pid_file: str | None = None,
-                    credentials: Credentials | None = None) -> None:
+                    credentials: Credentials | None = None,
+                    reexec: Sequence[str] | None = None) -> None:
     """Serve already opened listeners until SIGINT/SIGTERM, then drain.
 
     With ``workers`` above 1, that many processes serve the same sockets under
@@ -136,6 +146,9 @@ def serve_listeners(listeners: Sequence[Listener], mode: str = "async",
     process becomes ``credentials`` before any client is served, and every
     process forked later (workers, fork-mode children, the factor pool) with it.
     Raises PidFileError (the pid file is another server's) before serving.
+    ``reexec`` is the command line that started this server: given it, SIGUSR2
+    replaces the workers with freshly executed ones, or, for a single process,
+    drains and re-executes it with its sockets (:func:`upgrade_in_place`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
@@ -145,35 +158,83 @@ def serve_listeners(listeners: Sequence[Listener], mode: str = "async",
         privileges.drop(credentials)
         if taken is not None and credentials is not None:
             taken.warn_if_unremovable()
-        _serve_ready(listeners, mode, limits, observer, workers)
+        _serve_ready(listeners, mode, limits, observer, workers, reexec)
     finally:
         if taken is not None:
             taken.release()
 
 
 def _serve_ready(listeners: Sequence[Listener], mode: str, limits: Limits | None,
-                 observer: Observer | None, workers: int) -> None:
+                 observer: Observer | None, workers: int,
+                 reexec: Sequence[str] | None) -> None:
     activation.notify("READY=1")  # the sockets listen: clients queue from now on
     if workers > 1:
         from tcpkit.serving.modes.supervisor import Supervisor
 
-        stats = Supervisor(listeners, mode, serve_once, limits, observer, workers).serve()
+        stats = Supervisor(listeners, mode, serve_once, limits, observer, workers,
+                           reexec).serve()
+    elif reexec:
+        stats = upgrade_in_place(listeners, mode, limits, observer, reexec)
     else:
         stats = serve_once(listeners, mode, limits, observer)
     activation.notify("STOPPING=1")
     log.info("%s", stats.summary(), extra={"event": "stopped"})
 
 
+def upgrade_in_place(listeners: Sequence[Listener], mode: str, limits: Limits | None,
+                     observer: Observer | None, reexec: Sequence[str]) -> Stats:
+    """Serve; on SIGUSR2 drain, then become ``reexec`` (same PID) with the sockets.
+
+    The listening sockets stay open throughout, so a client connecting while
+    the old code drains and the new one starts waits in the backlog and is
+    served by the new code: slower for a moment, never refused.  Returns the
+    totals when stopped by SIGINT/SIGTERM (or when the exec fails, logged).
+    """
+    upgrade = Wakeup()
+    asked: list[int] = []
+
+    def on_usr2(signum: int, frame: object) -> None:
+        asked.append(signum)
+        upgrade.set()
+
+    # The modes close their listening sockets when they drain; these copies
+    # keep them listening (clients queue) until the new program takes them.
+    held = [dataclasses.replace(listener, sock=listener.sock.dup()) for listener in listeners]
+    previous = signal.signal(signal.SIGUSR2, on_usr2)
+    try:
+        stats = serve_once(listeners, mode, limits, observer, upgrade.fileno())
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        upgrade.close()
+    if not asked:
+        for listener in held:
+            listener.sock.close()
+        return stats
+    from tcpkit.serving.reexec import exec_with_sockets
+
+    log.info("%s", stats.summary(), extra={"event": "stopped"})
+    log.info("re-executing %s with %d inherited sockets (SIGUSR2)", reexec[0],
+             len(listeners), extra={"event": "reexec"})
+    activation.notify("RELOADING=1")
+    try:
+        exec_with_sockets(reexec, held)
+    except OSError as exc:
+        log.error("cannot re-execute %s: %s", reexec[0], exc.strerror or exc)
+    return stats
+
+
 def run(plan: Sequence[tuple[Service, Endpoint]], mode: str = "async",
         limits: Limits | None = None, observer: Observer | None = None,
         tls: ServerTLS | None = None, workers: int = 1, pid_file: str | None = None,
-        credentials: Credentials | None = None) -> None:
+        credentials: Credentials | None = None,
+        reexec: Sequence[str] | None = None) -> None:
     """Open the listeners of ``plan`` and serve them (raises ListenError, PidFileError).
 
     Unix socket files opened here are removed when serving ends.
     """
     with opened(plan, tls) as listeners:
-        serve_listeners(listeners, mode, limits, observer, workers, pid_file, credentials)
+        serve_listeners(listeners, mode, limits, observer, workers, pid_file, credentials,
+                        reexec)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ Each mode accepts sockets its own way (an event loop's ``connection_made``, a
 blocking ``accept``), but whether a new client is served is one decision, so
 it is made here once: refused while the server is full (``--max-connections``,
 or fewer when the descriptor limit leaves less room: see
-:mod:`tcpkit.serving.guards.fdlimit`) or draining, then by the per-address
+:mod:`tcpkit.serving.guards.fdlimit`), then by the per-address
 rules: first the access lists (``--allow``/``--deny``, a
 :class:`~tcpkit.serving.guards.access.AccessList`: a denied client is refused
 even when there is room), then those of
@@ -115,18 +115,19 @@ class Gate:
                      limit, room, self.max_connections,
                      extra={"event": "capacity", "nofile": limit, "connections": room})
 
-    def admit(self, service: str, host: str, port: int, open_now: int, now: float,
-              draining: bool = False) -> Refusal | None:
+    def admit(self, service: str, host: str, port: int, open_now: int,
+              now: float) -> Refusal | None:
         """None if a new client may be served; else why not (counted and logged).
 
         ``open_now`` is how many clients the mode serves now.  Every admitted
-        client must be :meth:`release`-d when it closes.
+        client must be :meth:`release`-d when it closes.  Draining is no
+        refusal: a client accepted in the moment before the listeners closed
+        gets its request answered.
         """
-        full = open_now >= self.max_open
         if self.access is not None and not self.access.permits(host):
             refusal: Refusal | None = self.denied
-        elif full or draining:
-            if full and self.max_open < self.max_connections and not self.fd_limited:
+        elif open_now >= self.max_open:
+            if self.max_open < self.max_connections and not self.fd_limited:
                 self.fd_limited = True
                 log.warning("refusing new connections: %d open, near the descriptor limit "
                             "(%d)", open_now, self.nofile, extra={"event": "fd-limit"})

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import select
 import signal
@@ -45,19 +46,20 @@ from types import FrameType
 from typing import Any
 
 from tcpkit.endpoints import peer_text
-from tcpkit.hub import Hub, make_hub
+from tcpkit.hub import Hub, Hubs
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.admission import BUSY, Refusal
 from tcpkit.serving.guards.gate import LINGER, LINGER_BLOCKING, TICK, Gate
 from tcpkit.serving.guards.proxied import Arrival, PendingHeaders
 from tcpkit.serving.guards.tls import reload_certificates, server_handshake
-from tcpkit.serving.listeners import describe
+from tcpkit.serving.listeners import describe, send_at_once
 from tcpkit.serving.modes.driver import Outcome, serve_connection
 from tcpkit.serving.modes.pipes import Wakeup
 from tcpkit.serving.observe.events import Observer, close_reason
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.bridge import OffloadBridge
+from tcpkit.serving.offload.executors import preload_for
 
 log = logging.getLogger("tcpkit")
 ACCEPT_PAUSE = 0.1  # seconds to stop accepting when out of descriptors or memory
@@ -82,8 +84,9 @@ class BlockingServer:
         self.watch_fds: list[int] = []  # more fds meaning "stop" (a supervisor's pipe)
         self.stopping = False
         self._bridge: OffloadBridge | None = None
+        self.preload = preload_for(listener.service for listener in self.listeners)
         self._bridge_lock = threading.Lock()
-        self._hub: Hub | None = None  # sessions' hub, made on first use
+        self._hubs: Hubs | None = None  # sessions' hubs, made on first use
         self._poller: select.poll | None = None  # the accept loop's
         self._lingering: dict[int, tuple[socket.socket, float]] = {}  # fd -> (sock, until)
         policy = self.gate.proxy
@@ -160,6 +163,7 @@ class BlockingServer:
         """
         service = listener.service
         host, port = peer_text(peer)
+        send_at_once(sock)  # here, not in the accept loop: a fork child pays for it
         if listener.tls is not None:
             wrapped = server_handshake(sock, listener.tls, self.stop_fds())
             if wrapped is None:
@@ -170,9 +174,11 @@ class BlockingServer:
         observer = self.observer
         observer.accepted(service.name, host, port)
         try:
-            outcome = serve_connection(sock, service, self.limits, self.stop_fds(), self.bridge,
+            outcome = serve_connection(sock, service, listener.limits or self.limits,
+                                       self.stop_fds(), self.bridge,
                                        observer if observer.measures_traffic else None,
-                                       peer=(host, port), hub=self.session_hub)
+                                       peer=(host, port),
+                                       hub=functools.partial(self.session_hub, service.name))
         except Exception:
             log.exception("a connection failed")
             sock.close()
@@ -191,24 +197,30 @@ class BlockingServer:
         return [self.stop_signal.fileno(), *self.watch_fds]
 
     def bridge(self) -> OffloadBridge:
-        """The offload bridge, started on first use (thread-safe)."""
+        """The offload bridge, started on first use (thread-safe).
+
+        It runs the executor ``--executor`` names, as the async mode does, with
+        workers preloading what this server's services declare.
+        """
         with self._bridge_lock:
             if self._bridge is None:
-                self._bridge = OffloadBridge(self.limits.pool_size, self.limits.time_limit)
+                self._bridge = OffloadBridge(self.limits, self.preload)
             return self._bridge
 
-    def session_hub(self) -> Hub:
-        """The hub every session of this process shares, made on first use (thread-safe)."""
+    def session_hub(self, service: str) -> Hub:
+        """The hub every session of ``service`` in this process shares, made on first use
+        (thread-safe)."""
         with self._bridge_lock:
-            if self._hub is None:
-                self._hub = make_hub(self.limits.pubsub)
-            return self._hub
+            if self._hubs is None:
+                self._hubs = Hubs(self.limits.pubsub)
+            hubs = self._hubs
+        return hubs.get(service)
 
     def close_hub(self) -> None:
         with self._bridge_lock:
-            hub, self._hub = self._hub, None
-        if hub is not None:
-            hub.close()
+            hubs, self._hubs = self._hubs, None
+        if hubs is not None:
+            hubs.close()
 
     def close_bridge(self) -> None:
         with self._bridge_lock:

@@ -48,13 +48,15 @@ from tcpkit.serving.guards.gate import LINGER, LINGER_BYTES, TICK, Gate
 from tcpkit.serving.guards.tls import ServerTLS, reload_certificates
 from tcpkit.serving.listeners import BACKLOG, describe
 from tcpkit.serving.modes.aio_proxied import ProxiedAcceptor, read_header
+from tcpkit.serving.modes.aio_refused import Refused
+from tcpkit.serving.modes.loop import log_loop_error
 from tcpkit.serving.observe.events import Observer, close_reason, receive_measured
 from tcpkit.serving.observe.stats import Stats
-from tcpkit.serving.offload.executors import make_executor
-from tcpkit.serving.offload.pool import job_failure
+from tcpkit.serving.offload.executors import make_executor, preload_for
+from tcpkit.serving.offload.jobs import finish_job
 
 if TYPE_CHECKING:
-    from tcpkit.hub import Hub
+    from tcpkit.hub import Hubs
 
 log = logging.getLogger("tcpkit")
 
@@ -102,13 +104,13 @@ class _Client(asyncio.Protocol):
             host, self.port = peer_text(transport.get_extra_info("peername"))
             self.host = sys.intern(host)  # one string per client address, not per connection
         refusal = server.gate.admit(self.service.name, self.host, self.port, server.stats.open,
-                                    server.loop.time(), server.draining)
+                                    server.loop.time())
         if refusal is not None:
             if refusal.silent:
                 transport.close()
             else:
                 transport.write(refusal.line)
-                _Refused.close(server, transport)
+                Refused.close(server.gate, server.loop, transport)
             self.transport = None
             self.conn.stop_input()  # off the fast path: anything that still arrives is dropped
             return
@@ -118,6 +120,8 @@ class _Client(asyncio.Protocol):
         server.stats.open += 1
         server.stats.connections += 1
         server.observer.accepted(self.service.name, self.host, self.port)
+        if server.draining:  # accepted just before the listener closed: its request counts
+            self.begin_drain()
 
     def data_received(self, data: bytes) -> None:
         # The hot path: nothing pending, not metered (the common case): a chunk
@@ -243,33 +247,29 @@ class _Client(asyncio.Protocol):
         if self.lingering is not None:
             if not transport.is_reading():
                 transport.resume_reading()
-        elif self.paused_by_writes or self.paused_by_jobs or self.server.draining:
+        elif self.paused_by_writes or self.paused_by_jobs or (
+                self.server.draining and self.conn.eof):
             if transport.is_reading():
                 transport.pause_reading()
         elif not transport.is_reading():
             transport.resume_reading()
 
     async def _run(self, job: Job) -> None:
+        server = self.server
         start = time.perf_counter()
-        failure = None
         assert isinstance(job.work, Offload)
+        outcome: bytes | Exception
         try:
-            reply = await self.server.pool.run(job.work, owner=self)  # fair share per client
-            out = self.conn.job_done(job, reply)
+            outcome = await server.pool.run(job.work, owner=self)  # fair share per client
         except Exception as exc:
-            message, failure = job_failure(exc)
-            out = self.conn.job_failed(job, message, failure)
-        self.job_finished(out, failure, start)
+            outcome = exc
+        self.job_finished(job, outcome, start)
 
-    def job_finished(self, out: bytes, failure: str | None, start: float) -> None:
-        """Report a finished job's figures and send what it released."""
-        observer = self.server.observer
-        if self.server.metered and self.transport is not None:
-            observer.traffic(self.service.name, 0, len(out), 0, out.count(b"\n"), 1,
-                             time.perf_counter() - start)
-        if failure is not None:
-            observer.failed(self.service.name, failure)
-        self._send(out)
+    def job_finished(self, job: Job, outcome: Any, start: float) -> None:
+        """Send what a finished job released, and report its figures (when metered)."""
+        server = self.server
+        metered = server.observer if server.metered and self.transport is not None else None
+        self._send(finish_job(self.conn, job, outcome, metered, self.service.name, start))
 
     def idle_tick(self) -> int:
         """Count one tick; return how many passed since the client last made
@@ -283,8 +283,8 @@ class _Client(asyncio.Protocol):
         return self.idle_ticks
 
     def begin_drain(self) -> None:
-        """Stop taking requests; close once the ones already read are answered."""
-        self.conn.stop_input()
+        """Close at the next reply boundary (see ServiceConnection.drain)."""
+        self.conn.drain()
         self._update_reading()
         self._send(b"")
 
@@ -296,44 +296,6 @@ class _Client(asyncio.Protocol):
         self.idle_closed = True  # its close line says why
         if self.transport is not None:
             self.transport.close()
-
-
-class _Refused(asyncio.Protocol):
-    """A refused client after its ``error:`` line: read and drop what it sends.
-
-    Closing a socket with unread input makes the kernel reset the connection,
-    and the reset can overtake the error line.  So the line is followed by a
-    FIN, and the connection lingers (at most LINGER seconds, as many at once
-    as the gate allows) until the client closes its side.
-    """
-
-    def __init__(self, gate: Gate, transport: asyncio.Transport) -> None:
-        self.gate = gate
-        self.transport = transport
-        self.timer: asyncio.TimerHandle | None = None
-
-    @classmethod
-    def close(cls, server: AsyncServer, transport: asyncio.Transport) -> None:
-        if not transport.can_write_eof() or not server.gate.linger():
-            transport.close()
-            return
-        refused = cls(server.gate, transport)
-        transport.set_protocol(refused)
-        transport.write_eof()
-        refused.timer = server.loop.call_later(LINGER, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def eof_received(self) -> bool:
-        self.transport.close()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-            self.gate.unlinger()
 
 
 class AsyncServer:
@@ -355,7 +317,7 @@ class AsyncServer:
         self.stats = Stats()
         self.gate = Gate(self.limits, self.observer, self.stats)
         self.clients: set[_Client] = set()
-        self.pool = make_executor(self.limits)
+        self.pool = make_executor(self.limits, preload_for(lst.service for lst in self.listeners))
         self.tick = 0
         self.draining = False
         self._servers: list[asyncio.Server | ProxiedAcceptor] = []
@@ -363,7 +325,8 @@ class AsyncServer:
         self._stop: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop  # set by serve()
-        self.hub: Hub | None = None  # made when the first session needs it
+        self.hub: Hubs | None = None  # sessions' hubs, made when the first session needs one
+        self.farewells: set[asyncio.Task[None]] = set()  # disconnected() hooks running
 
     async def serve(self) -> None:
         """Serve until SIGINT/SIGTERM (or :meth:`stop`), then drain and return."""
@@ -377,7 +340,7 @@ class AsyncServer:
             self._serving_socks.append(sock)
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
         self.gate.budget()
-        self.loop.set_exception_handler(_log_loop_error)
+        self.loop.set_exception_handler(log_loop_error)
         ticker = self.loop.create_task(self._tick())
         try:
             await self._stop.wait()
@@ -385,7 +348,7 @@ class AsyncServer:
         finally:
             ticker.cancel()
             await self.pool.close()
-            self._close_hub()
+            await self._close_hub()
 
     async def _listen(self, listener: Listener
                       ) -> tuple[asyncio.Server | ProxiedAcceptor, socket.socket]:
@@ -447,7 +410,7 @@ class AsyncServer:
         self._drained = asyncio.Event()
         self.one_shot = True
         self._install_signals()
-        self.loop.set_exception_handler(_log_loop_error)
+        self.loop.set_exception_handler(log_loop_error)
         ticker = self.loop.create_task(self._tick())
         waiters = [self.loop.create_task(event.wait()) for event in (self._stop, self._drained)]
         try:
@@ -469,7 +432,7 @@ class AsyncServer:
             for waiter in waiters:
                 waiter.cancel()
             await self.pool.close()
-            self._close_hub()
+            await self._close_hub()
 
     async def _inetd_header(self, sock: socket.socket,
                             service: Service) -> tuple[str, int] | None:
@@ -483,7 +446,11 @@ class AsyncServer:
         sock.close()
         return None
 
-    def _close_hub(self) -> None:
+    async def _close_hub(self) -> None:
+        """Close the sessions' hubs once their disconnected() hooks, which may still be
+        using them (leaving a room, saying goodbye), are done."""
+        if self.farewells:
+            await asyncio.wait(self.farewells, timeout=self.limits.drain_timeout)
         if self.hub is not None:
             self.hub.close()
 
@@ -497,6 +464,7 @@ class AsyncServer:
             server.close()
         for listener in self.listeners:
             listener.sock.close()  # the original: new clients are refused from now on
+        await asyncio.sleep(0)  # clients accepted before the close are made (and drain)
         log.info("draining %d connections (up to %g s)", len(self.clients),
                  self.limits.drain_timeout)
         for client in list(self.clients):
@@ -547,21 +515,3 @@ def _client_class(service: Service) -> type[_Client]:
     from tcpkit.serving.modes.aio_sessions import SessionClient
 
     return SessionClient
-
-
-def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Unexpected errors in callbacks: one log line (traceback only at debug level)."""
-    exc = context.get("exception")
-    log.error("%s: %r", context.get("message", "unexpected error"), exc)
-    if exc is not None:
-        log.debug("details", exc_info=exc)
-
-
-def install_uvloop() -> bool:
-    """Use uvloop for new event loops when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True

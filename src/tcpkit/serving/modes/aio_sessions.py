@@ -30,10 +30,10 @@ from typing import Any, cast
 
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import format_address
-from tcpkit.hub import make_hub
+from tcpkit.hub import Hub, Hubs
 from tcpkit.service import Blocking, Service
 from tcpkit.serving.modes.aio import AsyncServer, _Client
-from tcpkit.serving.offload.pool import TimeLimitExceeded, job_failure
+from tcpkit.serving.offload.jobs import TimeLimitExceeded
 from tcpkit.session import Peer
 from tcpkit.session_connection import SessionConnection, ending_reason
 
@@ -67,7 +67,7 @@ class SessionClient(_Client):
             return  # refused: the session never starts
         conn = self.session
         conn.peer = Peer(self.host, self.port)
-        conn.hub = _server_hub(self.server)
+        conn.hub = _service_hub(self.server, self.service)
         conn.wakeup = self.wake
         conn.backlog = live.get_write_buffer_size
         self.session_started = True
@@ -81,7 +81,9 @@ class SessionClient(_Client):
         pending = self.session.connection_lost(
             ending_reason(self.session, self.end_reason, self.server.draining, exc is not None))
         if pending is not None:
-            self.server.loop.create_task(self._disconnected(pending))
+            farewell = self.server.loop.create_task(self._disconnected(pending))
+            self.server.farewells.add(farewell)  # the server waits for it before closing hubs
+            farewell.add_done_callback(self.server.farewells.discard)
 
     def close_idle(self) -> None:
         self.end_reason = "idle"
@@ -126,21 +128,18 @@ class SessionClient(_Client):
             return
         start = time.perf_counter()
         limit = self.server.limits.time_limit
-        failure = None
+        if isinstance(job.work, Blocking):
+            work: Awaitable[Any] = self.server.loop.run_in_executor(None, job.work)
+        else:
+            work = cast(Awaitable[Any], job.work)
+        outcome: Any
         try:
-            if isinstance(job.work, Blocking):
-                work: Awaitable[Any] = self.server.loop.run_in_executor(None, job.work)
-            else:
-                work = cast(Awaitable[Any], job.work)
-            try:
-                result = await asyncio.wait_for(work, limit)
-            except TimeoutError:
-                raise TimeLimitExceeded.after(limit) from None
-            out = self.conn.job_done(job, result)
+            outcome = await asyncio.wait_for(work, limit)
+        except TimeoutError:
+            outcome = TimeLimitExceeded.after(limit)
         except Exception as exc:
-            message, failure = job_failure(exc)
-            out = self.conn.job_failed(job, message, failure)
-        self.job_finished(out, failure, start)
+            outcome = exc
+        self.job_finished(job, outcome, start)
 
     async def _disconnected(self, pending: Awaitable[Any]) -> None:
         try:
@@ -149,9 +148,10 @@ class SessionClient(_Client):
             log.exception("%s: disconnected() failed", self.service.name)
 
 
-def _server_hub(server: AsyncServer) -> Any:
-    """The server's hub, made on first use (a stateless server never makes one)."""
+def _service_hub(server: AsyncServer, service: Service) -> Hub:
+    """The service's hub in this server, made on first use (a stateless server never makes
+    one)."""
     if server.hub is None:
-        server.hub = make_hub(server.limits.pubsub)
-    return server.hub
+        server.hub = Hubs(server.limits.pubsub)
+    return server.hub.get(service.name)
 

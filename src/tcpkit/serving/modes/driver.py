@@ -55,7 +55,7 @@ from tcpkit.serving.config import Limits
 from tcpkit.serving.guards.gate import LINGER_BLOCKING, LINGER_BYTES
 from tcpkit.serving.observe.events import Observer, receive_measured
 from tcpkit.serving.offload.bridge import OffloadBridge
-from tcpkit.serving.offload.pool import job_failure
+from tcpkit.serving.offload.jobs import finish_job
 
 if TYPE_CHECKING:
     from tcpkit.hub import Hub
@@ -344,18 +344,12 @@ class _Driver:
             started = self.job_started.pop(job, 0.0)
             if not isinstance(future, Future) or future.cancelled():
                 continue
-            failure = None
+            outcome: bytes | Exception
             try:
-                replies = self.conn.job_done(job, future.result())
+                outcome = future.result()
             except Exception as exc:
-                message, failure = job_failure(exc)
-                replies = self.conn.job_failed(job, message, failure)
-            if self.metered is not None:
-                self.metered.traffic(self.service, 0, len(replies), 0, replies.count(b"\n"), 1,
-                                     time.perf_counter() - started)
-                if failure is not None:
-                    self.metered.failed(self.service, failure)
-            self._send(replies)
+                outcome = exc
+            self._send(finish_job(self.conn, job, outcome, self.metered, self.service, started))
 
     # -- ending -----------------------------------------------------------
 
@@ -365,7 +359,7 @@ class _Driver:
             self.poller.unregister(fd)
         self.stop_fds.clear()
         self.deadline = time.monotonic() + self.limits.drain_timeout
-        self.conn.stop_input()
+        self.conn.drain()  # at the next reply boundary
         self._send(b"")
 
     def close(self) -> None:

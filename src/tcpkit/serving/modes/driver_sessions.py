@@ -40,7 +40,7 @@ from tcpkit.serving.config import Limits
 from tcpkit.serving.modes.driver import _Driver
 from tcpkit.serving.observe.events import Observer
 from tcpkit.serving.offload.bridge import OffloadBridge
-from tcpkit.serving.offload.pool import TimeLimitExceeded, job_failure
+from tcpkit.serving.offload.jobs import TimeLimitExceeded, finish_job
 from tcpkit.session import Peer
 from tcpkit.session_connection import SessionConnection, ending_reason
 
@@ -122,16 +122,14 @@ class SessionDriver(_Driver):
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
         limit = self.limits.time_limit
+        outcome: Any
         try:
-            try:
-                result = self.loop.run_until_complete(_bounded(work, limit))
-            except TimeoutError:
-                raise TimeLimitExceeded.after(limit) from None
-            out = self.conn.job_done(job, result)
+            outcome = self.loop.run_until_complete(_bounded(work, limit))
+        except TimeoutError:
+            outcome = TimeLimitExceeded.after(limit)
         except Exception as exc:
-            message, failure = job_failure(exc)
-            out = self.conn.job_failed(job, message, failure)
-        self._send(out)
+            outcome = exc
+        self._send(finish_job(self.conn, job, outcome, None, self.service, 0.0))
 
     def _timeout(self) -> float | None:
         timeout = super()._timeout()

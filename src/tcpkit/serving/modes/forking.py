@@ -15,8 +15,8 @@ Per-address limits are counted in the parent (a child's address is released
 when it is reaped); with ``--metrics`` each child counts into prometheus-client's
 multiprocess files, which the parent's scrape merges, and a reaped child's
 live gauges are dropped.  Offloaded work in a child runs on a bridge of its
-own, started lazily after the fork, with one worker: the cap on children is
-then also the cap on workers.
+own, started lazily after the fork, with one local worker (the cap on children
+is then also the cap on workers) or its own Dask client (``--executor``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from tcpkit.serving.modes.accepting import BlockingServer
 from tcpkit.serving.modes.pipes import StatsChannel, Wakeup
 from tcpkit.serving.observe import metrics
 from tcpkit.serving.observe.stats import Stats
+from tcpkit.serving.offload.executors import import_before_fork
 
 log = logging.getLogger("tcpkit")
 
@@ -59,6 +60,7 @@ class ForkingServer(BlockingServer):
         # the child's first GC pass writes to every object's header and copies
         # most of the parent's heap page by page (copy-on-write).
         gc.freeze()
+        import_before_fork(self.limits)
         previous = signal.signal(signal.SIGCHLD, self._on_child_exit)
         try:
             super().serve()

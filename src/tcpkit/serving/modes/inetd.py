@@ -23,9 +23,11 @@ from tcpkit.errors import Error
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.guards.tls import ServerTLS
-from tcpkit.serving.modes.aio import AsyncServer, install_uvloop
+from tcpkit.serving.modes.aio import AsyncServer
+from tcpkit.serving.modes.loop import install_uvloop
 from tcpkit.serving.observe.events import Observer
 from tcpkit.serving.observe.stats import Stats
+from tcpkit.serving.offload.executors import make_executor, preload_for
 
 SYSLOG = "/dev/log"
 
@@ -78,5 +80,8 @@ def serve_inetd(sock: socket.socket, service: Service, limits: Limits | None = N
     """Serve ``sock`` with the async mode until the client leaves; the figures."""
     install_uvloop()
     server = AsyncServer([], limits, observer)
+    # No listener tells the server its service: give it the executor whose
+    # workers preload what this one service declares.
+    server.pool = make_executor(server.limits, preload_for([service]))
     asyncio.run(server.serve_connection(sock, service, tls))
     return server.stats

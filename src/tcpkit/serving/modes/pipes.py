@@ -72,9 +72,7 @@ class StatsChannel(_Pipe):
 
     def send(self, stats: Stats) -> None:
         """Report ``stats`` (in the child, just before it exits)."""
-        record = _RECORD.pack(*stats.counts())
-        with contextlib.suppress(OSError):
-            os.write(self._write, record)
+        send_stats(self._write, stats)
 
     def collect(self, total: Stats) -> None:
         """Add every report received so far to ``total`` (in the parent)."""
@@ -91,3 +89,13 @@ class StatsChannel(_Pipe):
         """In a child: only the write end is of use."""
         with contextlib.suppress(OSError):
             os.close(self._read)
+
+    def writer(self) -> int:
+        """The write end, for a child that is handed it across ``exec``."""
+        return self._write
+
+
+def send_stats(fd: int, stats: Stats) -> None:
+    """One report on a :class:`StatsChannel`'s write end ``fd`` (a lost parent: dropped)."""
+    with contextlib.suppress(OSError):
+        os.write(fd, _RECORD.pack(*stats.counts()))

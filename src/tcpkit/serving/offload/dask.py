@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import subprocess
@@ -35,18 +36,15 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tcpkit.service import Offload, RequestError
-from tcpkit.serving.offload.pool import (
-    MEMORY_LIMIT,
-    TimeLimitExceeded,
-    count_down,
-    reply_from,
-    run_job,
-)
+from tcpkit.serving.offload.jobs import TimeLimitExceeded, count_down, reply_from, run_job
+from tcpkit.serving.offload.worker import MEMORY_LIMIT
 
 log = logging.getLogger("tcpkit")
 POLL = 0.2  # seconds between a task's checks for cancellation
 SLACK = 30.0  # the front end's own bound beyond the time limit (a lost worker, a stuck queue)
 CONNECT_TIMEOUT = 5.0
+START_TIMEOUT = 60.0  # seconds a fresh child may take to start and preload
+READY = ("ready", None)  # a fresh child's first message
 
 
 class DaskUnavailable(RequestError):
@@ -67,18 +65,38 @@ class Child:
     """A factoring child process of a Dask worker, spoken to over pipes with pickles.
 
     A plain subprocess, not ``multiprocessing.Process``: Dask workers are
-    daemonic processes, which multiprocessing forbids to have children.
+    daemonic processes, which multiprocessing forbids to have children.  It
+    imports the ``preload`` modules the front end's services declare before
+    its first job, as the local pool's workers do, and says "ready" when done:
+    a job's time limit counts from then, so the seconds a fresh child spends
+    starting Python and importing are not charged to the request.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+        self.preload = preload
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tcpkit.serving.offload.dask", "--child"],
+            [sys.executable, "-m", "tcpkit.serving.offload.dask", "--child", *preload],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.requests = Connection(os.dup(self.process.stdin.fileno()), readable=False)
         self.replies = Connection(os.dup(self.process.stdout.fileno()), writable=False)
         self.process.stdin.close()
         self.process.stdout.close()
+        self.ready = False
+
+    def wait_ready(self, cancelled: Any) -> str | None:
+        """Wait for a fresh child's "ready"; None, or why it will not come."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.ready:
+            if self.replies.poll(POLL):
+                self.ready = self.replies.recv() == READY
+                if not self.ready:
+                    return "died"
+            elif cancelled.is_set():
+                return "cancelled"
+            elif time.monotonic() > deadline:
+                return "died"
+        return None
 
     def stop(self) -> None:
         self.requests.close()
@@ -88,27 +106,31 @@ class Child:
         self.process.wait(timeout=5)
 
 
-_idle_children: list[Child] = []
+# Idle children, by what they preloaded: front ends serving other services may
+# share the cluster, and a child is reused only for the preload it was made with.
+_idle_children: dict[tuple[str, ...], list[Child]] = {}
 _children_lock = threading.Lock()
 
 
-def _take_child() -> Child:
+def _take_child(preload: tuple[str, ...]) -> Child:
     with _children_lock:
-        if _idle_children:
-            return _idle_children.pop()
-    return Child()
+        idle = _idle_children.get(preload)
+        if idle:
+            return idle.pop()
+    return Child(preload)
 
 
 def _give_back(child: Child) -> None:
     with _children_lock:
-        _idle_children.append(child)
+        _idle_children.setdefault(child.preload, []).append(child)
 
 
-def run_in_child(work: Offload, time_limit: float, token: str) -> tuple[str, Any]:
+def run_in_child(work: Offload, time_limit: float, token: str,
+                 preload: tuple[str, ...] = ()) -> tuple[str, Any]:
     """The Dask task: run ``work`` in a child process, killable on timeout or cancel."""
     from distributed import Event
 
-    child = _take_child()
+    child = _take_child(preload)
     try:
         result = _watch(child, work, time_limit, Event(token))
     except BaseException:
@@ -123,6 +145,9 @@ def run_in_child(work: Offload, time_limit: float, token: str) -> tuple[str, Any
 
 def _watch(child: Child, work: Offload, time_limit: float, cancelled: Any) -> tuple[str, Any]:
     try:
+        failed = child.wait_ready(cancelled)
+        if failed is not None:
+            return (failed, "worker process died" if failed == "died" else "")
         child.requests.send(work)
         deadline = time.monotonic() + time_limit
         while not child.replies.poll(POLL):
@@ -136,18 +161,20 @@ def _watch(child: Child, work: Offload, time_limit: float, cancelled: Any) -> tu
     return reply
 
 
-def child_main() -> None:
-    """``python -m tcpkit.serving.offload.dask --child``: run jobs from stdin."""
-    from tcpkit.factoring import engine
-    from tcpkit.serving.offload.pool import die_with_parent, limit_memory
+def child_main(preload: list[str]) -> None:
+    """``python -m tcpkit.serving.offload.dask --child [MODULE...]``: import the
+    modules, then run jobs from stdin."""
+    from tcpkit.serving.offload.worker import die_with_parent, limit_memory
 
     die_with_parent()
     limit_memory(MEMORY_LIMIT)
-    engine.preload()
     requests = Connection(os.dup(0), writable=False)
     replies = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # anything a library prints must not corrupt the reply pipe
+    for module in preload:
+        importlib.import_module(module)
     with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):
+        replies.send(READY)
         while True:
             replies.send(run_job(requests.recv()))
 
@@ -158,9 +185,11 @@ def child_main() -> None:
 class DaskExecutor:
     """Runs :class:`Offload` jobs on a Dask cluster; same interface as WorkerPool."""
 
-    def __init__(self, url: str, time_limit: float = 30.0) -> None:
+    def __init__(self, url: str, time_limit: float = 30.0,
+                 preload: tuple[str, ...] = ()) -> None:
         self.address = scheduler_address(url)
         self.time_limit = time_limit
+        self.preload = preload
         self._client: Any = None
         self._connecting: asyncio.Lock | None = None
         self._outstanding: dict[Hashable, int] = {}
@@ -173,8 +202,8 @@ class DaskExecutor:
         key = owner if owner is not None else token
         queued = self._outstanding.get(key, 0)
         self._outstanding[key] = queued + 1
-        future = client.submit(run_in_child, work, self.time_limit, token, key=token,
-                               pure=False, priority=-queued)
+        future = client.submit(run_in_child, work, self.time_limit, token, self.preload,
+                               key=token, pure=False, priority=-queued)
         done = False
         try:
             kind, value = await asyncio.wait_for(future, self.time_limit + SLACK)
@@ -242,8 +271,8 @@ class DaskExecutor:
         task.add_done_callback(self._background.discard)
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--child"]:
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
     # The child must not unpickle work as ``__main__`` objects: re-enter by module name.
     from tcpkit.serving.offload import dask
 
-    dask.child_main()
+    dask.child_main(sys.argv[2:])

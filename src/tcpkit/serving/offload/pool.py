@@ -1,83 +1,68 @@
-"""A pool of worker processes whose jobs can be stopped, shared fairly between clients.
+"""The local pool's scheduler: which job gets a worker process, and when.
 
 ``concurrent.futures.ProcessPoolExecutor`` cannot stop a job once it runs, and
 killing one of its workers breaks the whole pool.  A factor server needs both
 behaviours the other way round: a request that passes ``--time-limit``, or whose
 client has gone, must stop burning CPU *now*, and the other requests must not
-notice.  So each worker here is a plain process with a pipe; a job that must
-stop gets its worker killed and replaced, and the pool stays full.
+notice.  So each job here has a worker of its own; a job that must stop gets
+its worker stopped and replaced, and the pool stays full.
 
 Fairness.  Jobs carry an *owner* (the serving layer passes its connection).
 Free workers go to waiting owners in turn (round robin), not to jobs in
 arrival order, so a client that pipelines a thousand mid-size numbers gets one
 worker in turn with everybody else instead of the whole pool.  And since a
 running job cannot be preempted, an owner that has nothing running while every
-worker is busy gets a *burst* worker (up to ``size`` extra): a client whose
-neighbours each run a 67-digit factorization is served at once, the kernel
-sharing the CPUs between them, instead of waiting up to the time limit.  Burst
-workers retire as soon as their job ends.
+worker is busy gets a *burst* worker (up to ``burst`` extra, ``size`` by
+default): a client whose neighbours each run a 67-digit factorization is
+served at once, the kernel sharing the CPUs between them, instead of waiting
+up to the time limit.  Burst workers retire as soon as their job ends, unless
+another owner with nothing running is waiting for one.
 
-Workers start lazily (a reverse-only server never starts one) from a
-``forkserver`` that has already imported the factor engine and PARI, so a
-replacement is ready in milliseconds and never inherits the event loop's
-state.  Each worker's address space is capped (``memory_limit``): one request
-cannot take the machine's memory.
+This module is only the scheduler: what a worker is and how it is started are
+behind two small seams, ``start_worker`` (a coroutine function returning a
+:class:`Worker`) and the :class:`Worker` itself.  The server uses real, hardened
+processes (:mod:`tcpkit.serving.offload.worker`); the scheduler's tests use
+fakes that they finish, fail and kill by hand.  Workers start lazily, on the
+first job: a reverse-only server never starts one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import multiprocessing
 import os
-import resource
-import signal
-import traceback
 from collections import deque
-from collections.abc import Hashable
-from multiprocessing import forkserver
-from multiprocessing.connection import Connection
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Protocol
 
-from tcpkit.errors import Error
-from tcpkit.service import Offload, RequestError
-from tcpkit.serving.offload.worker import limit_cpu
+from tcpkit.service import Offload
+from tcpkit.serving.offload.jobs import TimeLimitExceeded, count_down, reply_from
+from tcpkit.serving.offload.worker import ProcessStarter
 
 log = logging.getLogger("tcpkit")
-PRELOAD = ["tcpkit.services.factor", "tcpkit.factoring.preload"]
-MEMORY_LIMIT = 2 << 30  # bytes of address space per worker process
-PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+CLOSE_WAIT = 10.0  # seconds close() waits for workers still starting or stopping
+START_RETRIES = 3  # times a failed worker start is tried again...
+START_RETRY_PAUSE = 0.1  # ...after this many seconds, then twice, three times as many
 
 
-class TimeLimitExceeded(Error):
-    """A job ran past the pool's time limit and was stopped."""
+class Worker(Protocol):
+    """One worker as the scheduler sees it."""
 
-    @classmethod
-    def after(cls, time_limit: float) -> TimeLimitExceeded:
-        """The one wording of a time-limit error (factor, sessions' jobs, every mode)."""
-        return cls(f"time limit exceeded ({time_limit:g} s)")
+    async def call(self, work: Offload, time_limit: float) -> tuple[str, Any]:
+        """Run ``work``; its ``(kind, value)`` outcome (see :mod:`.jobs`).
+
+        Raises TimeoutError past ``time_limit``, WorkerCrashed if the worker
+        died.  After either, or a cancel, the scheduler stops the worker.
+        """
+        ...
+
+    async def stop(self) -> None:
+        """Stop the worker for good (it may be busy); never raises."""
+        ...
 
 
-class WorkerCrashed(Error):
-    """A worker process died while running a job."""
-
-
-def job_failure(exc: Exception) -> tuple[str, str]:
-    """The ``error:`` message and the metrics kind for offloaded work that raised ``exc``.
-
-    An unexpected exception (a bug in an executor) costs one request, never a
-    hung connection: it is logged and answered ``error: internal error``.
-    """
-    if isinstance(exc, RequestError):
-        return str(exc), "request"
-    if isinstance(exc, TimeLimitExceeded):
-        return str(exc), "time_limit"
-    if isinstance(exc, WorkerCrashed):
-        return str(exc), "worker_crashed"
-    log.error("offloaded work failed", exc_info=exc)
-    return "internal error", "internal"
+StartWorker = Callable[[], Awaitable[Worker]]
 
 
 def default_size() -> int:
@@ -88,134 +73,6 @@ def default_size() -> int:
         return os.cpu_count() or 1
 
 
-def run_job(work: Offload) -> tuple[str, Any]:
-    """Run one job, turning its outcome into a picklable ``(kind, value)`` pair."""
-    try:
-        return ("ok", work.func(*work.args))
-    except RequestError as exc:
-        return ("request-error", str(exc))
-    except MemoryError:
-        return ("request-error", "out of memory")
-    except Exception:
-        return ("crash", traceback.format_exc(limit=5))
-
-
-def reply_from(kind: str, value: Any, time_limit: float) -> bytes:
-    """The reply for a job's ``(kind, value)`` outcome, or the exception it stands for."""
-    if kind == "ok":
-        return bytes(value)
-    if kind == "request-error":
-        raise RequestError(value)
-    if kind == "time-limit":
-        raise TimeLimitExceeded.after(time_limit)
-    if kind == "died":
-        raise WorkerCrashed(value)
-    log.error("a worker failed on a request:\n%s", value)
-    raise RequestError("internal error")
-
-
-def count_down(counts: dict[Hashable, int], key: Hashable) -> None:
-    """Decrement ``counts[key]``, dropping the key at zero (the dict stays small)."""
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
-
-
-def limit_memory(limit: int | None) -> None:
-    """Cap this process's address space (never raising an existing lower cap)."""
-    if limit is None:
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    if soft == resource.RLIM_INFINITY or soft > limit:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-
-
-def die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies (a server killed by SIGKILL
-    must not leave a worker computing for minutes)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _worker_main(conn: Connection, memory_limit: int | None) -> None:
-    """Run jobs from ``conn`` until the parent closes it."""
-    _tie_to_server()
-    limit_memory(memory_limit)
-    while True:
-        try:
-            work: Offload = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
-            return
-        try:
-            conn.send(run_job(work))
-        except OSError:  # the server stopped waiting (cancelled, or gone)
-            return
-
-
-def _tie_to_server() -> None:
-    """Make this worker live exactly as long as the server that uses it.
-
-    Signals: SIGINT (^C reaches the whole process group) and SIGTERM (systemd
-    signals the whole cgroup) are for the server, which drains and then stops
-    its workers itself; a worker that died of them would fail the requests the
-    drain is finishing.  Death: die_with_parent() has the kernel kill the
-    worker when its parent, the forkserver, exits -- but the forkserver exits
-    only once every child has closed its "alive" pipe, which multiprocessing
-    hands each one: so close it here, or a kill -9 of the server leaves both
-    running, the worker computing for minutes.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    die_with_parent()
-    server = getattr(forkserver, "_forkserver", None)
-    alive_fd = getattr(server, "_forkserver_alive_fd", None)
-    if alive_fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(alive_fd)
-        server._forkserver_alive_fd = None  # type: ignore[union-attr]
-    if os.getppid() == 1:  # the forkserver was gone before the tie was made
-        os._exit(1)
-
-
-class _Worker:
-    def __init__(self, ctx: Any, memory_limit: int | None) -> None:
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, memory_limit),
-                                   daemon=True)
-        self.process.start()
-        child.close()
-
-    def stop(self) -> None:
-        """Kill the process and reap it (no zombies)."""
-        self.conn.close()
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5)
-        if self.process.exitcode is not None:
-            self.process.close()  # its pipes now, not whenever it is garbage collected
-
-
-def _stop_all(workers: list[_Worker]) -> None:
-    for worker in workers:
-        worker.stop()
-
-
-def _set_once(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
-
-
 class WorkerPool:
     """Run :class:`Offload` jobs in worker processes, each bounded by ``time_limit``.
 
@@ -224,17 +81,19 @@ class WorkerPool:
     """
 
     def __init__(self, size: int | None = None, time_limit: float = 30.0, *,
-                 memory_limit: int | None = MEMORY_LIMIT, burst: int | None = None) -> None:
+                 burst: int | None = None, preload: Sequence[str] = (),
+                 start_worker: StartWorker | None = None) -> None:
+        """``preload``: modules the worker processes import before their first job;
+        ``start_worker``: how a worker is started (default: a hardened process)."""
         self.size = size or default_size()
         self.time_limit = time_limit
-        self.memory_limit = memory_limit
         self.burst = self.size if burst is None else burst
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(PRELOAD)
-        self._idle: list[_Worker] = []
-        self._all: set[_Worker] = set()
-        self._starting = 0  # workers being started off the loop
-        self._waiting: dict[Hashable, deque[asyncio.Future[_Worker]]] = {}  # round-robin order
+        self._start_worker = start_worker or ProcessStarter(preload)
+        self._idle: list[Worker] = []
+        self._all: set[Worker] = set()
+        self._starting = 0  # workers being started
+        self._background: set[asyncio.Future[Any]] = set()  # starts and stops in flight
+        self._waiting: dict[Hashable, deque[asyncio.Future[Worker]]] = {}  # round-robin order
         self._running: dict[Hashable, int] = {}  # workers held, per owner
         self._started = False
         self._closed = False
@@ -253,7 +112,7 @@ class WorkerPool:
         worker = await self._acquire(key, bursting=owner is not None)
         keep = False
         try:
-            result = await self._call(worker, work)
+            result = await worker.call(work, self.time_limit)
             keep = True
         except TimeoutError:
             raise TimeLimitExceeded.after(self.time_limit) from None
@@ -273,33 +132,14 @@ class WorkerPool:
                 waiter.cancel()
         self._waiting.clear()
         workers, self._all, self._idle = list(self._all), set(), []
-        if workers:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, _stop_all, workers)
-
-    async def _call(self, worker: _Worker, work: Offload) -> tuple[str, Any]:
-        """Send ``work``, wait for the reply; TimeoutError past the time limit.
-
-        A reader callback and a timer on one future, not ``asyncio.wait_for``
-        (which costs a task per job: a tenth of a millisecond on a 2 ms job).
-        """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        fd = worker.conn.fileno()
-        loop.add_reader(fd, _set_once, done)
-        timer = loop.call_later(self.time_limit, _expire, done)
-        try:
-            limit_cpu(worker.process.pid, self.time_limit)  # if we die, the kernel stops it
-            worker.conn.send(work)
-            await done
-        finally:
-            timer.cancel()
-            loop.remove_reader(fd)
-        try:
-            result: tuple[str, Any] = worker.conn.recv()
-        except (EOFError, OSError):
-            raise WorkerCrashed("worker process died") from None
-        return result
+        await asyncio.gather(*(worker.stop() for worker in workers))
+        # Workers still starting are stopped as they come up (_adopt): wait for them.
+        while self._background:
+            done, _ = await asyncio.wait(set(self._background), timeout=CLOSE_WAIT)
+            if not done:
+                log.warning("%d factor workers did not start or stop in time",
+                            len(self._background))
+                break
 
     # -- handing out workers -----------------------------------------------
 
@@ -307,12 +147,12 @@ class WorkerPool:
         self._anonymous += 1  # ownerless jobs: one queue each, so round robin = FIFO
         return ("anonymous", self._anonymous)
 
-    async def _acquire(self, owner: Hashable, bursting: bool) -> _Worker:
+    async def _acquire(self, owner: Hashable, bursting: bool) -> Worker:
         if not self._started:
             self._started = True
             for _ in range(self.size):
                 self._spawn()
-        waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(owner, deque()).append(waiter)
         self._dispatch()
         if not waiter.done() and bursting and self._starving(owner):
@@ -345,7 +185,7 @@ class WorkerPool:
         return (len(self._all) >= self.size and not self._running.get(owner)
                 and len(self._waiting.get(owner, ())) == 1)
 
-    def _burst(self, owner: Hashable, waiter: asyncio.Future[_Worker]) -> None:
+    def _burst(self, owner: Hashable, waiter: asyncio.Future[Worker]) -> None:
         """Start an extra worker for ``waiter``, whose owner has nothing running."""
         if self.workers < self.size + self.burst:
             self._spawn(owner, waiter)
@@ -353,7 +193,7 @@ class WorkerPool:
     def _let_go(self, owner: Hashable) -> None:
         count_down(self._running, owner)
 
-    def _forget(self, owner: Hashable, waiter: asyncio.Future[_Worker]) -> None:
+    def _forget(self, owner: Hashable, waiter: asyncio.Future[Worker]) -> None:
         queue = self._waiting.get(owner)
         if queue is not None:
             with contextlib.suppress(ValueError):
@@ -361,7 +201,7 @@ class WorkerPool:
             if not queue:
                 del self._waiting[owner]
 
-    def _release(self, worker: _Worker) -> None:
+    def _release(self, worker: Worker) -> None:
         """A worker finished its job: reuse it, or retire it if it is one too many.
 
         A burst worker stays only to serve another owner that has nothing running.
@@ -383,53 +223,77 @@ class WorkerPool:
         self._idle.append(worker)
         self._dispatch()
 
-    def _grant(self, owner: Hashable, waiter: asyncio.Future[_Worker], worker: _Worker) -> None:
+    def _grant(self, owner: Hashable, waiter: asyncio.Future[Worker], worker: Worker) -> None:
         self._forget(owner, waiter)
         self._running[owner] = self._running.get(owner, 0) + 1
         waiter.set_result(worker)
 
-    # -- starting and stopping processes (off the event loop) ------------------
+    # -- starting and stopping workers -----------------------------------------
 
-    def _spawn(self, owner: Hashable = None, waiter: asyncio.Future[_Worker] | None = None,
-               after: asyncio.Future[None] | None = None) -> None:
-        """Start a worker in a thread (after ``after``, if given); for ``waiter`` if given."""
+    def _spawn(self, owner: Hashable = None, waiter: asyncio.Future[Worker] | None = None,
+               after: asyncio.Future[Any] | None = None, attempt: int = 0) -> None:
+        """Start a worker (after ``after``, if given); for ``waiter`` if given."""
         self._starting += 1
-        loop = asyncio.get_running_loop()
 
         def start(_: object = None) -> None:
-            future = loop.run_in_executor(None, _Worker, self._ctx, self.memory_limit)
-            future.add_done_callback(lambda done: self._adopt(done, owner, waiter))
+            if self._closed:  # a replacement due after a stop, but the pool is closing
+                self._starting -= 1
+                return
+            started = self._in_background(self._start_worker())
+            started.add_done_callback(lambda done: self._adopt(done, owner, waiter, attempt))
 
         if after is None:
             start()
         else:
             after.add_done_callback(start)
 
-    def _replace(self, worker: _Worker) -> None:
-        """Kill ``worker`` and, if the pool is short, start a fresh one.
+    def _replace(self, worker: Worker) -> None:
+        """Stop ``worker`` and, if the pool is short, start a fresh one.
 
         Not awaited: the caller may be a cancelled task, and the pool must be
-        refilled all the same.  The slow parts (kill, reap, start) run in a
-        thread; callbacks come back to the loop's thread (the pool's state is
-        not thread-safe).
+        refilled all the same.  Starting and stopping run as tasks of their
+        own; the pool's state is touched only from the loop's callbacks.
         """
         self._all.discard(worker)
         self._stop_later(worker, respawn=self.workers < self.size)
 
-    def _stop_later(self, worker: _Worker, respawn: bool) -> None:
-        stopped = asyncio.get_running_loop().run_in_executor(None, worker.stop)
+    def _stop_later(self, worker: Worker, respawn: bool) -> None:
+        stopped = self._in_background(worker.stop())
         if respawn:
             self._spawn(after=stopped)
 
-    def _adopt(self, future: asyncio.Future[_Worker], owner: Hashable,
-               waiter: asyncio.Future[_Worker] | None) -> None:
+    def _in_background(self, step: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run ``step`` as a task the pool holds on to (the loop only keeps weak ones)."""
+        task = asyncio.ensure_future(step)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _start_failed(self, future: asyncio.Future[Worker], owner: Hashable,
+                      waiter: asyncio.Future[Worker] | None, attempt: int) -> None:
+        """Try a failed start again, a few times, after a pause: the pool must not
+        stay short.
+
+        The usual cause is a forkserver that died (a ^C to the process group
+        while it was still importing its preload, before it ignores SIGINT; an
+        OOM kill).  multiprocessing starts a new one on a later try, once the
+        dead one has been noticed: not always on an immediate retry.
+        """
+        log.error("could not start a factor worker: %s",
+                  "cancelled" if future.cancelled() else future.exception())
+        if not self._closed and attempt < START_RETRIES:
+            pause = self._in_background(asyncio.sleep(START_RETRY_PAUSE * (attempt + 1)))
+            self._spawn(owner, waiter, after=pause, attempt=attempt + 1)
+
+    def _adopt(self, future: asyncio.Future[Worker], owner: Hashable,
+               waiter: asyncio.Future[Worker] | None, attempt: int) -> None:
         self._starting -= 1
         if future.cancelled() or future.exception() is not None:
-            log.error("could not start a factor worker: %s", future.exception())
+            self._start_failed(future, owner, waiter, attempt)
             return
         fresh = future.result()
         if self._closed:
-            fresh.stop()
+            self._in_background(fresh.stop())
             return
         self._all.add(fresh)
         if waiter is not None and not waiter.done():  # a burst worker, for its job

@@ -1,0 +1,82 @@
+"""``tcpkit serve --config FILE``: real servers configured by a TOML file, and its mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.net import connect, exchange, recv_until_closed
+from helpers.servers import run, script
+
+CONFIG = """\
+mode = "thread"
+max-connections = 100
+
+[services.reverse]
+listen = "127.0.0.1:0"
+max-line = 16
+
+[services.factor]
+listen = ["127.0.0.1:0"]
+"""
+
+
+def test_file_sets_mode_listen_and_a_service_s_own_limits(serve, tmp_path: Path) -> None:
+    config = tmp_path / "tcpkit.toml"
+    config.write_text(CONFIG)
+    server = serve("--config", str(config), services=2, listen=False)
+
+    assert "(reverse, mode=thread)" in server.stderr()
+    assert "(factor, mode=thread)" in server.stderr()
+    assert exchange(server.ports["reverse"], b"short\n") == b"trohs\n"
+    with connect(server.ports["reverse"]) as sock:  # reverse's own max-line
+        sock.sendall(b"x" * 40 + b"\n")
+        assert recv_until_closed(sock).startswith(b"error: line too long (max 16 bytes)")
+    # factor keeps the server's max-line: a 40-byte line is fine there
+    assert exchange(server.ports["factor"], b"1" * 3 + b" " * 37 + b"\n").startswith(b"3 37")
+
+
+def test_command_line_wins_over_the_file(serve, tmp_path: Path) -> None:
+    config = tmp_path / "tcpkit.toml"
+    config.write_text(CONFIG)
+    server = serve("--config", str(config), "--mode", "fork", services=2, listen=False)
+    assert "(reverse, mode=fork)" in server.stderr()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('mode = "thread"\nmax-conections = 3\n', ":2: max-conections: is not an option"),
+    ('max-connections = "100"\n', ":1: max-connections: must be a number, not '100'"),
+    ('mode = "sideways"\n', ":1: mode: must be one of async, thread, fork, iterative"),
+    ('workers = 0\n', ":1: workers: must be above 0"),
+    ('[services.reverse]\nlisten = "127.0.0.1:0"\nmode = "fork"\n',
+     ":3: [services.reverse] mode: is not a per-service option"),
+    ('[services.reverse]\nmax-line = 1.5\n', ":2: [services.reverse] max-line: must be a number"),
+    ('listen = "7000"\n[services.reverse]\n', ":1: listen: conflicts with [services.*]"),
+    ('[services.reverse]\ntls-cert = "a.pem"\n', ":2: [services.reverse] tls-cert: tls-cert "
+                                                  "and tls-key must be given together"),
+    ('[services.nosuch]\n', ": [services.nosuch]: unknown service 'nosuch'"),
+    ('mode = "x', ": Unterminated string"),
+])
+def test_mistakes_are_usage_errors_naming_file_line_and_key(tmp_path: Path, text: str,
+                                                            message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    done = run([*script("tcpkit"), "serve", "--config", str(config), "--check-config"])
+    assert done.returncode == 2, done
+    err = done.stderr.decode()
+    assert f"{config}{message}" in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
+    config = tmp_path / "tcpkit.toml"
+    config.write_text(CONFIG)
+    done = run([*script("tcpkit"), "serve", "--config", str(config), "--check-config"])
+    assert (done.returncode, done.stdout) == (0, b"config ok\n"), done
+
+
+def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    done = run([*script("tcpkit"), "serve", "--config", str(tmp_path / "none.toml")])
+    assert done.returncode == 2
+    assert b"cannot read config file" in done.stderr
