@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import hostile  # noqa: E402
+from helpers import hostile, hostile_proxy  # noqa: E402
 from helpers.numbers import long_semiprime  # noqa: E402
 from helpers.servers import Server, script, start_server  # noqa: E402
 from tcpkit.serving.run import MODES  # noqa: E402
@@ -47,10 +47,11 @@ class Sizes:
     haproxy: tuple[int, float]  # clients, seconds
     soak_minutes: float
     fuzz_minutes: float
+    proxy_floods: int = 2000  # connections of each flood: bad PROXY headers, denied clients
 
 
 FULL = Sizes(2000, (100, 20), (100, 1000), 2000, 1000, 200, (8, 30.0), 10.0, 10.0)
-REDUCED = Sizes(200, (10, 16), (20, 30), 400, 60, 20, (4, 3.0), 2.5, 1.0)
+REDUCED = Sizes(200, (10, 16), (20, 30), 400, 60, 20, (4, 3.0), 2.5, 1.0, 200)
 
 
 @dataclass
@@ -157,6 +158,22 @@ def scenarios(sizes: Sizes, workdir: Path) -> dict[str, tuple[list[str], Callabl
         return row(out, out.lost <= clients and d["failed_outside_window"] == 0
                    and bool(d["replaced"]) and d["workers_alive"] == 2, "worker-kill")
 
+    def bad_proxy(mode: str) -> Row:
+        server = serve(mode, "--proxy-protocol", "127.0.0.1")
+        out = with_server(server, lambda s: hostile_proxy.bad_proxy_headers(
+            s, sizes.proxy_floods, mode))
+        flood = out.details["flood"]
+        assert isinstance(flood, dict)
+        return row(out, out.lost == 0 and set(flood) <= {"closed", "reset"}, "bad-proxy")
+
+    def denied(mode: str) -> Row:
+        server = serve(mode, "--deny", "127.0.0.2")
+        out = with_server(server, lambda s: hostile_proxy.denied_flood(
+            s, sizes.proxy_floods, mode))
+        flood = out.details["flood"]
+        assert isinstance(flood, dict)
+        return row(out, out.lost == 0 and set(flood) <= {"denied"}, "denied-flood")
+
     every = list(MODES)
     return {
         "slowloris": (CONCURRENT, slowloris),
@@ -168,6 +185,8 @@ def scenarios(sizes: Sizes, workdir: Path) -> dict[str, tuple[list[str], Callabl
         "abandoned-factor": (every, abandoned),
         "sigterm": (every, sigterm),
         "haproxy": (CONCURRENT, haproxy),
+        "bad-proxy": (["async", "thread"], bad_proxy),
+        "denied-flood": (["async", "thread"], denied),
         "worker-kill": (CONCURRENT if has_workers() else [], worker_kill),
     }
 

@@ -277,11 +277,3 @@ def test_a_pid_file_the_user_cannot_remove_is_said_at_start(
         assert pid_file.read_text() == f"{again.pid}\n"
     finally:
         assert again.stop() == 0
-
-
-@pytest.mark.parametrize("option", [["--proxy-protocol", "127.0.0.1"], ["--allow", "10.0.0.0/8"],
-                                    ["--deny", "10.0.0.0/8"], ["--quiet-deny"]])
-def test_options_not_yet_enforced_are_refused_not_ignored(option: list[str]) -> None:
-    result = run(serve_command("reverse", "--listen", "127.0.0.1:0", *option))
-    assert result.returncode == 2
-    assert f"{option[0]} is not available yet".encode() in result.stderr

@@ -10,6 +10,7 @@ the client's own port, not HAProxy's address.
 
 from __future__ import annotations
 
+import json
 import re
 import select
 import socket
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.metrics import scrape, value
 from helpers.net import free_ports, recv_lines
-from helpers.servers import needs
+from helpers.servers import Server, needs, script, start_server
 from tcpkit.serving.guards.proxied import PendingHeader
 from tcpkit.serving.guards.proxy import LOCAL, PROXY, HeaderReader, ProxyHeader
 
@@ -150,3 +152,90 @@ def test_send_proxy_v2_and_v1_name_the_real_client(
                          and h.source[0] == "127.0.0.1" for h in factor.headers),
              "no v1 health check seen")
     assert reverse.errors == [] and factor.errors == []
+
+
+@pytest.fixture
+def haproxy_to_tcpkit(tmp_path: Path) -> Iterator[Callable[..., tuple[Server, int, int]]]:
+    """The contrib file in front of a real ``tcpkit serve``: (server, front v2, front v1)."""
+    started: list[tuple[Server, subprocess.Popen[bytes]]] = []
+
+    def start(*args: str) -> tuple[Server, int, int]:
+        back_reverse, back_factor, front_reverse, front_factor = free_ports(4)
+        server = start_server([*script("tcpkit"), "serve", "--proxy-protocol", "127.0.0.1",
+                               "--listen", f"reverse=127.0.0.1:{back_reverse}",
+                               "--listen", f"factor=127.0.0.1:{back_factor}", *args],
+                              services=2)
+        text = CONFIG.read_text()
+        text = text.replace("127.0.0.1:17800", f"127.0.0.1:{back_reverse}")
+        text = text.replace("127.0.0.1:17801", f"127.0.0.1:{back_factor}")
+        text = text.replace("bind :7800", f"bind 127.0.0.1:{front_reverse}")
+        text = text.replace("bind :7801", f"bind 127.0.0.1:{front_factor}")
+        text = text.replace("    log global\n", "").replace("inter 2s", "inter 200ms")
+        config = tmp_path / f"haproxy-{len(started)}.cfg"
+        config.write_text(text)
+        proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        started.append((server, proxy))
+        return server, front_reverse, front_factor
+
+    yield start
+    for server, proxy in started:
+        proxy.terminate()
+        proxy.communicate(timeout=15)
+        server.stop()
+
+
+@needs("haproxy")
+@pytest.mark.parametrize("mode", ["async", "thread", "fork", "iterative"])
+def test_tcpkit_behind_haproxy_serves_the_real_client(
+        haproxy_to_tcpkit: Callable[..., tuple[Server, int, int]], mode: str) -> None:
+    server, front_v2, front_v1 = haproxy_to_tcpkit("--mode", mode, "--deny", "127.0.0.4")
+    own_port, reply = from_client_address(front_v2, b"client\n")
+    assert reply == b"tneilc\n"
+    own_v1, reply = from_client_address(front_v1, b"42\n", source="127.0.0.3")
+    assert reply == b"2 3 7\n"
+    _, reply = from_client_address(front_v2, b"client\n", source="127.0.0.4")
+    assert reply == b"error: access denied\n"  # the real client is denied, not HAProxy
+    wait_for(lambda: f"close 127.0.0.2:{own_port} (1 lines" in server.stderr(),
+             "the log does not name the real client (v2)")
+    wait_for(lambda: f"accept 127.0.0.3:{own_v1} (factor)" in server.stderr(),
+             "the log does not name the real client (v1)")
+    wait_for(lambda: "refused 127.0.0.4:" in server.stderr(), "the denied client not logged")
+    # HAProxy's health checks (v2 LOCAL, v1 from HAProxy) are served as HAProxy itself.
+    wait_for(lambda: "accept 127.0.0.1:" in server.stderr(), "no health check served")
+    assert "PROXY header" not in server.stderr()
+
+
+@needs("haproxy")
+@pytest.mark.parametrize("mode", ["async", "thread"])
+def test_per_ip_limits_json_logs_and_metrics_behind_haproxy(
+        haproxy_to_tcpkit: Callable[..., tuple[Server, int, int]], mode: str) -> None:
+    server, front_v2, _ = haproxy_to_tcpkit("--mode", mode, "--max-per-ip", "1",
+                                            "--log-format", "json", "--metrics", "127.0.0.1:0")
+    metrics = int(re.search(r'Metrics at http://127\.0\.0\.1:(\d+)/metrics',
+                            server.stderr()).group(1))  # type: ignore[union-attr]
+    deadline = time.monotonic() + 15
+    while True:  # HAProxy is up once it serves a first client
+        try:
+            with socket.create_connection(("127.0.0.1", front_v2), timeout=10,
+                                          source_address=("127.0.0.2", 0)) as held:
+                held.sendall(b"held\n")
+                assert recv_lines(held, 1)[0] == b"dleh\n"
+                # The same real client again: refused, though all come from HAProxy.
+                _, reply = from_client_address(front_v2, b"two\n")
+                assert reply == b"error: too many connections from 127.0.0.2\n"
+                _, reply = from_client_address(front_v2, b"three\n", source="127.0.0.3")
+                assert reply == b"eerht\n"
+                break
+        except (ConnectionRefusedError, ConnectionResetError, IndexError):
+            assert time.monotonic() < deadline, "haproxy did not serve"
+            time.sleep(0.05)
+    records = [json.loads(line) for line in server.stderr().splitlines()
+               if line.startswith("{")]
+    assert any(r.get("event") == "refused" and r.get("peer", "").startswith("127.0.0.2:")
+               for r in records)
+    assert any(r.get("event") == "accept" and r.get("peer", "").startswith("127.0.0.3:")
+               for r in records)
+    samples = scrape(metrics)
+    assert value(samples, "tcpkit_connections_refused_total", reason="per_ip",
+                 service="reverse", mode=mode) == 1

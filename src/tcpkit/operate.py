@@ -67,7 +67,6 @@ class Operation:
                 raise OptionError(f"--metrics: {exc}") from None
             if metrics.is_unix:
                 raise OptionError("--metrics needs a TCP [HOST:]PORT, not a unix socket")
-        _refuse_unenforced(args)
         try:
             credentials = resolve(args.user, args.group)
         except PrivilegeError as exc:
@@ -129,17 +128,6 @@ class Operation:
                               f"services ({names}): name them with FileDescriptorName=")
         return [Listener(service, item.sock, self.tls)
                 for service, item in zip(chosen, inherited, strict=True)]
-
-
-def _refuse_unenforced(args: argparse.Namespace) -> None:
-    """Options parsed but not yet obeyed by the serving modes must not be accepted:
-    an access list that is silently ignored is worse than none.  (The parsers,
-    guards/proxy.py and guards/access.py, are done; the modes' use of them waits
-    for the one admission gate.)"""
-    for option, given in (("--proxy-protocol", args.proxy_protocol), ("--allow", args.allow),
-                          ("--deny", args.deny), ("--quiet-deny", args.quiet_deny)):
-        if given:
-            raise OptionError(f"{option} is not available yet in this build")
 
 
 def _activated() -> bool:

@@ -14,6 +14,7 @@ by axis, a folder each, a file per job::
       aio.py         async: one event loop (uvloop) for every client
       aio_sessions.py  ...its protocol class for session services' clients
       aio_refused.py ...a refused client, lingering until it has read its error line
+      aio_proxied.py ...its accept loop for listeners behind --proxy-protocol
       loop.py        the event loop: uvloop where installed, its error handler
       accepting.py   the accept loop shared by the blocking modes
       driver.py      the blocking modes' per-connection driver (one poll loop)
@@ -34,7 +35,7 @@ by axis, a folder each, a file per job::
       dask.py        the Dask executor (--executor dask://)
 
     guards/        who may be served, and how safely
-      gate.py        who gets in, one rule for every mode: busy, descriptor budget,
+      gate.py        who gets in, one rule for every mode: access lists, busy, descriptor budget,
                      per-address limits, refusal counts and logs, lingering; sans-IO
       admission.py   per-address limits (xinetd's per_source and cps), sans-IO
       access.py      allow/deny lists by network (xinetd's only_from), sans-IO

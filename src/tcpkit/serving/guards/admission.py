@@ -28,13 +28,14 @@ _RATE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(?:/\s*(s|sec|second|m|min|minute))?
 class Refusal(NamedTuple):
     """Why a connection is refused: a metrics ``kind`` and the client's message."""
 
-    kind: str  # busy, per_ip, rate
+    kind: str  # busy, per_ip, rate; denied, proxy_untrusted, proxy_header (see gate.py)
     message: str
+    silent: bool = False  # closed without a reply (--quiet-deny, a bad PROXY header)
 
     @property
     def line(self) -> bytes:
-        """The ``error:`` line the refused client reads before the close."""
-        return ERROR + self.message.encode() + LF
+        """The ``error:`` line the refused client reads before the close (b"" if silent)."""
+        return b"" if self.silent else ERROR + self.message.encode() + LF
 
 
 BUSY = Refusal("busy", "server busy")

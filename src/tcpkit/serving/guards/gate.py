@@ -5,12 +5,23 @@ blocking ``accept``), but whether a new client is served is one decision, so
 it is made here once: refused while the server is full (``--max-connections``,
 or fewer when the descriptor limit leaves less room: see
 :mod:`tcpkit.serving.guards.fdlimit`), then by the per-address
-rules of :class:`~tcpkit.serving.guards.admission.Admission`.  The gate also
+rules: first the access lists (``--allow``/``--deny``, a
+:class:`~tcpkit.serving.guards.access.AccessList`: a denied client is refused
+even when there is room), then those of
+:class:`~tcpkit.serving.guards.admission.Admission`.  The gate also
 keeps what goes with the decision: the counters (``Stats.busy`` and
 ``Stats.limited``, the observer's ``limit_refused``), the logging — a flood of
 refusals is one ``refused`` line, then one "refused N more" line a second, and
 running short of descriptors is logged when it begins and when it ends — and
 how many refused sockets may linger while their ``error:`` line is read.
+What a refused client reads is decided here too (:attr:`Refusal.line`): an
+``error:`` line, or nothing at all for ``--quiet-deny`` and for connections
+dropped before they were served (a PROXY header missing, malformed, late, or
+from an untrusted sender: :meth:`Gate.drop`).
+
+Behind ``--proxy-protocol`` the address the gate is given is the real
+client's, read from the header (see :mod:`tcpkit.serving.guards.proxied`):
+the modes admit a proxied connection only once its header is in.
 
 It owns no socket and no clock: the mode passes ``now`` and the number of
 clients it is serving, so the rules are tested without a network.  Admitting
@@ -26,7 +37,9 @@ import threading
 
 from tcpkit.serving.config import Limits
 from tcpkit.serving.guards import fdlimit
+from tcpkit.serving.guards.access import DENIED_MESSAGE, AccessList, Networks
 from tcpkit.serving.guards.admission import BUSY, Admission, Refusal
+from tcpkit.serving.guards.proxied import ProxyPolicy, Refused
 from tcpkit.serving.observe.events import Observer
 from tcpkit.serving.observe.stats import Stats
 
@@ -54,6 +67,8 @@ LINGER_BYTES = 1 << 20
 # not use up what the budget keeps free.  Past it a refused socket is closed at
 # once.  Also capped by half of fdlimit.headroom (see Gate.budget).
 MAX_LINGERING = 1000
+# Refusal kinds counted as Stats.denied: who the client is, not how busy we are.
+DROPPED = frozenset({"denied", "proxy_untrusted", "proxy_header"})
 
 
 class Gate:
@@ -64,6 +79,12 @@ class Gate:
         self.observer = observer
         self.stats = stats
         self.admission = Admission(limits.max_per_ip, limits.rate_per_ip)
+        access = AccessList(Networks(limits.allow), Networks(limits.deny))
+        # None when there are no lists, so admit() pays one comparison for them.
+        self.access = access if access.enabled else None
+        self.denied = Refusal("denied", DENIED_MESSAGE, silent=limits.quiet_deny)
+        self.proxy = (ProxyPolicy(Networks(limits.proxy_from))
+                      if limits.proxy_from is not None else None)
         self._admission_lock = threading.Lock()
         # Clients and lingering refused sockets allowed at once; budget()
         # lowers them when the descriptor limit leaves less room.
@@ -103,12 +124,14 @@ class Gate:
         refusal: a client accepted in the moment before the listeners closed
         gets its request answered.
         """
-        if open_now >= self.max_open:
+        if self.access is not None and not self.access.permits(host):
+            refusal: Refusal | None = self.denied
+        elif open_now >= self.max_open:
             if self.max_open < self.max_connections and not self.fd_limited:
                 self.fd_limited = True
                 log.warning("refusing new connections: %d open, near the descriptor limit "
                             "(%d)", open_now, self.nofile, extra={"event": "fd-limit"})
-            refusal: Refusal | None = BUSY
+            refusal = BUSY
         elif self._limits_address(host):
             with self._admission_lock:
                 refusal = self.admission.admit(host, now)
@@ -132,12 +155,19 @@ class Gate:
         """
         if refusal.kind == "busy":
             self.stats.busy += 1
+        elif refusal.kind in DROPPED:
+            self.stats.denied += 1
         else:
             self.stats.limited += 1
         self.observer.limit_refused(service, refusal.kind)
         if self._refused_this_tick == 0:
             self.observer.refused(service, host, port, refusal.message)
         self._refused_this_tick += 1
+
+    def drop(self, service: str, host: str, port: int, refused: Refused) -> None:
+        """Count and log a connection closed before it was served (its PROXY
+        header was missing, bad or late, or its sender is not trusted)."""
+        self.refuse(service, host, port, Refusal(refused.kind, refused.reason, silent=True))
 
     def linger(self) -> bool:
         """Whether one more refused socket may linger; if so it is counted
@@ -154,8 +184,9 @@ class Gate:
     def tick(self, open_now: int) -> None:
         """Once a TICK: sum up the refusals not logged, end a descriptor episode."""
         if self._refused_this_tick > 1:
-            log.warning("refused %d more connections in the last second (server busy "
-                        "or per-client limits)", self._refused_this_tick - 1)
+            log.warning("refused %d more connections in the last second (server busy, "
+                        "per-client limits, access lists or PROXY headers)",
+                        self._refused_this_tick - 1)
         self._refused_this_tick = 0
         if self.fd_limited and open_now < self.max_open:
             self.fd_limited = False

@@ -8,6 +8,9 @@ only what :meth:`~tcpkit.serving.guards.proxy.HeaderReader.peek` says is
 header.  It never blocks: a mode calls :meth:`PendingHeader.read` when the
 socket is readable (the event loop's reader, the accept loop's ``poll``) and
 drops the connection when :meth:`PendingHeader.expired` says it took too long.
+:class:`PendingHeaders` is that bookkeeping for a whole server process, the
+same for the event loop and the blocking accept loop: each mode only watches
+the descriptors it names and acts on the :class:`Arrival` it gets back.
 
 :class:`ProxyPolicy` is who may send a header (``--proxy-protocol CIDR,...``):
 the spec forbids guessing, so from a trusted sender a header is required and
@@ -19,6 +22,7 @@ from __future__ import annotations
 import socket
 from typing import NamedTuple
 
+from tcpkit.endpoints import peer_text
 from tcpkit.serving.guards.access import IPNetwork, Networks, client_address
 from tcpkit.serving.guards.proxy import (
     DEFAULT_MAX_SIZE,
@@ -104,3 +108,88 @@ def header_refused(exc: ProxyHeaderError) -> Refused:
 
 def timed_out(policy: ProxyPolicy) -> Refused:
     return Refused("proxy_header", f"no PROXY header within {policy.timeout:g} s")
+
+
+Peer = tuple[str, int]
+TOO_MANY = Refused("proxy_header", f"more than {MAX_PENDING} PROXY headers pending")
+
+
+class Arrival(NamedTuple):
+    """A connection done with its PROXY header: the real ``client``, or why it is dropped."""
+
+    sock: socket.socket
+    peer: Peer  # the socket's peer: the proxy
+    client: Peer | None  # the real client (None when refused)
+    refused: Refused | None
+
+
+class PendingHeaders:
+    """The trusted connections of one server process whose header is on its way.
+
+    A mode hands over each accepted socket (:meth:`arrived`), watches the
+    descriptors of those still waiting (:attr:`waiting`) for input and calls
+    :meth:`readable`, and calls :meth:`expired` about once a second.  Each
+    call returns the connections that are done: the mode stops watching them,
+    then closes the refused ones (after :meth:`Gate.drop`) and admits the rest
+    as their real client.  At most ``limit`` wait at once.
+    """
+
+    def __init__(self, policy: ProxyPolicy, limit: int = MAX_PENDING) -> None:
+        self.policy = policy
+        self.limit = limit
+        self.waiting: dict[int, tuple[PendingHeader, Peer]] = {}
+
+    def arrived(self, sock: socket.socket, peer: object, now: float) -> Arrival | None:
+        """A new connection: done at once (refused, or its header already in) or None."""
+        socket_peer = peer_text(peer)
+        refused = self.policy.untrusted(socket_peer[0])
+        if refused is None and len(self.waiting) >= self.limit:
+            refused = TOO_MANY
+        if refused is not None:
+            return Arrival(sock, socket_peer, None, refused)
+        sock.setblocking(False)
+        pending = self.policy.pending(sock, now)
+        arrival = _read(pending, socket_peer)
+        if arrival is None:
+            self.waiting[sock.fileno()] = (pending, socket_peer)
+        return arrival
+
+    def readable(self, fd: int) -> Arrival | None:
+        """Input on a waiting descriptor: the connection if that finished it."""
+        pending, socket_peer = self.waiting[fd]
+        arrival = _read(pending, socket_peer)
+        if arrival is not None:
+            del self.waiting[fd]
+        return arrival
+
+    def expired(self, now: float) -> list[Arrival]:
+        """The connections whose header is late: refused, no longer waiting."""
+        late = [fd for fd, (pending, _) in self.waiting.items() if pending.expired(now)]
+        refused = timed_out(self.policy)
+        arrivals = []
+        for fd in late:
+            pending, socket_peer = self.waiting.pop(fd)
+            arrivals.append(Arrival(pending.sock, socket_peer, None, refused))
+        return arrivals
+
+    def close_all(self) -> list[int]:
+        """Close every waiting connection (the server stops); their descriptors."""
+        fds = list(self.waiting)
+        for pending, _ in self.waiting.values():
+            pending.sock.close()
+        self.waiting.clear()
+        return fds
+
+
+def _read(pending: PendingHeader, socket_peer: Peer) -> Arrival | None:
+    try:
+        header = pending.read()
+    except ProxyHeaderError as exc:
+        return Arrival(pending.sock, socket_peer, None, header_refused(exc))
+    except OSError as exc:
+        failed = Refused("proxy_header", f"connection failed before its PROXY header: "
+                                         f"{exc.strerror or exc}")
+        return Arrival(pending.sock, socket_peer, None, failed)
+    if header is None:
+        return None
+    return Arrival(pending.sock, socket_peer, peer_text(header.client(socket_peer)), None)

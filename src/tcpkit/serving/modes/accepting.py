@@ -11,7 +11,12 @@ cut them off when the drain times out.
 Who is served is decided as in the async mode, by the same
 :class:`~tcpkit.serving.guards.gate.Gate` (``--max-connections``, the descriptor
 budget, per-address limits; checked before a client is handed on); what is
-left here is the sockets: sending the refusal, lingering, closing.
+left here is the sockets: sending the refusal, lingering, closing.  Behind
+``--proxy-protocol`` a client is admitted only once its PROXY header is in,
+as the real client the header names: the accept loop's ``poll`` watches the
+connections still sending one (:class:`~tcpkit.serving.guards.proxied.PendingHeaders`,
+shared with the async mode), and its tick drops those that take too long —
+before any thread, process or TLS handshake is spent on them.
 
 Operator features work here as in the async mode too: TLS (the handshake runs
 where the client is served — its thread, its child, or inline in iterative
@@ -46,6 +51,7 @@ from tcpkit.service import Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.admission import BUSY, Refusal
 from tcpkit.serving.guards.gate import LINGER, LINGER_BLOCKING, TICK, Gate
+from tcpkit.serving.guards.proxied import Arrival, PendingHeaders
 from tcpkit.serving.guards.tls import reload_certificates, server_handshake
 from tcpkit.serving.listeners import describe, send_at_once
 from tcpkit.serving.modes.driver import Outcome, serve_connection
@@ -83,6 +89,9 @@ class BlockingServer:
         self._hubs: Hubs | None = None  # sessions' hubs, made on first use
         self._poller: select.poll | None = None  # the accept loop's
         self._lingering: dict[int, tuple[socket.socket, float]] = {}  # fd -> (sock, until)
+        policy = self.gate.proxy
+        self._headers = PendingHeaders(policy) if policy is not None else None
+        self._header_listeners: dict[int, Listener] = {}  # fd -> listener, header pending
         self._accept_pauses = 0  # consecutive out-of-resources pauses
         self._paused_until = 0.0
         self._next_tick = 0.0
@@ -248,6 +257,8 @@ class BlockingServer:
                     self._accept_from(by_fd[fd])
                 elif fd in self._lingering:
                     self._drop_input(fd)
+                elif fd in self._header_listeners:
+                    self._header_readable(fd)
                 elif fd in self.stop_fds():
                     self.stopping = True
             if time.monotonic() >= self._next_tick or events:
@@ -269,13 +280,56 @@ class BlockingServer:
             if self._accept_pauses:
                 log.info("accepting again (after %d pauses)", self._accept_pauses)
                 self._accept_pauses = 0
-            host, port = peer_text(peer)
-            refusal = self.gate.admit(listener.service.name, host, port, self.active(),
-                                      time.monotonic())
-            if refusal is not None:
-                self.turn_away(sock, refusal)
+            if self._headers is not None:
+                self._header_arrived(listener, sock, peer)
             else:
-                self.dispatch(listener, sock, peer)
+                self._admit(listener, sock, peer)
+
+    def _admit(self, listener: Listener, sock: socket.socket, peer: object) -> None:
+        """Serve the client at ``peer`` (the real one behind a proxy), or turn it away."""
+        host, port = peer_text(peer)
+        refusal = self.gate.admit(listener.service.name, host, port, self.active(),
+                                  time.monotonic())
+        if refusal is not None:
+            self.turn_away(sock, refusal)
+        else:
+            self.dispatch(listener, sock, peer)
+
+    # -- PROXY headers (--proxy-protocol) ---------------------------------
+
+    def _header_arrived(self, listener: Listener, sock: socket.socket, peer: object) -> None:
+        assert self._headers is not None
+        arrival = self._headers.arrived(sock, peer, time.monotonic())
+        if arrival is not None:
+            self._header_done(listener, arrival)
+        elif self._poller is not None:
+            self._header_listeners[sock.fileno()] = listener
+            self._poller.register(sock.fileno(), select.POLLIN)
+
+    def _header_readable(self, fd: int) -> None:
+        assert self._headers is not None
+        arrival = self._headers.readable(fd)
+        if arrival is not None:
+            self._header_done(self._stop_header_wait(fd), arrival)
+
+    def _stop_header_wait(self, fd: int) -> Listener:
+        if self._poller is not None:
+            self._poller.unregister(fd)
+        return self._header_listeners.pop(fd)
+
+    def _header_done(self, listener: Listener, arrival: Arrival) -> None:
+        """Admit the real client, or close a connection with no (trusted) header."""
+        if arrival.refused is None and arrival.client is not None:
+            self._admit(listener, arrival.sock, arrival.client)
+            return
+        if arrival.refused is not None:
+            self.gate.drop(listener.service.name, *arrival.peer, arrival.refused)
+        arrival.sock.close()
+
+    def _expire_headers(self, now: float) -> None:
+        if self._headers is not None:
+            for arrival in self._headers.expired(now):
+                self._header_done(self._stop_header_wait(arrival.sock.fileno()), arrival)
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno not in OUT_OF_RESOURCES:
@@ -295,7 +349,11 @@ class BlockingServer:
         self.turn_away(sock, refusal)
 
     def turn_away(self, sock: socket.socket, refusal: Refusal) -> None:
-        """Send a refused client its ``error:`` line, then linger or close."""
+        """Send a refused client its ``error:`` line, then linger or close
+        (a silent refusal, --quiet-deny, is a bare close)."""
+        if refusal.silent:
+            sock.close()
+            return
         with contextlib.suppress(OSError):
             sock.setblocking(False)
             # Unread bytes at close() make the kernel send a reset, which can
@@ -337,6 +395,7 @@ class BlockingServer:
             for fd, (_, until) in list(self._lingering.items()):
                 if now >= until:
                     self._stop_lingering(fd)
+            self._expire_headers(now)
         self.tick()
 
     # -- stopping ---------------------------------------------------------
@@ -360,6 +419,9 @@ class BlockingServer:
             listener.sock.close()
         for fd in list(self._lingering):
             self._stop_lingering(fd)
+        if self._headers is not None:
+            for fd in self._headers.close_all():
+                self._stop_header_wait(fd)
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():

@@ -47,6 +47,7 @@ from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.gate import LINGER, LINGER_BYTES, TICK, Gate
 from tcpkit.serving.guards.tls import ServerTLS, reload_certificates
 from tcpkit.serving.listeners import BACKLOG, describe
+from tcpkit.serving.modes.aio_proxied import ProxiedAcceptor, read_header
 from tcpkit.serving.modes.aio_refused import Refused
 from tcpkit.serving.modes.loop import log_loop_error
 from tcpkit.serving.observe.events import Observer, close_reason, receive_measured
@@ -70,7 +71,8 @@ class _Client(asyncio.Protocol):
         "paused_by_writes", "peer_done", "port", "server", "service", "started", "transport",
     )
 
-    def __init__(self, server: AsyncServer, service: Service) -> None:
+    def __init__(self, server: AsyncServer, service: Service,
+                 client: tuple[str, int] | None = None) -> None:
         self.server = server
         self.service = service
         self.conn = self.make_connection(server, service)
@@ -85,7 +87,8 @@ class _Client(asyncio.Protocol):
         self.idle_closed = False  # closed by the idle sweep (for the close line's reason)
         self.peer_done = False  # the client sent EOF
         self.started = 0.0
-        self.host, self.port = "", 0
+        # The client's address: given when a PROXY header named it, else the socket's.
+        self.host, self.port = client if client is not None else ("", 0)
 
     @staticmethod
     def make_connection(server: AsyncServer, service: Service) -> ServiceConnection:
@@ -97,13 +100,17 @@ class _Client(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         server = self.server
-        host, self.port = peer_text(transport.get_extra_info("peername"))
-        self.host = sys.intern(host)  # one string per client address, not per connection
+        if not self.host:  # not proxied (a proxied client's host is never "")
+            host, self.port = peer_text(transport.get_extra_info("peername"))
+            self.host = sys.intern(host)  # one string per client address, not per connection
         refusal = server.gate.admit(self.service.name, self.host, self.port, server.stats.open,
                                     server.loop.time())
         if refusal is not None:
-            transport.write(refusal.line)
-            Refused.close(server.gate, server.loop, transport)
+            if refusal.silent:
+                transport.close()
+            else:
+                transport.write(refusal.line)
+                Refused.close(server.gate, server.loop, transport)
             self.transport = None
             self.conn.stop_input()  # off the fast path: anything that still arrives is dropped
             return
@@ -313,7 +320,7 @@ class AsyncServer:
         self.pool = make_executor(self.limits, preload_for(lst.service for lst in self.listeners))
         self.tick = 0
         self.draining = False
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | ProxiedAcceptor] = []
         self._serving_socks: list[socket.socket] = []  # the duplicates libuv listens on
         self._stop: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
@@ -343,8 +350,15 @@ class AsyncServer:
             await self.pool.close()
             await self._close_hub()
 
-    async def _listen(self, listener: Listener) -> tuple[asyncio.Server, socket.socket]:
-        """Serve ``listener`` (again): libuv gets a duplicate of its socket to close."""
+    async def _listen(self, listener: Listener
+                      ) -> tuple[asyncio.Server | ProxiedAcceptor, socket.socket]:
+        """Serve ``listener`` (again): libuv gets a duplicate of its socket to close.
+
+        Behind --proxy-protocol we accept ourselves (see aio_proxied), on the
+        original socket: nothing else closes it before the drain.
+        """
+        if self.gate.proxy is not None:
+            return ProxiedAcceptor(self, listener, self.gate.proxy), listener.sock
         tls = listener.tls
         sock = listener.sock.dup()
         service, client = listener.service, _client_class(listener.service)
@@ -376,6 +390,10 @@ class AsyncServer:
             except OSError as exc:  # e.g. no descriptor for the duplicate: next tick
                 log.error("cannot listen again yet: %s", exc.strerror or exc)
 
+    def client_for(self, service: Service, client: tuple[str, int] | None = None) -> _Client:
+        """A protocol instance for a new connection to ``service`` (as ``client``)."""
+        return _client_class(service)(self, service, client)
+
     def stop(self) -> None:
         """Begin a graceful stop (safe to call from a signal handler)."""
         if self._stop is not None:
@@ -396,9 +414,14 @@ class AsyncServer:
         ticker = self.loop.create_task(self._tick())
         waiters = [self.loop.create_task(event.wait()) for event in (self._stop, self._drained)]
         try:
-            client = _client_class(service)
+            client = None
+            if self.gate.proxy is not None:
+                client = await self._inetd_header(sock, service)
+                if client is None:
+                    return  # dropped: no (trusted) PROXY header
             await self.loop.connect_accepted_socket(
-                lambda: client(self, service), sock, ssl=tls.context if tls else None,
+                lambda: self.client_for(service, client), sock,
+                ssl=tls.context if tls else None,
                 ssl_handshake_timeout=tls.handshake_timeout if tls else None)
             self.maybe_finish_drain()
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -410,6 +433,18 @@ class AsyncServer:
                 waiter.cancel()
             await self.pool.close()
             await self._close_hub()
+
+    async def _inetd_header(self, sock: socket.socket,
+                            service: Service) -> tuple[str, int] | None:
+        """Behind --proxy-protocol: the real client, or None (dropped and closed)."""
+        assert self.gate.proxy is not None
+        arrival = await read_header(self.loop, sock, self.gate.proxy)
+        if arrival.client is not None:
+            return arrival.client
+        if arrival.refused is not None:
+            self.gate.drop(service.name, *arrival.peer, arrival.refused)
+        sock.close()
+        return None
 
     async def _close_hub(self) -> None:
         """Close the sessions' hubs once their disconnected() hooks, which may still be
@@ -462,6 +497,9 @@ class AsyncServer:
             await asyncio.sleep(TICK)
             self.tick += 1
             self.gate.tick(self.stats.open)
+            for server in self._servers:
+                if isinstance(server, ProxiedAcceptor):
+                    server.expire(self.loop.time())
             await self._relisten()
             for client in [c for c in self.clients if c.idle_tick() >= idle_ticks]:
                 self.stats.idle_closed += 1

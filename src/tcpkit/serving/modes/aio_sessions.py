@@ -45,8 +45,9 @@ class SessionClient(_Client):
 
     __slots__ = ("end_reason", "session_started")
 
-    def __init__(self, server: AsyncServer, service: Service) -> None:
-        super().__init__(server, service)
+    def __init__(self, server: AsyncServer, service: Service,
+                 client: tuple[str, int] | None = None) -> None:
+        super().__init__(server, service, client)
         self.end_reason: str | None = None  # what the server knows ended it (idle, ...)
         self.session_started = False
 

@@ -111,7 +111,8 @@ class Observer:
         """``count`` errors of one ``kind`` (request, line_too_long, time_limit, ...)."""
 
     def limit_refused(self, service: str, kind: str) -> None:
-        """A connection refused by a limit: ``busy``, ``per_ip`` or ``rate``."""
+        """A connection refused: ``busy``, ``per_ip``, ``rate``, ``denied`` (access lists),
+        ``proxy_header`` or ``proxy_untrusted`` (PROXY protocol)."""
 
     def flush(self) -> None:
         """Finish writing every event reported so far (a forked child, before it exits)."""

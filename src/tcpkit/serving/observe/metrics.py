@@ -82,7 +82,8 @@ class Metrics(Observer):
         self._open = Gauge("tcpkit_connections_open", "Connections open now.", labels,
                            registry=reg, multiprocess_mode="livesum")
         self._refused = Counter("tcpkit_connections_refused",
-                                "Connections refused by a limit (busy, per_ip, rate).",
+                                "Connections refused (busy, per_ip, rate, denied, proxy_header, "
+                                "proxy_untrusted).",
                                 (*labels, "reason"), registry=reg)
         self._lines = Counter("tcpkit_lines", "Request lines received.", labels, registry=reg)
         self._replies = Counter("tcpkit_replies", "Reply lines sent.", labels, registry=reg)

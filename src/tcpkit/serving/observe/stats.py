@@ -15,6 +15,7 @@ class Stats:
     open: int = 0
     busy: int = 0  # refused: --max-connections reached
     limited: int = 0  # refused: --max-per-ip or --rate-per-ip
+    denied: int = 0  # refused: access lists, or a PROXY header missing/bad/untrusted
     lines: int = 0
     errors: int = 0
     idle_closed: int = 0
@@ -38,6 +39,7 @@ class Stats:
             f"stopped after {elapsed:.1f} s: {self.connections} connections, "
             f"{self.lines} lines, {self.errors} errors, {self.busy} refused busy, "
             + (f"{self.limited} refused by per-client limits, " if self.limited else "")
+            + (f"{self.denied} denied (access lists, PROXY headers), " if self.denied else "")
             + f"{self.idle_closed} closed idle"
         )
 
