@@ -68,7 +68,7 @@ def line_sink(member: Member) -> Callable[[bytes], None]:
     Session does: one call per delivery instead of send()'s argument handling), else
     its ``send``."""
     sink = getattr(member, "line_sink", None)
-    return sink() if sink is not None else member.send  # type: ignore[no-any-return]
+    return sink() if sink is not None else member.send
 
 
 class Hub:

@@ -211,7 +211,7 @@ class _Client(asyncio.Protocol):
             transport.write(out)
         jobs = self.conn.take_jobs()
         for job in jobs:
-            job.handle = self.server.loop.create_task(self._run(job))
+            self._start_job(job)
         if self.conn.finished:
             self._close(transport)
         elif self.paused_by_jobs != (self.conn.waiting > self.server.limits.max_waiting):
@@ -263,6 +263,9 @@ class _Client(asyncio.Protocol):
                 transport.pause_reading()
         elif not transport.is_reading():
             transport.resume_reading()
+
+    def _start_job(self, job: Job) -> None:
+        job.handle = self.server.loop.create_task(self._run(job))
 
     async def _run(self, job: Job) -> None:
         server = self.server
