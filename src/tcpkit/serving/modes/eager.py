@@ -16,7 +16,9 @@ exceptions and cancellation pass through).  One difference remains on 3.11:
 no Task is current until the first suspension, so ``asyncio.current_task()``
 is None there, and ``asyncio.timeout()`` or a ``TaskGroup`` entered before the
 hook first waits raise RuntimeError (the server's ``--time-limit`` bounds a
-hook anyway).
+hook anyway).  The blocking modes' drivers step by hand on every version
+(:func:`first_step_on`): their private loop is not running between jobs, and
+a Task can start eagerly only on a running loop.
 """
 
 from __future__ import annotations
@@ -104,6 +106,18 @@ def first_step(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     return False, Rest(coro, yielded)
 
 
+def first_step_on(loop: asyncio.AbstractEventLoop,
+                  coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """:func:`first_step` with ``loop`` as the running loop while it runs: for a
+    driver of the blocking modes, whose private loop runs only while it awaits a job
+    (futures made in the first step belong to it, and the rest runs on it)."""
+    asyncio._set_running_loop(loop)  # what run_until_complete does, for one step
+    try:
+        return first_step(coro)
+    finally:
+        asyncio._set_running_loop(None)
+
+
 def start(loop: asyncio.AbstractEventLoop,
           coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     """Begin ``coro`` eagerly: ``(True, result)`` if it finished at once (an exception
@@ -117,4 +131,4 @@ def start(loop: asyncio.AbstractEventLoop,
     return first_step(coro)
 
 
-__all__ = ["EAGER_TASKS", "Rest", "Running", "Suspended", "first_step", "start"]
+__all__ = ["EAGER_TASKS", "Rest", "Running", "Suspended", "first_step", "first_step_on", "start"]
