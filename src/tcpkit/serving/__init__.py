@@ -12,6 +12,7 @@ by axis, a folder each, a file per job::
     modes/         how clients are served
       aio.py         async: one event loop (uvloop) for every client
       aio_sessions.py  ...its protocol class for session services' clients
+      eager.py       an async def hook's first step at once, a Task only if it waits
       accepting.py   the accept loop shared by the blocking modes
       driver.py      the blocking modes' per-connection driver (one poll loop)
       driver_sessions.py  ...its subclass for session services' clients
