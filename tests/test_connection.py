@@ -159,3 +159,68 @@ def test_byte_at_a_time_gives_the_same_replies(conn: ServiceConnection) -> None:
     out += conn.receive_eof()
     assert out == b"AB\r\nSLOW\n\nerror: that is bad\nCD\n"
     assert conn.lines == 5 and conn.finished
+
+
+# -- the progress rule (idle timeouts against slowloris) ----------------------
+
+
+def fed(conn: ServiceConnection, data: bytes) -> bool:
+    """Whether feeding ``data`` made progress, as a serving mode sees it:
+    it reads ``progressed`` after the feed and clears it."""
+    conn.receive_data(data)
+    progressed, conn.progressed = conn.progressed, False
+    return progressed
+
+
+def test_a_new_connection_counts_as_progress(conn: ServiceConnection) -> None:
+    assert conn.progressed  # a full idle timeout for its first byte
+
+
+def test_whole_lines_progress(conn: ServiceConnection) -> None:
+    conn.progressed = False
+    assert fed(conn, b"one\n")
+    assert fed(conn, b"two\nthree\n")
+
+
+def test_byte_by_byte_progress_at_the_first_byte_and_at_the_end(
+        conn: ServiceConnection) -> None:
+    conn.progressed = False
+    steps = [fed(conn, bytes([byte])) for byte in b"abc\n"]
+    assert steps == [True, False, False, True]  # begun, lengthened, lengthened, finished
+    assert fed(conn, b"d")  # the next request begins
+    assert conn.lines == 1
+
+
+@pytest.mark.parametrize("service", [SERVICE, FAST], ids=["per-line", "block-fast-path"])
+def test_a_trickled_long_line_does_not_progress(service: Service) -> None:
+    conn = ServiceConnection(service, max_line=4096)
+    conn.progressed = False
+    assert fed(conn, b"x")
+    assert not any(fed(conn, b"x" * 10) for _ in range(100))
+    assert conn.buffered == 1001 and not conn.closing
+    assert fed(conn, b"\n")  # ...until it is finished
+    assert conn.lines == 1
+
+
+def test_a_pipelined_block_progresses_even_ending_in_a_partial_line(
+        conn: ServiceConnection) -> None:
+    conn.progressed = False
+    assert fed(conn, b"par")
+    assert fed(conn, b"tial\n" + b"line\n" * 50 + b"begun")  # finishes, and begins another
+    assert conn.lines == 51
+    assert not fed(conn, b" still")
+    assert fed(conn, b"\n")
+
+
+def test_eof_progresses_when_it_ends_the_stream(conn: ServiceConnection) -> None:
+    conn.progressed = False
+    assert fed(conn, b"last")
+    conn.receive_eof()  # answers the unterminated line: a request finished
+    assert conn.progressed and conn.lines == 1
+
+
+def test_an_overflowing_line_does_not_progress(conn: ServiceConnection) -> None:
+    conn.progressed = False
+    assert fed(conn, b"12345678")
+    assert not fed(conn, b"9" * 10)  # past max_line (16): an error reply, not progress
+    assert conn.closing

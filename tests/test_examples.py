@@ -57,7 +57,7 @@ def test_each_example_is_a_service_with_its_port(module: ModuleType) -> None:
     service = module.SERVICE
     assert isinstance(service, Service) and service.port == ports[service.name]
     assert service.uses_sessions
-    assert service.shared_state == (service.name in ("kv", "chat"))
+    assert service.shared_state == {"kv": True, "chat": "hub"}.get(service.name, False)
 
 
 # -- daytime ---------------------------------------------------------------------

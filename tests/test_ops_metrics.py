@@ -12,7 +12,6 @@ import pytest
 from helpers.metrics import metrics_port, scrape, value, wait_closed
 from helpers.net import connect, exchange, recv_until_closed
 from helpers.servers import needs, run, script
-from tcpkit.serving.guards.admission import Admission, parse_rate
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -90,38 +89,6 @@ def test_metrics_port_in_use_is_one_line(serve) -> None:
     assert done.returncode == 1
     assert done.stderr.decode().strip().splitlines()[-1] == (
         f"error: cannot listen on 127.0.0.1:{taken} (metrics): Address already in use")
-
-
-# -- the admission rules, without a network ----------------------------------------
-
-
-def test_admission_rules() -> None:
-    rules = Admission(max_per_ip=2, rate_per_ip=2.0)
-    assert rules.admit("a", 0.0) is None and rules.admit("a", 0.0) is None
-    refusal = rules.admit("a", 0.0)
-    assert refusal is not None and refusal.kind == "per_ip"
-    assert refusal.message == "too many connections from a"
-    rules.release("a")
-    refusal = rules.admit("a", 0.1)  # a slot is free, but the bucket (2/s) is empty
-    assert refusal is not None and refusal.kind == "rate"
-    assert rules.admit("a", 0.6) is None  # half a second later: one new token
-    assert rules.admit("b", 0.6) is None  # another address has its own figures
-    for host in ("a", "a", "b"):
-        rules.release(host)
-    rules.sweep(100.0)
-    assert rules.tracked() == 0  # nothing open, buckets full: forgotten
-
-
-@pytest.mark.parametrize("text, rate", [("5", 5.0), ("5/s", 5.0), ("120/m", 2.0),
-                                        ("0.5/s", 0.5), ("30/min", 0.5)])
-def test_parse_rate(text: str, rate: float) -> None:
-    assert parse_rate(text) == rate
-
-
-@pytest.mark.parametrize("text", ["", "fast", "0/s", "5/h", "-1"])
-def test_parse_rate_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_rate(text)
 
 
 MULTIPROCESS = """

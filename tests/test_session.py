@@ -408,3 +408,32 @@ def test_the_line_sink_is_send_of_one_line_with_the_same_cap_and_wake_ups() -> N
     late_sink(b"nobody")
     session.line_sink()(b"nobody either")  # asked after the connection is gone
     assert gone.data_to_send() == b""
+
+
+# -- the progress rule (idle timeouts against slowloris), as in ServiceConnection ----
+
+
+@pytest.mark.parametrize(("framer", "message", "head"), [
+    (Lines(), b"hello\n", 1), (Netstrings(), b"5:hello,", 3),
+    (Int32Prefixed(), b"\0\0\0\5hello", 5)])
+def test_progress_is_a_message_begun_or_finished(framer: Any, message: bytes,
+                                                 head: int) -> None:
+    """``head``: the bytes that begin a message (its header and first payload byte)."""
+    conn = SessionConnection(Service("f", 0, "", session=Counter, framer=framer))
+    conn.start()
+    assert conn.progressed  # a new connection: a full idle timeout for its first byte
+    conn.progressed = False
+    conn.receive_data(message[:head])
+    assert conn.progressed  # begun
+    steps = []
+    for index in range(head, len(message)):  # the rest, byte by byte
+        conn.progressed = False
+        conn.receive_data(message[index:index + 1])
+        steps.append(conn.progressed)
+    assert steps == [False] * (len(message) - head - 1) + [True]  # lengthened ... finished
+    conn.progressed = False
+    conn.receive_data(message * 3 + message[:head])  # a pipelined block: progress
+    assert conn.progressed and conn.lines == 4
+    conn.progressed = False
+    conn.receive_data(message[head:head + 1])  # only lengthens the unfinished one
+    assert not conn.progressed

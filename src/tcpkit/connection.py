@@ -16,6 +16,13 @@ While ``conn.settled`` is true (input open, no job started, no reply held) the
 serving layer may skip the job and close checks and just send the replies:
 that is the hot path of every mode.
 
+``conn.progressed`` is the idle-timeout rule against slowloris clients, kept
+here so that every mode applies the same one: progress is a request begun
+(the first byte of a new line) or finished.  Bytes that only lengthen an
+unfinished line are not progress, so a line must be complete within the idle
+timeout of its first byte.  The connection sets the flag; the serving layer
+reads it when it checks for idleness and clears it.
+
 Replies are released strictly in request order: while an offloaded job is
 pending, later replies wait behind it (only their bytes, a few per line, are
 held; the serving layer stops reading when too many wait).
@@ -70,6 +77,7 @@ class ServiceConnection:
         "eof",
         "errors",
         "lines",
+        "progressed",
         "settled",
     )
 
@@ -93,6 +101,10 @@ class ServiceConnection:
         # input open, no job started, no reply held.  A plain attribute, so the
         # hot path checks one flag instead of four conditions.
         self.settled = True
+        # Set when a request begins or finishes (see the module docstring);
+        # only the serving layer clears it.  True at first: a new connection
+        # gets a full idle timeout for its first byte.
+        self.progressed = True
 
     # -- input ------------------------------------------------------------
 
@@ -104,6 +116,7 @@ class ServiceConnection:
         block = framer.feed(data)
         out = b""
         if block:
+            self.progressed = True  # a request finished (one store: the hot path)
             block_handler = self._block
             reply = None
             if block_handler is not None and not self._pending:
@@ -115,6 +128,8 @@ class ServiceConnection:
                 out = self._answer_lines(block)
             if not self.settled and self.draining:
                 self.stop_input()  # the request on its way when the drain began is answered
+        elif data and framer.buffered == len(data):
+            self.progressed = True  # nothing was held: these bytes begin a request
         if framer.overflowed:
             out += self._too_long()
         return out
@@ -128,6 +143,7 @@ class ServiceConnection:
         line = None if self.closing else self._framer.feed_eof()
         if self._framer.overflowed and not self.closing:
             return self._too_long()
+        self.progressed = True  # the stream's end finishes its last request, if any
         if line is None:
             return b""
         out: list[bytes] = []

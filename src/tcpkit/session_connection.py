@@ -98,6 +98,7 @@ class SessionConnection(ServiceConnection):
         self.lines = self.errors = 0
         self.eof = self.closing = self.draining = False
         self.settled = True
+        self.progressed = True  # the idle rule of every connection (tcpkit.connection)
         framer: Framer = (service.framer or _LINES).new(max_line)
         self._messages = framer
         self._newline = framer.newline if isinstance(framer, Lines) else b""
@@ -206,7 +207,14 @@ class SessionConnection(ServiceConnection):
         if self.closing or self.eof or self.dropped is not None:
             return b""
         out: list[bytes] = []
-        for message, terminator in self._messages.feed_framed(data):
+        framer = self._messages
+        held = framer.buffered
+        messages = framer.feed_framed(data)
+        # Progress (see tcpkit.connection): a message finished, or begun by
+        # these bytes; bytes that only lengthen an unfinished one are not.
+        if messages or (data and not held and not framer.failed):
+            self.progressed = True
+        for message, terminator in messages:
             if self.closing:
                 break  # close() was asked: the rest is ignored
             self._received(message, terminator, out)
@@ -231,7 +239,9 @@ class SessionConnection(ServiceConnection):
         message = self._messages.feed_eof()
         if self._messages.failed:
             self._framing_failed(out)
-        elif message is not None:
+            return b"".join(out)
+        self.progressed = True  # the stream's end finishes its last message, if any
+        if message is not None:
             self._received(message, self._newline, out)
         return b"".join(out)
 

@@ -8,10 +8,13 @@ by axis, a folder each, a file per job::
                    fails fast, before anything is served), then pick a mode
     config.py      Limits, Listener and the modes' names: what every mode reads
     listeners.py   opening a listening socket from an Endpoint
+    reexec.py      SIGUSR2: a fresh program image on the same listening sockets
 
     modes/         how clients are served
       aio.py         async: one event loop (uvloop) for every client
       aio_sessions.py  ...its protocol class for session services' clients
+      aio_refused.py ...a refused client, lingering until it has read its error line
+      loop.py        the event loop: uvloop where installed, its error handler
       eager.py       an async def hook's first step at once, a Task only if it waits
       accepting.py   the accept loop shared by the blocking modes
       driver.py      the blocking modes' per-connection driver (one poll loop)
@@ -32,9 +35,14 @@ by axis, a folder each, a file per job::
       dask.py        the Dask executor (--executor dask://)
 
     guards/        who may be served, and how safely
+      gate.py        who gets in, one rule for every mode: busy, descriptor budget,
+                     per-address limits, refusal counts and logs, lingering; sans-IO
       admission.py   per-address limits (xinetd's per_source and cps), sans-IO
       access.py      allow/deny lists by network (xinetd's only_from), sans-IO
       proxy.py       the PROXY protocol header (HAProxy v1/v2): the real client, sans-IO
+      proxied.py     ...that header read off an accepted socket, with a deadline
+      privileges.py  --user/--group: drop root once every socket is open
+      pidfile.py     --pid-file: written after binding, a live one refused
       tls.py         certificates, handshakes, reload on SIGHUP
       activation.py  systemd socket activation and sd_notify
       fdlimit.py     the descriptor budget: refuse before descriptors run out

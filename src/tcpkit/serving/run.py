@@ -31,9 +31,10 @@ from tcpkit.serving.guards.privileges import Credentials
 from tcpkit.serving.guards.tls import ServerTLS
 from tcpkit.serving.listeners import ListenError, open_listener
 from tcpkit.serving.modes.accepting import BlockingServer
-from tcpkit.serving.modes.aio import AsyncServer, install_uvloop
+from tcpkit.serving.modes.aio import AsyncServer
 from tcpkit.serving.modes.forking import ForkingServer
 from tcpkit.serving.modes.iterative import IterativeServer
+from tcpkit.serving.modes.loop import install_uvloop
 from tcpkit.serving.modes.pipes import Wakeup
 from tcpkit.serving.modes.threaded import ThreadedServer
 from tcpkit.serving.observe.events import Observer

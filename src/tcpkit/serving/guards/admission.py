@@ -18,6 +18,9 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from tcpkit.connection import ERROR
+from tcpkit.framing import LF
+
 SWEEP_EVERY = 1024  # admissions between sweeps of forgotten addresses
 _RATE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(?:/\s*(s|sec|second|m|min|minute))?\s*")
 
@@ -27,6 +30,11 @@ class Refusal(NamedTuple):
 
     kind: str  # busy, per_ip, rate
     message: str
+
+    @property
+    def line(self) -> bytes:
+        """The ``error:`` line the refused client reads before the close."""
+        return ERROR + self.message.encode() + LF
 
 
 BUSY = Refusal("busy", "server busy")

@@ -2,18 +2,22 @@
 
 :class:`BlockingServer` owns what is the same in all three: logging the
 listeners, waiting in ``poll()`` on the listening sockets and the stop pipe,
-refusing clients past ``--max-connections``, surviving accept errors, the
+turning refused clients away, surviving accept errors, the
 signal handlers, and the drain.  A subclass only says how a client is served
 (:meth:`BlockingServer.dispatch`), how many are being served
 (:meth:`BlockingServer.active`), how to wait for them when draining, and how to
 cut them off when the drain times out.
 
-Operator features work here as in the async mode: per-address limits
-(:class:`~tcpkit.serving.guards.admission.Admission`, checked before a client is
-handed on), TLS (the handshake runs where the client is served — its thread,
-its child, or inline in iterative mode — bounded by the handshake timeout and
-by a stop), SIGHUP reloading the certificate, and traffic figures for
-``--metrics`` (the driver reports them when the observer measures traffic).
+Who is served is decided as in the async mode, by the same
+:class:`~tcpkit.serving.guards.gate.Gate` (``--max-connections``, the descriptor
+budget, per-address limits; checked before a client is handed on); what is
+left here is the sockets: sending the refusal, lingering, closing.
+
+Operator features work here as in the async mode too: TLS (the handshake runs
+where the client is served — its thread, its child, or inline in iterative
+mode — bounded by the handshake timeout and by a stop), SIGHUP reloading the
+certificate, and traffic figures for ``--metrics`` (the driver reports them
+when the observer measures traffic).
 
 Accept errors that mean "out of file descriptors or memory" (EMFILE, ENFILE,
 ENOBUFS, ENOMEM) must not stop the server, nor make it spin on a listening
@@ -40,9 +44,8 @@ from tcpkit.endpoints import peer_text
 from tcpkit.hub import Hub, Hubs
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits, Listener
-from tcpkit.serving.guards import fdlimit
-from tcpkit.serving.guards.admission import BUSY as BUSY_REFUSAL
-from tcpkit.serving.guards.admission import Admission, Refusal
+from tcpkit.serving.guards.admission import BUSY, Refusal
+from tcpkit.serving.guards.gate import LINGER, LINGER_BLOCKING, TICK, Gate
 from tcpkit.serving.guards.tls import reload_certificates, server_handshake
 from tcpkit.serving.listeners import describe, send_at_once
 from tcpkit.serving.modes.driver import Outcome, serve_connection
@@ -53,16 +56,9 @@ from tcpkit.serving.offload.bridge import OffloadBridge
 from tcpkit.serving.offload.executors import preload_for
 
 log = logging.getLogger("tcpkit")
-BUSY = b"error: server busy\n"
 ACCEPT_PAUSE = 0.1  # seconds to stop accepting when out of descriptors or memory
 ACCEPT_BATCH = 64  # clients accepted per wake-up, so signals are seen promptly
-TICK = 1.0
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# A refused client's socket stays open this long (at most MAX_LINGERING at once),
-# its input read and dropped: closing with unread input would reset the
-# connection, and the reset can destroy the ``error:`` line before it is read.
-LINGER = 2.0
-MAX_LINGERING = 256
 CLIENT_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 
 
@@ -77,8 +73,7 @@ class BlockingServer:
         self.limits = limits or Limits()
         self.observer = observer or Observer()
         self.stats = Stats()
-        self.admission = Admission(self.limits.max_per_ip, self.limits.rate_per_ip)
-        self._admission_lock = threading.Lock()  # thread mode releases from client threads
+        self.gate = Gate(self.limits, self.observer, self.stats)
         self.stop_signal = Wakeup()
         self.watch_fds: list[int] = []  # more fds meaning "stop" (a supervisor's pipe)
         self.stopping = False
@@ -86,16 +81,11 @@ class BlockingServer:
         self.preload = preload_for(listener.service for listener in self.listeners)
         self._bridge_lock = threading.Lock()
         self._hubs: Hubs | None = None  # sessions' hubs, made on first use
-        self._refused_unlogged = 0
         self._poller: select.poll | None = None  # the accept loop's
         self._lingering: dict[int, tuple[socket.socket, float]] = {}  # fd -> (sock, until)
         self._accept_pauses = 0  # consecutive out-of-resources pauses
         self._paused_until = 0.0
         self._next_tick = 0.0
-        # Clients this process can hold (--max-connections, or fewer when the
-        # descriptor limit is lower) and refused sockets it may keep lingering.
-        self.max_open = self.limits.max_connections
-        self.max_lingering = MAX_LINGERING
 
     # Whether each client holds a descriptor in this process for its whole
     # life (thread, iterative) — not so in fork mode, where the child holds it.
@@ -136,7 +126,7 @@ class BlockingServer:
         """Serve until SIGINT/SIGTERM (or :meth:`stop`), then drain and return."""
         restore = self._install_signals()  # before "Listening on": clients may act on it
         if self.clients_hold_descriptors:
-            self._budget_descriptors()
+            self.gate.budget()
         for listener in self.listeners:
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
         try:
@@ -148,22 +138,6 @@ class BlockingServer:
             self.close_hub()
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
-
-    def _budget_descriptors(self) -> None:
-        """Refuse (``error: server busy``) before descriptors run out, not after.
-
-        Pausing on EMFILE keeps the server alive, but the clients queued in the
-        backlog meanwhile get no answer at all; a budget below the limit gives
-        each of them a clear refusal instead (as the async mode does).
-        """
-        limit = fdlimit.nofile()
-        room = fdlimit.connection_budget(limit)
-        self.max_open = min(self.limits.max_connections, room)
-        self.max_lingering = min(MAX_LINGERING, max(1, fdlimit.headroom(limit) // 2))
-        if room < self.limits.max_connections:
-            log.info("descriptor limit %d: room for %d connections (--max-connections %d)",
-                     limit, room, self.limits.max_connections,
-                     extra={"event": "capacity", "nofile": limit, "connections": room})
 
     def stop(self) -> None:
         """Begin a graceful stop; a second call cuts clients off (signal-safe)."""
@@ -206,22 +180,9 @@ class BlockingServer:
                         close_reason(outcome.idle_closed, outcome.line_too_long))
         return outcome
 
-    def admit(self, peer: object) -> Refusal | None:
-        """Why a new client may not be served (busy, per-address limits), or None."""
-        if self.active() >= self.max_open:
-            return BUSY_REFUSAL
-        host = peer_text(peer)[0]
-        if not self.admission.enabled or host == "unix":
-            return None
-        with self._admission_lock:
-            return self.admission.admit(host, time.monotonic())
-
     def release(self, peer: object) -> None:
         """An admitted client has gone (from any thread)."""
-        host = peer_text(peer)[0]
-        if self.admission.enabled and host != "unix":
-            with self._admission_lock:
-                self.admission.release(host)
+        self.gate.release(peer_text(peer)[0])
 
     def stop_fds(self) -> list[int]:
         return [self.stop_signal.fileno(), *self.watch_fds]
@@ -308,9 +269,11 @@ class BlockingServer:
             if self._accept_pauses:
                 log.info("accepting again (after %d pauses)", self._accept_pauses)
                 self._accept_pauses = 0
-            refusal = self.admit(peer)
+            host, port = peer_text(peer)
+            refusal = self.gate.admit(listener.service.name, host, port, self.active(),
+                                      time.monotonic())
             if refusal is not None:
-                self.refuse(listener.service, sock, peer, refusal)
+                self.turn_away(sock, refusal)
             else:
                 self.dispatch(listener, sock, peer)
 
@@ -324,27 +287,24 @@ class BlockingServer:
         self._paused_until = time.monotonic() + ACCEPT_PAUSE
 
     def refuse(self, service: Service, sock: socket.socket, peer: object,
-               refusal: Refusal = BUSY_REFUSAL) -> None:
-        """Send the refusal's ``error:`` line, count it, and close."""
-        if refusal.kind == "busy":
-            self.stats.busy += 1
-        else:
-            self.stats.limited += 1
-        self.observer.limit_refused(service.name, refusal.kind)
-        if self._refused_unlogged == 0:
-            host, port = peer_text(peer)
-            self.observer.refused(service.name, host, port, refusal.message)
-        self._refused_unlogged += 1
+               refusal: Refusal = BUSY) -> None:
+        """Count and log an admitted client that cannot be served after all
+        (no thread or process for it), and turn it away."""
+        host, port = peer_text(peer)
+        self.gate.refuse(service.name, host, port, refusal)
+        self.turn_away(sock, refusal)
+
+    def turn_away(self, sock: socket.socket, refusal: Refusal) -> None:
+        """Send a refused client its ``error:`` line, then linger or close."""
         with contextlib.suppress(OSError):
             sock.setblocking(False)
             # Unread bytes at close() make the kernel send a reset, which can
             # destroy the reply: take what the client already sent first.
             with contextlib.suppress(BlockingIOError):
                 sock.recv(1 << 16)
-            sock.send(BUSY if refusal is BUSY_REFUSAL
-                      else b"error: %s\n" % refusal.message.encode())
+            sock.send(refusal.line)
             sock.shutdown(socket.SHUT_WR)
-            if self._poller is not None and len(self._lingering) < self.max_lingering:
+            if self._poller is not None and self.gate.linger():
                 self._poller.register(sock.fileno(), select.POLLIN)
                 self._lingering[sock.fileno()] = (sock, time.monotonic() + LINGER)
                 return
@@ -364,6 +324,7 @@ class BlockingServer:
 
     def _stop_lingering(self, fd: int) -> None:
         sock, _ = self._lingering.pop(fd)
+        self.gate.unlinger()
         if self._poller is not None:
             self._poller.unregister(fd)
         sock.close()
@@ -372,10 +333,7 @@ class BlockingServer:
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + TICK
-            if self._refused_unlogged > 1:
-                log.warning("refused %d more connections in the last second (server busy "
-                            "or per-client limits)", self._refused_unlogged - 1)
-            self._refused_unlogged = 0
+            self.gate.tick(self.active())
             for fd, (_, until) in list(self._lingering.items()):
                 if now >= until:
                     self._stop_lingering(fd)
@@ -389,9 +347,9 @@ class BlockingServer:
         if self.active():
             log.info("draining %d connections (up to %g s)", self.active(),
                      self.limits.drain_timeout)
-        # Each connection enforces drain_timeout itself; the margin covers the
-        # time it takes them to notice and close.
-        self.wait_for_clients(time.monotonic() + self.limits.drain_timeout + 1.0)
+        # Each connection enforces drain_timeout itself, then lingers up to
+        # LINGER_BLOCKING: the margin covers that and the time to notice.
+        self.wait_for_clients(time.monotonic() + self.limits.drain_timeout + LINGER_BLOCKING)
         if self.active():
             log.warning("drain timeout: cutting off %d connections", self.active())
             self.abort_clients()

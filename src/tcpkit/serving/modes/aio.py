@@ -16,14 +16,16 @@ Running out of file descriptors (SPEC §2.1: pause, log, never stop): libuv
 answers EMFILE on accept by resetting every waiting client, silently, and
 uvloop closes the listening socket for good on other accept errors.  So the
 server refuses clients with ``error: server busy`` before descriptors run out
-(``max_open``, from :mod:`tcpkit.serving.guards.fdlimit`; the same comparison as
-``--max-connections``, so it costs nothing per connection), logs each such
-episode once, and gives libuv a duplicate of each listening socket: if libuv
-closes it anyway, the tick notices and serves the original again.
+(the :class:`~tcpkit.serving.guards.gate.Gate`'s budget, the same comparison as
+``--max-connections``, so it costs nothing per connection), and gives libuv a
+duplicate of each listening socket: if libuv closes it anyway, the tick
+notices and serves the original again.
 
 Idle timeouts use a coarse clock: one timer per server ticks once a second and
 closes clients idle for too long, instead of one timer per client (cheap with
-10,000 idle connections).
+10,000 idle connections).  What counts as activity is the connection's
+``progressed`` flag (the slowloris rule lives in the sans-IO connection), so
+the hot path adds nothing for it.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import peer_text
 from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits, Listener
-from tcpkit.serving.guards import fdlimit
-from tcpkit.serving.guards.admission import BUSY as BUSY_REFUSAL
-from tcpkit.serving.guards.admission import Admission, Refusal
+from tcpkit.serving.guards.gate import LINGER, LINGER_BYTES, TICK, Gate
 from tcpkit.serving.guards.tls import ServerTLS, reload_certificates
 from tcpkit.serving.listeners import BACKLOG, describe
+from tcpkit.serving.modes.aio_refused import Refused
+from tcpkit.serving.modes.loop import log_loop_error
 from tcpkit.serving.observe.events import Observer, close_reason, receive_measured
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.executors import make_executor, preload_for
@@ -56,10 +58,6 @@ if TYPE_CHECKING:
     from tcpkit.hub import Hubs
 
 log = logging.getLogger("tcpkit")
-BUSY = b"error: server busy\n"
-TICK = 1.0  # seconds between idle sweeps
-LINGER = 2.0  # seconds to read and discard a closing client's extra bytes
-LINGER_BYTES = 1 << 20  # ...and, after an error reply, at most this many
 
 
 class _Client(asyncio.Protocol):
@@ -68,7 +66,7 @@ class _Client(asyncio.Protocol):
     # __slots__ throughout (here, ServiceConnection, LineFramer): with 10,000
     # idle clients every per-connection byte counts.
     __slots__ = (
-        "active", "conn", "host", "idle_closed", "idle_ticks", "lingering", "paused_by_jobs",
+        "conn", "host", "idle_closed", "idle_ticks", "lingering", "paused_by_jobs",
         "paused_by_writes", "peer_done", "port", "server", "service", "started", "transport",
     )
 
@@ -80,10 +78,9 @@ class _Client(asyncio.Protocol):
         self.paused_by_writes = False
         self.paused_by_jobs = False
         self.lingering: int | None = None  # bytes discarded since the last reply
-        # Idle tracking costs the hot path one constant store: data_received
-        # sets ``active``; the server's once-a-second tick clears it and counts
-        # the ticks that passed without it (see idle_tick).
-        self.active = True
+        # Idle tracking costs the hot path nothing here: the connection sets
+        # ``conn.progressed``; the server's once-a-second tick clears it and
+        # counts the ticks that passed without it (see idle_tick).
         self.idle_ticks = 0
         self.idle_closed = False  # closed by the idle sweep (for the close line's reason)
         self.peer_done = False  # the client sent EOF
@@ -102,12 +99,11 @@ class _Client(asyncio.Protocol):
         server = self.server
         host, self.port = peer_text(transport.get_extra_info("peername"))
         self.host = sys.intern(host)  # one string per client address, not per connection
-        refusal = server.admit(self)
+        refusal = server.gate.admit(self.service.name, self.host, self.port, server.stats.open,
+                                    server.loop.time())
         if refusal is not None:
-            server.refuse(self, refusal.message, refusal.kind)
-            transport.write(BUSY if refusal is BUSY_REFUSAL
-                            else b"error: %s\n" % refusal.message.encode())
-            _Refused.close(server, transport)
+            transport.write(refusal.line)
+            Refused.close(server.gate, server.loop, transport)
             self.transport = None
             self.conn.stop_input()  # off the fast path: anything that still arrives is dropped
             return
@@ -128,14 +124,7 @@ class _Client(asyncio.Protocol):
         if not conn.settled or self.server.metered:
             self._received_slowly(data)
             return
-        lines = conn.lines
         out = conn.receive_data(data)
-        # Progress is a request begun or finished: bytes that only lengthen an
-        # unfinished line (slowloris) do not keep the connection alive, so a
-        # line must be complete within the idle timeout of its first byte.
-        # (With no line finished, buffered <= len(data) means none was begun before.)
-        if conn.lines != lines or conn.buffered <= len(data):
-            self.active = True
         if conn.settled:
             transport = self.transport
             if out and transport is not None:
@@ -147,16 +136,10 @@ class _Client(asyncio.Protocol):
         if self.lingering is not None:
             self._discard(len(data))
             return
-        # Progress is a request begun or finished: bytes that only lengthen an
-        # unfinished line (slowloris) do not keep the connection alive, so a
-        # line must be complete within the idle timeout of its first byte.
-        lines, partial = self.conn.lines, self.conn.buffered
         if self.server.metered:
             self._measured(data)
         else:
             self._send(self.conn.receive_data(data))
-        if not partial or self.conn.lines != lines:
-            self.active = True
 
     def eof_received(self) -> bool:
         self.peer_done = True
@@ -180,7 +163,7 @@ class _Client(asyncio.Protocol):
                 job.handle.cancel()  # the pool kills the worker: its CPU goes idle
         server = self.server
         server.clients.discard(self)
-        server.release(self)
+        server.gate.release(self.host)
         server.stats.open -= 1
         server.stats.lines += self.conn.lines
         server.stats.errors += self.conn.errors
@@ -285,10 +268,11 @@ class _Client(asyncio.Protocol):
         self._send(finish_job(self.conn, job, outcome, metered, self.service.name, start))
 
     def idle_tick(self) -> int:
-        """Count one tick; return how many passed since the client last sent
-        anything (0 while its work is pending)."""
-        if self.active or self.conn.waiting:
-            self.active = False
+        """Count one tick; return how many passed since the client last made
+        progress (0 while its work is pending)."""
+        conn = self.conn
+        if conn.progressed or conn.waiting:
+            conn.progressed = False
             self.idle_ticks = 0
         else:
             self.idle_ticks += 1
@@ -310,48 +294,6 @@ class _Client(asyncio.Protocol):
             self.transport.close()
 
 
-class _Refused(asyncio.Protocol):
-    """A refused client after its ``error:`` line: read and drop what it sends.
-
-    Closing a socket with unread input makes the kernel reset the connection,
-    and the reset can overtake the error line.  So the line is followed by a
-    FIN, and the connection lingers (at most LINGER seconds, at most
-    MAX_LINGERING at once) until the client closes its side.
-    """
-
-    LINGER = 2.0
-    MAX_LINGERING = 1000
-    lingering = 0
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.timer: asyncio.TimerHandle | None = None
-
-    @classmethod
-    def close(cls, server: AsyncServer, transport: asyncio.Transport) -> None:
-        if cls.lingering >= server.max_lingering or not transport.can_write_eof():
-            transport.close()
-            return
-        refused = cls(transport)
-        transport.set_protocol(refused)
-        transport.write_eof()
-        refused.timer = server.loop.call_later(cls.LINGER, transport.close)
-        cls.lingering += 1
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def eof_received(self) -> bool:
-        self.transport.close()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-            _Refused.lingering -= 1
-
-
 class AsyncServer:
     """Serves a set of listeners on one event loop until asked to stop."""
 
@@ -367,19 +309,13 @@ class AsyncServer:
         self.limits = limits or Limits()
         self.observer = observer or Observer()
         self.metered = self.observer.measures_traffic
-        self.admission = Admission(self.limits.max_per_ip, self.limits.rate_per_ip)
         self.one_shot = False  # serving a single connection (inetd): stop when it closes
         self.stats = Stats()
+        self.gate = Gate(self.limits, self.observer, self.stats)
         self.clients: set[_Client] = set()
         self.pool = make_executor(self.limits, preload_for(lst.service for lst in self.listeners))
         self.tick = 0
         self.draining = False
-        self._refused_unlogged = 0
-        # Clients and lingering refused ones allowed at once: set from the
-        # descriptor limit when serving starts (see the module docstring).
-        self.max_open = self.limits.max_connections
-        self.max_lingering = _Refused.MAX_LINGERING
-        self._fd_limited = False  # refusing now because descriptors would run out
         self._servers: list[asyncio.Server] = []
         self._serving_socks: list[socket.socket] = []  # the duplicates libuv listens on
         self._stop: asyncio.Event | None = None
@@ -399,8 +335,8 @@ class AsyncServer:
             self._servers.append(server)
             self._serving_socks.append(sock)
             self.observer.listening(listener.service.name, describe(listener.sock), self.mode)
-        self._budget_descriptors()
-        self.loop.set_exception_handler(_log_loop_error)
+        self.gate.budget()
+        self.loop.set_exception_handler(log_loop_error)
         ticker = self.loop.create_task(self._tick())
         try:
             await self._stop.wait()
@@ -427,16 +363,6 @@ class AsyncServer:
             sock.close()
             raise
         return server, sock
-
-    def _budget_descriptors(self) -> None:
-        limit = fdlimit.nofile()
-        room = fdlimit.connection_budget(limit)
-        self.max_open = min(self.limits.max_connections, room)
-        self.max_lingering = min(_Refused.MAX_LINGERING, max(1, fdlimit.headroom(limit) // 2))
-        if room < self.limits.max_connections:
-            log.info("descriptor limit %d: room for %d connections (--max-connections %d)",
-                     limit, room, self.limits.max_connections,
-                     extra={"event": "capacity", "nofile": limit, "connections": room})
 
     async def _relisten(self) -> None:
         """Serve again any listener whose socket libuv closed after an accept error."""
@@ -469,7 +395,7 @@ class AsyncServer:
         self._drained = asyncio.Event()
         self.one_shot = True
         self._install_signals()
-        self.loop.set_exception_handler(_log_loop_error)
+        self.loop.set_exception_handler(log_loop_error)
         ticker = self.loop.create_task(self._tick())
         waiters = [self.loop.create_task(event.wait()) for event in (self._stop, self._drained)]
         try:
@@ -495,36 +421,6 @@ class AsyncServer:
             await asyncio.wait(self.farewells, timeout=self.limits.drain_timeout)
         if self.hub is not None:
             self.hub.close()
-
-    def admit(self, client: _Client) -> Refusal | None:
-        """Why a new client may not be served (busy, per-IP limits), or None."""
-        # Draining is no refusal: a client accepted in the moment before the
-        # listener closed gets its request answered (see _Client.begin_drain).
-        if self.stats.open >= self.max_open:
-            if self.max_open < self.limits.max_connections and not self._fd_limited:
-                self._fd_limited = True
-                log.warning("refusing new connections: %d open, near the descriptor limit "
-                            "(%d)", self.stats.open, fdlimit.nofile(),
-                            extra={"event": "fd-limit"})
-            return BUSY_REFUSAL
-        if self.admission.enabled and client.host != "unix":
-            return self.admission.admit(client.host, self.loop.time())
-        return None
-
-    def release(self, client: _Client) -> None:
-        """An admitted client has gone."""
-        if self.admission.enabled and client.host != "unix":
-            self.admission.release(client.host)
-
-    def refuse(self, client: _Client, reason: str, kind: str = "busy") -> None:
-        if kind == "busy":
-            self.stats.busy += 1
-        else:
-            self.stats.limited += 1
-        self.observer.limit_refused(client.service.name, kind)
-        if self._refused_unlogged == 0:
-            self.observer.refused(client.service.name, client.host, client.port, reason)
-        self._refused_unlogged += 1
 
     def maybe_finish_drain(self) -> None:
         if (self.draining or self.one_shot) and not self.clients and self._drained is not None:
@@ -568,14 +464,7 @@ class AsyncServer:
         while True:
             await asyncio.sleep(TICK)
             self.tick += 1
-            if self._refused_unlogged > 1:
-                log.warning("refused %d more connections in the last second (server busy "
-                            "or per-client limits)", self._refused_unlogged - 1)
-            self._refused_unlogged = 0
-            if self._fd_limited and self.stats.open < self.max_open:
-                self._fd_limited = False
-                log.info("accepting again: %d open", self.stats.open,
-                         extra={"event": "fd-limit-over"})
+            self.gate.tick(self.stats.open)
             await self._relisten()
             for client in [c for c in self.clients if c.idle_tick() >= idle_ticks]:
                 self.stats.idle_closed += 1
@@ -591,21 +480,3 @@ def _client_class(service: Service) -> type[_Client]:
     from tcpkit.serving.modes.aio_sessions import SessionClient
 
     return SessionClient
-
-
-def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Unexpected errors in callbacks: one log line (traceback only at debug level)."""
-    exc = context.get("exception")
-    log.error("%s: %r", context.get("message", "unexpected error"), exc)
-    if exc is not None:
-        log.debug("details", exc_info=exc)
-
-
-def install_uvloop() -> bool:
-    """Use uvloop for new event loops when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True

@@ -14,8 +14,9 @@ What every mode gets from it, the same way as the async mode:
   wait behind unfinished jobs, the driver stops reading from the client.  The
   client's further requests then stay in the kernel's buffers, and server
   memory per connection stays bounded whatever the client does.
-* **Idle timeout.**  A client that has sent nothing for ``idle_timeout``
-  seconds (and has no work in flight) is closed.
+* **Idle timeout.**  A client that has made no progress for ``idle_timeout``
+  seconds (and has no work in flight) is closed: progress is the connection's
+  ``progressed`` flag, the one slowloris rule of every mode.
 * **Half-close.**  At the client's EOF the remaining replies are sent, then the
   connection closes.
 * **Cancellation.**  A client that goes away (reset, or a failed write) has its
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits
+from tcpkit.serving.guards.gate import LINGER_BLOCKING, LINGER_BYTES
 from tcpkit.serving.observe.events import Observer, receive_measured
 from tcpkit.serving.offload.bridge import OffloadBridge
 from tcpkit.serving.offload.jobs import finish_job
@@ -60,8 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tcpkit")
 READ_SIZE = 1 << 16
-LINGER = 1.0  # seconds to read and discard a closing client's extra bytes
-LINGER_BYTES = 1 << 20
 _IN = select.POLLIN
 _OUT = select.POLLOUT
 _GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
@@ -234,11 +234,7 @@ class _Driver:
         except OSError:
             self._lost()
             return
-        # Progress is a request begun or finished: bytes that only lengthen an
-        # unfinished line (slowloris) do not keep the connection alive, so a
-        # line must be complete within the idle timeout of its first byte.
         conn = self.conn
-        lines, partial = conn.lines, conn.buffered
         if not data:
             self.peer_done = True
         if self.metered is not None:
@@ -256,7 +252,8 @@ class _Driver:
                 sent = self._write(replies)
                 if sent is not None and sent < len(replies):
                     self.out += replies[sent:]
-        if not partial or conn.lines != lines:
+        if conn.progressed:
+            conn.progressed = False
             self.last_seen = time.monotonic()
 
     def _send(self, replies: bytes) -> int:
@@ -382,7 +379,7 @@ class _Driver:
 
     def _linger(self, cap: int | None) -> None:
         """After an error reply or a drain: half-close, then discard what the client
-        still sends, until its EOF, LINGER seconds or ``cap`` bytes.
+        still sends, until its EOF, LINGER_BLOCKING seconds or ``cap`` bytes.
 
         Closing with unread bytes would make the kernel send a reset, and a
         reset can destroy replies before the client reads them (a drain under
@@ -390,7 +387,7 @@ class _Driver:
         """
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
-            end = time.monotonic() + LINGER
+            end = time.monotonic() + LINGER_BLOCKING
             discarded = 0
             waiter = select.poll()  # not select(): fds above 1024 are usual after raise_nofile
             waiter.register(self.fd, _IN)

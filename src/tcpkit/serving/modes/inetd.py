@@ -23,7 +23,8 @@ from tcpkit.errors import Error
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.guards.tls import ServerTLS
-from tcpkit.serving.modes.aio import AsyncServer, install_uvloop
+from tcpkit.serving.modes.aio import AsyncServer
+from tcpkit.serving.modes.loop import install_uvloop
 from tcpkit.serving.observe.events import Observer
 from tcpkit.serving.observe.stats import Stats
 from tcpkit.serving.offload.executors import make_executor, preload_for

@@ -1,0 +1,166 @@
+"""The gate: who gets in, for every serving mode of one server process, sans-IO.
+
+Each mode accepts sockets its own way (an event loop's ``connection_made``, a
+blocking ``accept``), but whether a new client is served is one decision, so
+it is made here once: refused while the server is full (``--max-connections``,
+or fewer when the descriptor limit leaves less room: see
+:mod:`tcpkit.serving.guards.fdlimit`), then by the per-address
+rules of :class:`~tcpkit.serving.guards.admission.Admission`.  The gate also
+keeps what goes with the decision: the counters (``Stats.busy`` and
+``Stats.limited``, the observer's ``limit_refused``), the logging — a flood of
+refusals is one ``refused`` line, then one "refused N more" line a second, and
+running short of descriptors is logged when it begins and when it ends — and
+how many refused sockets may linger while their ``error:`` line is read.
+
+It owns no socket and no clock: the mode passes ``now`` and the number of
+clients it is serving, so the rules are tested without a network.  Admitting
+and refusing happen where the mode accepts (one thread); :meth:`Gate.release`
+may come from any thread (thread mode releases from its client threads), so the
+per-address figures it shares with :meth:`Gate.admit` are behind a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from tcpkit.serving.config import Limits
+from tcpkit.serving.guards import fdlimit
+from tcpkit.serving.guards.admission import BUSY, Admission, Refusal
+from tcpkit.serving.observe.events import Observer
+from tcpkit.serving.observe.stats import Stats
+
+log = logging.getLogger("tcpkit")
+
+# Seconds between the modes' housekeeping: idle sweeps, the gate's "refused N
+# more" line (so it counts one second's refusals), expired lingering sockets.
+# Coarse on purpose: one timer per server, not one per client.
+TICK = 1.0
+# Seconds a refused client's socket, and an async client closed after an error
+# reply or a drain, stay half-closed while their extra input is read and
+# dropped.  Closing with unread input makes the kernel send a reset, and the
+# reset can destroy the ``error:`` line or the last replies before the client
+# reads them; a client that reads and closes ends it at once.
+LINGER = 2.0
+# The blocking driver's linger after an error reply or a drain: shorter,
+# because it holds the client's thread or process (in iterative mode the whole
+# server) meanwhile, and a drain waits for it past --drain-timeout.
+LINGER_BLOCKING = 1.0
+# After an error reply, at most this many bytes are dropped before the close
+# (a client that broke the protocol gets a grace, not a free sink).
+LINGER_BYTES = 1 << 20
+# Refused sockets lingering at once, at most: each holds a descriptor (and in
+# the blocking modes a slot in the accept loop's poll), so a refusal storm must
+# not use up what the budget keeps free.  Past it a refused socket is closed at
+# once.  Also capped by half of fdlimit.headroom (see Gate.budget).
+MAX_LINGERING = 1000
+
+
+class Gate:
+    """Admission, refusal and lingering for one server process; see the module docstring."""
+
+    def __init__(self, limits: Limits, observer: Observer, stats: Stats) -> None:
+        self.max_connections = limits.max_connections
+        self.observer = observer
+        self.stats = stats
+        self.admission = Admission(limits.max_per_ip, limits.rate_per_ip)
+        self._admission_lock = threading.Lock()
+        # Clients and lingering refused sockets allowed at once; budget()
+        # lowers them when the descriptor limit leaves less room.
+        self.max_open = limits.max_connections
+        self.max_lingering = MAX_LINGERING
+        self.lingering = 0  # refused sockets lingering now
+        self.nofile = 0  # the descriptor limit budget() saw (0: not budgeted)
+        self.fd_limited = False  # in an episode of refusing for want of descriptors
+        self._refused_this_tick = 0
+
+    def budget(self, limit: int | None = None, in_use: int | None = None) -> None:
+        """Refuse (``error: server busy``) before descriptors run out, not after.
+
+        Called once serving starts, by the modes whose clients each hold a
+        descriptor in this process.  ``limit`` and ``in_use`` default to this
+        process's figures.  Running out makes ``accept`` fail: the async mode
+        then loses its clients to resets (see fdlimit), the blocking modes
+        pause while the backlog waits with no answer; a budget gives each of
+        those clients a clear refusal instead.
+        """
+        limit = fdlimit.nofile() if limit is None else limit
+        room = fdlimit.connection_budget(limit, in_use)
+        self.nofile = limit
+        self.max_open = min(self.max_connections, room)
+        self.max_lingering = min(MAX_LINGERING, max(1, fdlimit.headroom(limit) // 2))
+        if room < self.max_connections:
+            log.info("descriptor limit %d: room for %d connections (--max-connections %d)",
+                     limit, room, self.max_connections,
+                     extra={"event": "capacity", "nofile": limit, "connections": room})
+
+    def admit(self, service: str, host: str, port: int, open_now: int,
+              now: float) -> Refusal | None:
+        """None if a new client may be served; else why not (counted and logged).
+
+        ``open_now`` is how many clients the mode serves now.  Every admitted
+        client must be :meth:`release`-d when it closes.  Draining is no
+        refusal: a client accepted in the moment before the listeners closed
+        gets its request answered.
+        """
+        if open_now >= self.max_open:
+            if self.max_open < self.max_connections and not self.fd_limited:
+                self.fd_limited = True
+                log.warning("refusing new connections: %d open, near the descriptor limit "
+                            "(%d)", open_now, self.nofile, extra={"event": "fd-limit"})
+            refusal: Refusal | None = BUSY
+        elif self._limits_address(host):
+            with self._admission_lock:
+                refusal = self.admission.admit(host, now)
+        else:
+            return None
+        if refusal is not None:
+            self.refuse(service, host, port, refusal)
+        return refusal
+
+    def release(self, host: str) -> None:
+        """A client admitted from ``host`` has gone (from any thread)."""
+        if self._limits_address(host):
+            with self._admission_lock:
+                self.admission.release(host)
+
+    def refuse(self, service: str, host: str, port: int, refusal: Refusal = BUSY) -> None:
+        """Count a refused client; log it if it is the first since the last tick.
+
+        The modes call it themselves for a client they admitted but cannot
+        serve after all (no thread or process could be started for it).
+        """
+        if refusal.kind == "busy":
+            self.stats.busy += 1
+        else:
+            self.stats.limited += 1
+        self.observer.limit_refused(service, refusal.kind)
+        if self._refused_this_tick == 0:
+            self.observer.refused(service, host, port, refusal.message)
+        self._refused_this_tick += 1
+
+    def linger(self) -> bool:
+        """Whether one more refused socket may linger; if so it is counted
+        until :meth:`unlinger`."""
+        if self.lingering >= self.max_lingering:
+            return False
+        self.lingering += 1
+        return True
+
+    def unlinger(self) -> None:
+        """A lingering refused socket has closed."""
+        self.lingering -= 1
+
+    def tick(self, open_now: int) -> None:
+        """Once a TICK: sum up the refusals not logged, end a descriptor episode."""
+        if self._refused_this_tick > 1:
+            log.warning("refused %d more connections in the last second (server busy "
+                        "or per-client limits)", self._refused_this_tick - 1)
+        self._refused_this_tick = 0
+        if self.fd_limited and open_now < self.max_open:
+            self.fd_limited = False
+            log.info("accepting again: %d open", open_now, extra={"event": "fd-limit-over"})
+
+    def _limits_address(self, host: str) -> bool:
+        # Unix-socket clients have no address to count.
+        return self.admission.enabled and host != "unix"
