@@ -162,7 +162,8 @@ class SessionConnection(ServiceConnection):
     def send_line(self, line: bytes) -> None:
         """:meth:`send` of one ``bytes`` line: what a hub calls for every member of a
         room, once per message, so it is kept to one lock and a few operations."""
-        piece = self._messages.encode(line, None)
+        newline = self._newline  # Lines' encode(line, None), without the call
+        piece = line + newline if newline else self._messages.encode(line, None)
         with self._lock:
             if self._gone or self.dropped is not None:
                 return
