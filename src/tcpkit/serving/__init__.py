@@ -15,7 +15,6 @@ by axis, a folder each, a file per job::
       aio_sessions.py  ...its protocol class for session services' clients
       aio_refused.py ...a refused client, lingering until it has read its error line
       loop.py        the event loop: uvloop where installed, its error handler
-      eager.py       an async def hook's first step at once, a Task only if it waits
       accepting.py   the accept loop shared by the blocking modes
       driver.py      the blocking modes' per-connection driver (one poll loop)
       driver_sessions.py  ...its subclass for session services' clients

@@ -194,7 +194,7 @@ class _Client(asyncio.Protocol):
             transport.write(out)
         jobs = self.conn.take_jobs()
         for job in jobs:
-            self._start_job(job)
+            job.handle = self.server.loop.create_task(self._run(job))
         if self.conn.finished:
             self._close(transport)
         elif self.paused_by_jobs != (self.conn.waiting > self.server.limits.max_waiting):
@@ -246,9 +246,6 @@ class _Client(asyncio.Protocol):
                 transport.pause_reading()
         elif not transport.is_reading():
             transport.resume_reading()
-
-    def _start_job(self, job: Job) -> None:
-        job.handle = self.server.loop.create_task(self._run(job))
 
     async def _run(self, job: Job) -> None:
         server = self.server

@@ -10,9 +10,7 @@ clients' hot path is untouched.  What it adds:
 * jobs of every kind: an ``Offload`` goes to the worker pool as before, a
   ``Blocking`` call to the loop's default thread pool (bounded: at most
   min(32, CPUs + 4) threads; further calls queue), an awaitable is awaited on
-  the loop — the last two bounded by ``--time-limit``.  An ``async def``
-  hook's coroutine takes its first step at once and gets a Task only if it
-  suspends (:mod:`tcpkit.serving.modes.eager`): most finish without waiting;
+  the loop — the last two bounded by ``--time-limit``;
 * ``send()`` from anywhere: the engine calls :meth:`SessionClient.wake`, which
   schedules one flush on the loop (``call_soon_threadsafe`` from another
   thread).  The flush writes the queued lines, closes after ``close()``, and
@@ -25,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Awaitable
@@ -35,7 +32,6 @@ from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import format_address
 from tcpkit.hub import Hub, Hubs
 from tcpkit.service import Blocking, Service
-from tcpkit.serving.modes import eager
 from tcpkit.serving.modes.aio import AsyncServer, _Client
 from tcpkit.serving.offload.jobs import TimeLimitExceeded
 from tcpkit.session import Peer
@@ -125,51 +121,27 @@ class SessionClient(_Client):
 
     # -- jobs ---------------------------------------------------------------
 
-    def _start_job(self, job: Job) -> None:
-        """An ``async def`` hook's coroutine runs at once, here; it gets a Task only if
-        it suspends (see :mod:`tcpkit.serving.modes.eager`).  Other jobs: a Task."""
-        work = job.work
-        if job.kind != "awaitable" or not inspect.iscoroutine(work):
-            super()._start_job(job)
-            return
-        started = time.perf_counter()
-        outcome: Any
-        try:
-            finished, outcome = eager.start(self.server.loop, work)
-        except (Exception, asyncio.CancelledError) as exc:
-            finished, outcome = True, exc
-        if finished:
-            self.job_finished(job, outcome, started)
-            return
-        rest = cast(eager.Suspended, outcome)
-        task = self.server.loop.create_task(self._finish(job, rest, started))
-        task.add_done_callback(lambda _: rest.abandon())
-        job.handle = task
-
-    async def _finish(self, job: Job, rest: eager.Suspended, started: float) -> None:
-        """The rest of a hook that suspended, bounded by ``--time-limit``."""
-        self.job_finished(job, await self._bounded(rest.finish()), started)
-
-    async def _bounded(self, work: Awaitable[Any]) -> Any:
-        """What ``work`` returns, or the exception that stands for its failure."""
-        limit = self.server.limits.time_limit
-        try:
-            return await asyncio.wait_for(work, limit)
-        except TimeoutError:
-            return TimeLimitExceeded.after(limit)
-        except Exception as exc:
-            return exc
-
     async def _run(self, job: Job) -> None:
         if job.kind == "offload":
             await super()._run(job)
             return
         start = time.perf_counter()
+        limit = self.server.limits.time_limit
         if isinstance(job.work, Blocking):
             work: Awaitable[Any] = self.server.loop.run_in_executor(None, job.work)
         else:
-            work = cast(Awaitable[Any], job.work)  # an awaitable that is no coroutine
-        self.job_finished(job, await self._bounded(work), start)
+            work = cast(Awaitable[Any], job.work)
+        outcome: Any
+        try:
+            # asyncio.timeout, not wait_for: the hook runs in this job's own Task
+            # (wait_for would wrap it in a second Task per request, ~3x the cost).
+            async with asyncio.timeout(limit):
+                outcome = await work
+        except TimeoutError:
+            outcome = TimeLimitExceeded.after(limit)
+        except Exception as exc:
+            outcome = exc
+        self.job_finished(job, outcome, start)
 
     async def _disconnected(self, pending: Awaitable[Any]) -> None:
         try:

@@ -16,8 +16,7 @@ What it adds:
   stopped);
 * an awaitable runs to completion here, on a private event loop of this
   connection, bounded by ``--time-limit``: the thread (or child) is this
-  client's alone, so nothing else waits for it.  A coroutine takes its first
-  step at once, and the loop runs only if it suspends;
+  client's alone, so nothing else waits for it;
 * ``disconnected(reason)`` exactly once, after the socket is closed (the
   replies already answered have reached the client by then).
 """
@@ -25,7 +24,6 @@ What it adds:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import socket
 import threading
@@ -39,7 +37,6 @@ from tcpkit.endpoints import format_address
 from tcpkit.hub import Hub
 from tcpkit.service import Blocking, Service
 from tcpkit.serving.config import Limits
-from tcpkit.serving.modes import eager
 from tcpkit.serving.modes.driver import _Driver
 from tcpkit.serving.observe.events import Observer
 from tcpkit.serving.offload.bridge import OffloadBridge
@@ -124,33 +121,15 @@ class SessionDriver(_Driver):
     def _await(self, job: Job, work: Awaitable[Any]) -> None:
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
-        outcome: Any
-        if inspect.iscoroutine(work):
-            # Most hooks finish without waiting: their first step runs here, and the
-            # loop runs only for one that suspends (see tcpkit.serving.modes.eager).
-            try:
-                finished, outcome = eager.first_step_on(self.loop, work)
-            except (Exception, asyncio.CancelledError) as exc:
-                finished, outcome = True, exc
-            if not finished:
-                rest = cast(eager.Rest, outcome)
-                outcome = self._run_bounded(rest.finish())
-                rest.abandon()
-        else:
-            outcome = self._run_bounded(work)
-        self._send(finish_job(self.conn, job, outcome, None, self.service, 0.0))
-
-    def _run_bounded(self, work: Awaitable[Any]) -> Any:
-        """Run ``work`` on this driver's loop within ``--time-limit``: what it returns,
-        or the exception that stands for its failure."""
-        assert self.loop is not None
         limit = self.limits.time_limit
+        outcome: Any
         try:
-            return self.loop.run_until_complete(_bounded(work, limit))
+            outcome = self.loop.run_until_complete(_bounded(work, limit))
         except TimeoutError:
-            return TimeLimitExceeded.after(limit)
+            outcome = TimeLimitExceeded.after(limit)
         except Exception as exc:
-            return exc
+            outcome = exc
+        self._send(finish_job(self.conn, job, outcome, None, self.service, 0.0))
 
     def _timeout(self) -> float | None:
         timeout = super()._timeout()
@@ -189,4 +168,5 @@ class SessionDriver(_Driver):
 
 
 async def _bounded(work: Awaitable[Any], limit: float) -> Any:
-    return await asyncio.wait_for(work, limit)
+    async with asyncio.timeout(limit):  # in run_until_complete's Task: no second Task
+        return await work
