@@ -260,3 +260,28 @@ def test_a_forked_child_gets_a_hub_of_its_own(redis_server: RedisServer) -> None
     finally:
         hub.close()
         listener.close()
+
+
+def test_local_publish_uses_a_members_line_sink_and_sees_joins_and_leaves() -> None:
+    class Sinking(Member):
+        def line_sink(self) -> Any:
+            return lambda line: self.lines.put(b"sink " + line)
+
+    hub, plain, sinking, late = LocalHub(), Member(), Sinking(), Member()
+
+    async def scenario() -> None:
+        await hub.join("lobby", plain)
+        await hub.join("lobby", sinking)
+        await hub.publish("lobby", b"one")
+        await hub.join("lobby", late)  # a join after a publish is seen by the next one
+        await hub.publish("lobby", b"two", sender=plain)
+        await hub.leave("lobby", sinking)
+        await hub.publish("lobby", b"three")
+        await hub.publish("nowhere", b"lost")  # a room nobody joined: nothing, no error
+
+    run(scenario())
+    assert [plain.next(), plain.next()] == [b"one", b"three"]
+    assert [sinking.next(), sinking.next()] == [b"sink one", b"sink two"]
+    assert [late.next(), late.next()] == [b"two", b"three"]
+    assert plain.nothing() and sinking.nothing() and late.nothing()
+    assert "nowhere" not in hub._delivery

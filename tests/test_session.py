@@ -378,6 +378,38 @@ def test_stateless_service_keeps_the_fast_path() -> None:
     assert Service("s", 0, "", session=Counter, shared_state=True).shared_state
 
 
+def test_the_line_sink_is_send_of_one_line_with_the_same_cap_and_wake_ups() -> None:
+    # What a hub calls for every member: framed like send(), one wake-up per batch,
+    # dropped past the cap, a no-op once the connection is gone.
+    conn = SessionConnection(Service("f", 0, "", session=Counter, framer=Netstrings()),
+                             max_unsent=1000)
+    conn.start()
+    calls = []
+    conn.wakeup = lambda: calls.append(1)
+    held = 600
+    conn.backlog = lambda: held
+    sink = session_of(conn).line_sink()
+    sink(b"hi")
+    sink(b"ho")
+    assert len(calls) == 1  # the second line rides on the first one's wake-up
+    assert conn.data_to_send() == b"2:hi,2:ho,"
+    sink(b"x" * 300)
+    assert conn.dropped is None and len(calls) == 2
+    sink(b"y" * 300)
+    assert conn.dropped == "send buffer full" and len(calls) == 3  # woken to drop it
+    assert conn.data_to_send() == b""
+    sink(b"z")
+    assert conn.data_to_send() == b"" and len(calls) == 3
+    gone = make()
+    gone.start()
+    session = session_of(gone)
+    late_sink = session.line_sink()
+    gone.connection_lost("reset")
+    late_sink(b"nobody")
+    session.line_sink()(b"nobody either")  # asked after the connection is gone
+    assert gone.data_to_send() == b""
+
+
 # -- the progress rule (idle timeouts against slowloris), as in ServiceConnection ----
 
 

@@ -12,7 +12,9 @@ members (to broadcast to), a counter that never gives two clients the same
   room spans ``--workers N``, ``--mode fork`` children and several servers
   behind one load balancer.
 
-Members are anything with a thread-safe ``send(*lines)`` (a Session).  The
+Members are anything with a thread-safe ``send(*lines)`` (a Session); one that
+also has ``line_sink()`` (a Session does) is sent each message through the
+function it returns, the cheapest way into its connection's queue.  The
 methods are coroutines so that a session's ``async def`` hook awaits them the
 same way for both backends.  Delivery to local members is immediate and
 excludes the sender; a RedisHub also publishes each message with its
@@ -37,7 +39,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from tcpkit.errors import Error
@@ -61,17 +63,31 @@ class HubUnavailable(Error, ConnectionError):
     """The hub's backend (Redis) cannot be reached right now."""
 
 
+def line_sink(member: Member) -> Callable[[bytes], None]:
+    """How the hub sends ``member`` one line: its ``line_sink()`` if it has one (a
+    Session does: one call per delivery instead of send()'s argument handling), else
+    its ``send``."""
+    sink = getattr(member, "line_sink", None)
+    return sink() if sink is not None else member.send
+
+
 class Hub:
     """Rooms of members in this process; the backends add what crosses processes."""
 
     def __init__(self) -> None:
-        self._rooms: dict[str, dict[int, Member]] = {}
+        # room -> id(member) -> (member, its line sink)
+        self._rooms: dict[str, dict[int, tuple[Member, Callable[[bytes], None]]]] = {}
+        # room -> its members as a tuple, made by the first publish after a join or a
+        # leave: a publish then copies nothing under the lock
+        self._delivery: dict[str, tuple[tuple[Member, Callable[[bytes], None]], ...]] = {}
         self._lock = threading.Lock()  # sessions of thread mode call from many threads
 
     async def join(self, room: str, member: Member) -> None:
         """Add ``member`` to ``room`` (created on first join)."""
+        entry = (member, line_sink(member))
         with self._lock:
-            self._rooms.setdefault(room, {})[id(member)] = member
+            self._rooms.setdefault(room, {})[id(member)] = entry
+            self._delivery.pop(room, None)
 
     async def leave(self, room: str, member: Member) -> None:
         """Remove ``member`` from ``room``; a no-op if it is not there."""
@@ -79,6 +95,7 @@ class Hub:
             members = self._rooms.get(room)
             if members is not None:
                 members.pop(id(member), None)
+                self._delivery.pop(room, None)
                 if not members:
                     del self._rooms[room]
 
@@ -107,14 +124,22 @@ class Hub:
         """Release what the backend holds (connections, threads)."""
 
     def _deliver(self, room: str, message: bytes, sender: Member | None) -> None:
+        # The fan-out's hot loop: one call per member, outside the lock (a member's
+        # send may take locks of its own, or even publish).
         with self._lock:
-            members = [m for m in self._rooms.get(room, {}).values() if m is not sender]
-        for member in members:
-            member.send(message)
+            entries = self._delivery.get(room)
+            if entries is None:
+                members = self._rooms.get(room)
+                if members is None:
+                    return  # nobody there (and no tuple kept for a room that does not exist)
+                entries = self._delivery[room] = tuple(members.values())
+        for member, sink in entries:
+            if member is not sender:
+                sink(message)
 
     def _tell_everyone(self, line: bytes) -> None:
         with self._lock:
-            everyone = {id(m): m for room in self._rooms.values() for m in room.values()}
+            everyone = {id(m): m for room in self._rooms.values() for m, _ in room.values()}
         for member in everyone.values():
             member.send(line)
 

@@ -154,12 +154,33 @@ class SessionConnection(ServiceConnection):
                 self._unsent.append(piece)
                 self._unsent_size += len(piece)
             if self._unsent_size + self.backlog() > self.max_unsent:
-                self.dropped = SEND_BUFFER_FULL
-                self._unsent.clear()
-                self._unsent_size = 0
+                self._drop_unsent()
                 wake = True
         if wake:
             self.wakeup()
+
+    def send_line(self, line: bytes) -> None:
+        """:meth:`send` of one ``bytes`` line: what a hub calls for every member of a
+        room, once per message, so it is kept to one lock and a few operations."""
+        newline = self._newline  # Lines' encode(line, None), without the call
+        piece = line + newline if newline else self._messages.encode(line, None)
+        with self._lock:
+            if self._gone or self.dropped is not None:
+                return
+            unsent = self._unsent
+            unsent.append(piece)
+            self._unsent_size += len(piece)
+            if self._unsent_size + self.backlog() > self.max_unsent:
+                self._drop_unsent()
+            elif len(unsent) > 1:
+                return  # not the first line queued: its wake-up is on its way
+        self.wakeup()
+
+    def _drop_unsent(self) -> None:
+        """Past the cap (the lock held): the connection is dropped, its queue let go."""
+        self.dropped = SEND_BUFFER_FULL
+        self._unsent.clear()
+        self._unsent_size = 0
 
     def request_close(self) -> None:
         """``Session.close()``: close once the replies so far are out."""

@@ -168,4 +168,5 @@ class SessionDriver(_Driver):
 
 
 async def _bounded(work: Awaitable[Any], limit: float) -> Any:
-    return await asyncio.wait_for(work, limit)
+    async with asyncio.timeout(limit):  # in run_until_complete's Task: no second Task
+        return await work
