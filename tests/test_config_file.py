@@ -80,3 +80,71 @@ def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     done = run([*script("tcpkit"), "serve", "--config", str(tmp_path / "none.toml")])
     assert done.returncode == 2
     assert b"cannot read config file" in done.stderr
+
+
+PER_SERVICE_CONNECTIONS = """\
+mode = "{mode}"
+
+[services.reverse]
+listen = "127.0.0.1:0"
+max-connections = 2
+
+[services.factor]
+listen = "127.0.0.1:0"
+"""
+
+
+@pytest.mark.parametrize("mode", ["async", "thread"])
+def test_max_connections_is_counted_per_service(serve, tmp_path: Path, mode: str) -> None:
+    """A held reverse connection does not count against factor's --max-connections 1."""
+    config = tmp_path / "tcpkit.toml"
+    config.write_text(PER_SERVICE_CONNECTIONS.format(mode=mode))
+    server = serve("--config", str(config), "--max-connections", "1", services=2,
+                   listen=False)
+    with connect(server.ports["reverse"]) as held, connect(server.ports["reverse"]) as other:
+        for sock in (held, other):  # served (an answer), so both are counted open
+            sock.sendall(b"abc\n")
+            assert sock.recv(64) == b"cba\n"
+        with connect(server.ports["factor"]) as factor_held:  # factor's one is free
+            factor_held.sendall(b"12\n")
+            assert factor_held.recv(64).startswith(b"2 2 3")
+            # ...and each service is still held to its own limit
+            assert exchange(server.ports["factor"], b"12\n") == b"error: server busy\n"
+            assert exchange(server.ports["reverse"], b"abc\n") == b"error: server busy\n"
+
+
+PER_SERVICE_LINES = """\
+mode = "async"
+
+[services.reverse]
+listen = "127.0.0.1:0"
+max-line = 16
+idle-timeout = 1
+
+[services.factor]
+listen = "127.0.0.1:0"
+"""
+
+
+def test_async_mode_obeys_a_service_s_own_max_line_and_idle_timeout(
+        serve, tmp_path: Path) -> None:
+    config = tmp_path / "tcpkit.toml"
+    config.write_text(PER_SERVICE_LINES)
+    server = serve("--config", str(config), services=2, listen=False)
+    assert "(reverse, mode=async)" in server.stderr()
+    with connect(server.ports["reverse"]) as sock:  # reverse's own max-line
+        sock.sendall(b"x" * 40 + b"\n")
+        assert recv_until_closed(sock).startswith(b"error: line too long (max 16 bytes)")
+    # factor keeps the server's max-line
+    assert exchange(server.ports["factor"], b"1" * 3 + b" " * 37 + b"\n").startswith(b"3 37")
+
+    with connect(server.ports["factor"]) as factor, connect(server.ports["reverse"]) as idle:
+        factor.sendall(b"12\n")
+        assert factor.recv(64).startswith(b"2 2 3")
+        idle.sendall(b"abc\n")
+        assert idle.recv(64) == b"cba\n"
+        # reverse's own idle timeout (1 s) closes it; the socket's 10 s timeout bounds the wait
+        assert recv_until_closed(idle) == b""
+        # factor has the server's (300 s): its client, idle as long, is still served
+        factor.sendall(b"12\n")
+        assert factor.recv(64).startswith(b"2 2 3")

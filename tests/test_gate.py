@@ -4,6 +4,7 @@ per-address rules (xinetd's per_source and cps) it applies."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tcpkit.serving.config import Limits
+from tcpkit import registry
+from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.admission import BUSY, Admission, Refusal, parse_rate
 from tcpkit.serving.guards.gate import MAX_LINGERING, Gate
 from tcpkit.serving.observe.events import Observer
@@ -68,7 +70,8 @@ def test_busy_at_the_connection_limit() -> None:
     assert gate.admit("echo", "10.0.0.1", 1000, 0, 0.0) is None
     assert gate.admit("echo", "10.0.0.1", 1001, 1, 0.0) is None
     assert gate.admit("echo", "10.0.0.1", 1002, 2, 0.0) is BUSY
-    assert gate.admit("echo", "10.0.0.2", 1003, 1, 0.0) is None  # one has left
+    gate.release("echo", "10.0.0.1")  # one has left
+    assert gate.admit("echo", "10.0.0.2", 1003, 1, 0.0) is None
     assert (stats.busy, stats.limited) == (1, 0)
     assert observer.limits == [("echo", "busy")]
     assert observer.refused_lines == [("echo", "10.0.0.1", 1002, "server busy")]
@@ -82,6 +85,7 @@ def test_the_refusal_line() -> None:
 
 def test_one_refused_line_per_tick_then_how_many_more(logged: Lines) -> None:
     gate, observer, stats = make_gate(max_connections=1)
+    assert gate.admit("echo", "h", 0, 0, 0.0) is None  # the one it has room for
     for port in range(5):
         assert gate.admit("echo", "h", port, 1, 0.0) is BUSY
     assert len(observer.refused_lines) == 1 and stats.busy == 5
@@ -102,6 +106,7 @@ def test_descriptor_budget_lowers_the_limit_and_logs_each_episode(logged: Lines)
                          "10000)")
     for _ in range(2):  # two episodes, each logged when it begins and when it ends
         assert gate.admit("echo", "h", 1, 37, 0.0) is None
+        gate.release("echo", "h")  # (the mode's count, open_now, is what is full)
         assert gate.admit("echo", "h", 2, 38, 0.0) is BUSY
         assert gate.admit("echo", "h", 3, 38, 0.0) is BUSY
         gate.tick(38)  # still full: the episode goes on
@@ -117,8 +122,9 @@ def test_descriptor_budget_lowers_the_limit_and_logs_each_episode(logged: Lines)
 def test_a_budget_above_the_limit_changes_nothing(logged: Lines) -> None:
     gate, _, _ = make_gate(max_connections=5)
     gate.budget(limit=1 << 20, in_use=10)
-    assert gate.max_open == 5 and gate.max_lingering == MAX_LINGERING
-    assert gate.admit("echo", "h", 1, 5, 0.0) is BUSY  # --max-connections, not descriptors
+    assert gate.max_open > 5 and gate.max_lingering == MAX_LINGERING
+    assert [gate.admit("echo", "h", p, p, 0.0) for p in range(5)] == [None] * 5
+    assert gate.admit("echo", "h", 6, 5, 0.0) is BUSY  # --max-connections, not descriptors
     assert not gate.fd_limited and not logged.having("descriptor limit")
 
 
@@ -130,7 +136,7 @@ def test_per_ip_and_rate_refusals_count_as_limited() -> None:
     assert gate.admit("echo", "b", 3, 1, 0.0) is None  # another address
     assert gate.admit("echo", "unix", 0, 2, 0.0) is None  # unix clients have no address
     assert gate.admit("echo", "unix", 0, 3, 0.0) is None
-    gate.release("a")
+    gate.release("echo", "a")
     assert gate.admit("echo", "a", 4, 3, 0.0) is None
     assert (stats.busy, stats.limited) == (0, 1)
     assert observer.limits == [("echo", "per_ip")]
@@ -174,7 +180,7 @@ def test_releases_from_threads_and_admits_are_serialized() -> None:
 
     def release_some() -> None:
         for _ in range(per_thread):
-            gate.release("a")
+            gate.release("echo", "a")
 
     workers = [threading.Thread(target=release_some) for _ in range(threads)]
     for worker in workers:
@@ -185,6 +191,43 @@ def test_releases_from_threads_and_admits_are_serialized() -> None:
         worker.join(30)
         assert not worker.is_alive()
     assert rules.open == per_thread  # every update counted
+
+
+def make_two_service_gate(**limits: Any) -> tuple[Gate, Stats]:
+    """A gate for reverse, with its own max-connections of 3, and factor, with the
+    server's (``limits``)."""
+    def listener(name: str, own: Limits | None) -> Listener:
+        return Listener(registry.get(name), socket.socket(), limits=own)
+
+    listeners = [listener("reverse", Limits(max_connections=3)), listener("factor", None)]
+    try:
+        stats = Stats()
+        return Gate(Limits(**limits), Recorder(), stats, listeners), stats
+    finally:
+        for each in listeners:
+            each.sock.close()
+
+
+def test_max_connections_counts_each_service_on_its_own() -> None:
+    gate, stats = make_two_service_gate(max_connections=1)
+    assert gate.admit("factor", "h", 1, 0, 0.0) is None
+    assert gate.admit("factor", "h", 2, 1, 0.0) is BUSY  # factor has the server's 1
+    assert [gate.admit("reverse", "h", p, 1, 0.0) for p in range(3, 6)] == [None] * 3
+    assert gate.admit("reverse", "h", 6, 4, 0.0) is BUSY  # reverse's own 3
+    gate.release("factor", "h")  # a factor client leaves: factor has room, reverse not
+    assert gate.admit("reverse", "h", 7, 3, 0.0) is BUSY
+    assert gate.admit("factor", "h", 8, 3, 0.0) is None
+    assert stats.busy == 3
+    assert gate.open_by_service == {"factor": 1, "reverse": 3}
+
+
+def test_the_descriptor_budget_is_for_the_whole_process() -> None:
+    gate, _ = make_two_service_gate(max_connections=100)
+    gate.budget(limit=64, in_use=10)  # room for 38 connections, of all services
+    assert gate.max_open == 38
+    assert gate.admit("reverse", "h", 1, 0, 0.0) is None
+    assert gate.admit("factor", "h", 2, 38, 0.0) is BUSY and gate.fd_limited
+    assert gate.admit("factor", "h", 3, 37, 0.0) is None
 
 
 def test_lingering_refused_sockets_are_capped() -> None:

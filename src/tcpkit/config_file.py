@@ -3,9 +3,11 @@
 Every ``serve`` option may be given under its long name (``mode = "thread"``,
 ``max-connections = 100``); each ``[services.NAME]`` table names a service to
 serve, with its own ``listen`` (a string or a list of endpoints) and its own
-limits (:data:`PER_SERVICE`).  Options given on the command line win over the
-file.  Values go through the same argparse types as the flags, so a file and a
-command line are checked by one set of rules.
+limits (:data:`PER_SERVICE`); every serving mode obeys its ``max-line``,
+``idle-timeout`` and ``max-connections`` (counted per service: see
+:mod:`tcpkit.serving.guards.gate`).  Options given on the command line win
+over the file.  Values go through the same argparse types as the flags, so a
+file and a command line are checked by one set of rules.
 
 Mistakes (a key that is no option, a wrong type, a value the option refuses,
 a conflict) are :class:`ConfigError`, one line naming the file, the line and

@@ -115,8 +115,9 @@ def _add_limits(group: argparse._ArgumentGroup) -> None:
     default = Limits()
     group.add_argument("--max-connections", type=positive(int),
                        default=default.max_connections, metavar="N",
-                       help="clients served at once (per worker); past it a client gets "
-                            f"'error: server busy' {shown_default(default.max_connections)}")
+                       help="clients served at once, per service, per worker; past it a "
+                            "client gets 'error: server busy' "
+                            f"{shown_default(default.max_connections)}")
     group.add_argument("--idle-timeout", type=positive(float), default=default.idle_timeout,
                        metavar="SECONDS", help="close a client silent this long "
                                                f"{shown_default(default.idle_timeout)}")

@@ -2,8 +2,10 @@
 
 Each mode accepts sockets its own way (an event loop's ``connection_made``, a
 blocking ``accept``), but whether a new client is served is one decision, so
-it is made here once: refused while the server is full (``--max-connections``,
-or fewer when the descriptor limit leaves less room: see
+it is made here once: refused while the client's service is full (its own
+``max-connections``, a ``[services.NAME]`` table's, else ``--max-connections``:
+counted per service, so one busy service cannot lock out another), or while
+the process is out of room for one more descriptor (a process-wide budget: see
 :mod:`tcpkit.serving.guards.fdlimit`), then by the per-address
 rules: first the access lists (``--allow``/``--deny``, a
 :class:`~tcpkit.serving.guards.access.AccessList`: a denied client is refused
@@ -24,18 +26,23 @@ client's, read from the header (see :mod:`tcpkit.serving.guards.proxied`):
 the modes admit a proxied connection only once its header is in.
 
 It owns no socket and no clock: the mode passes ``now`` and the number of
-clients it is serving, so the rules are tested without a network.  Admitting
-and refusing happen where the mode accepts (one thread); :meth:`Gate.release`
-may come from any thread (thread mode releases from its client threads), so the
-per-address figures it shares with :meth:`Gate.admit` are behind a lock.
+clients it is serving (for the descriptor budget), so the rules are tested
+without a network.  The gate counts each service's open clients itself
+(admitted, not yet released), so that every mode counts them the same way.
+Admitting and refusing happen where the mode accepts (one thread);
+:meth:`Gate.release` may come from any thread (thread mode releases from its
+client threads), so the per-service and per-address figures it shares with
+:meth:`Gate.admit` are behind a lock.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+from collections.abc import Sequence
 
-from tcpkit.serving.config import Limits
+from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards import fdlimit
 from tcpkit.serving.guards.access import DENIED_MESSAGE, AccessList, Networks
 from tcpkit.serving.guards.admission import BUSY, Admission, Refusal
@@ -74,8 +81,14 @@ DROPPED = frozenset({"denied", "proxy_untrusted", "proxy_header"})
 class Gate:
     """Admission, refusal and lingering for one server process; see the module docstring."""
 
-    def __init__(self, limits: Limits, observer: Observer, stats: Stats) -> None:
+    def __init__(self, limits: Limits, observer: Observer, stats: Stats,
+                 listeners: Sequence[Listener] = ()) -> None:
+        # Clients each service may have open at once: its listener's own
+        # limit, else the server's (also for a service with no listener here).
         self.max_connections = limits.max_connections
+        self.service_max = {listener.service.name: listener.limits.max_connections
+                            for listener in listeners if listener.limits is not None}
+        self.open_by_service: dict[str, int] = {}
         self.observer = observer
         self.stats = stats
         self.admission = Admission(limits.max_per_ip, limits.rate_per_ip)
@@ -86,9 +99,9 @@ class Gate:
         self.proxy = (ProxyPolicy(Networks(limits.proxy_from))
                       if limits.proxy_from is not None else None)
         self._admission_lock = threading.Lock()
-        # Clients and lingering refused sockets allowed at once; budget()
-        # lowers them when the descriptor limit leaves less room.
-        self.max_open = limits.max_connections
+        # Clients (of all services) and lingering refused sockets allowed at
+        # once: budget() sets them from the descriptor limit.
+        self.max_open = sys.maxsize
         self.max_lingering = MAX_LINGERING
         self.lingering = 0  # refused sockets lingering now
         self.nofile = 0  # the descriptor limit budget() saw (0: not budgeted)
@@ -108,43 +121,57 @@ class Gate:
         limit = fdlimit.nofile() if limit is None else limit
         room = fdlimit.connection_budget(limit, in_use)
         self.nofile = limit
-        self.max_open = min(self.max_connections, room)
+        self.max_open = room
         self.max_lingering = min(MAX_LINGERING, max(1, fdlimit.headroom(limit) // 2))
-        if room < self.max_connections:
+        wanted = max(self.max_connections, *self.service_max.values(), 0)
+        if room < wanted:
             log.info("descriptor limit %d: room for %d connections (--max-connections %d)",
-                     limit, room, self.max_connections,
+                     limit, room, wanted,
                      extra={"event": "capacity", "nofile": limit, "connections": room})
 
     def admit(self, service: str, host: str, port: int, open_now: int,
               now: float) -> Refusal | None:
         """None if a new client may be served; else why not (counted and logged).
 
-        ``open_now`` is how many clients the mode serves now.  Every admitted
-        client must be :meth:`release`-d when it closes.  Draining is no
-        refusal: a client accepted in the moment before the listeners closed
-        gets its request answered.
+        ``open_now`` is how many clients (of every service) the mode serves
+        now, for the descriptor budget.  Every admitted client must be
+        :meth:`release`-d when it closes.  Draining is no refusal: a client
+        accepted in the moment before the listeners closed gets its request
+        answered.
         """
         if self.access is not None and not self.access.permits(host):
             refusal: Refusal | None = self.denied
         elif open_now >= self.max_open:
-            if self.max_open < self.max_connections and not self.fd_limited:
+            if not self.fd_limited:
                 self.fd_limited = True
                 log.warning("refusing new connections: %d open, near the descriptor limit "
                             "(%d)", open_now, self.nofile, extra={"event": "fd-limit"})
             refusal = BUSY
-        elif self._limits_address(host):
-            with self._admission_lock:
-                refusal = self.admission.admit(host, now)
         else:
-            return None
+            with self._admission_lock:
+                refusal = self._take_seat(service, host, now)
         if refusal is not None:
             self.refuse(service, host, port, refusal)
         return refusal
 
-    def release(self, host: str) -> None:
-        """A client admitted from ``host`` has gone (from any thread)."""
+    def _take_seat(self, service: str, host: str, now: float) -> Refusal | None:
+        """Count the client in, unless its service is full or its address
+        limited (called with the lock held)."""
+        open_here = self.open_by_service.get(service, 0)
+        if open_here >= self.service_max.get(service, self.max_connections):
+            return BUSY
         if self._limits_address(host):
-            with self._admission_lock:
+            refusal = self.admission.admit(host, now)
+            if refusal is not None:
+                return refusal
+        self.open_by_service[service] = open_here + 1
+        return None
+
+    def release(self, service: str, host: str) -> None:
+        """A client of ``service`` admitted from ``host`` has gone (from any thread)."""
+        with self._admission_lock:
+            self.open_by_service[service] -= 1
+            if self._limits_address(host):
                 self.admission.release(host)
 
     def refuse(self, service: str, host: str, port: int, refusal: Refusal = BUSY) -> None:

@@ -79,7 +79,7 @@ class BlockingServer:
         self.limits = limits or Limits()
         self.observer = observer or Observer()
         self.stats = Stats()
-        self.gate = Gate(self.limits, self.observer, self.stats)
+        self.gate = Gate(self.limits, self.observer, self.stats, self.listeners)
         self.stop_signal = Wakeup()
         self.watch_fds: list[int] = []  # more fds meaning "stop" (a supervisor's pipe)
         self.stopping = False
@@ -105,7 +105,7 @@ class BlockingServer:
     def dispatch(self, listener: Listener, sock: socket.socket, peer: object) -> None:
         """Serve a newly accepted, admitted client (inline, on a thread, in a child...).
 
-        Whoever serves it calls :meth:`release` with its host when it is done.
+        Whoever serves it calls :meth:`release` with its service and peer when it is done.
         """
         raise NotImplementedError
 
@@ -189,9 +189,9 @@ class BlockingServer:
                         close_reason(outcome.idle_closed, outcome.line_too_long))
         return outcome
 
-    def release(self, peer: object) -> None:
-        """An admitted client has gone (from any thread)."""
-        self.gate.release(peer_text(peer)[0])
+    def release(self, service: Service, peer: object) -> None:
+        """An admitted client of ``service`` has gone (from any thread)."""
+        self.gate.release(service.name, peer_text(peer)[0])
 
     def stop_fds(self) -> list[int]:
         return [self.stop_signal.fileno(), *self.watch_fds]

@@ -67,7 +67,7 @@ class _Client(asyncio.Protocol):
     # __slots__ throughout (here, ServiceConnection, LineFramer): with 10,000
     # idle clients every per-connection byte counts.
     __slots__ = (
-        "conn", "host", "idle_closed", "idle_ticks", "lingering", "paused_by_jobs",
+        "conn", "host", "idle_closed", "idle_ticks", "limits", "lingering", "paused_by_jobs",
         "paused_by_writes", "peer_done", "port", "server", "service", "started", "transport",
     )
 
@@ -75,7 +75,10 @@ class _Client(asyncio.Protocol):
                  client: tuple[str, int] | None = None) -> None:
         self.server = server
         self.service = service
-        self.conn = self.make_connection(server, service)
+        # This service's limits (its [services.NAME] table's, else the
+        # server's), looked up once here: nothing per chunk.
+        self.limits = server.limits_for(service)
+        self.conn = self.make_connection(service, self.limits)
         self.transport: asyncio.Transport | None = None
         self.paused_by_writes = False
         self.paused_by_jobs = False
@@ -91,8 +94,8 @@ class _Client(asyncio.Protocol):
         self.host, self.port = client if client is not None else ("", 0)
 
     @staticmethod
-    def make_connection(server: AsyncServer, service: Service) -> ServiceConnection:
-        return ServiceConnection(service, server.limits.max_line)
+    def make_connection(service: Service, limits: Limits) -> ServiceConnection:
+        return ServiceConnection(service, limits.max_line)
 
     # -- asyncio callbacks ------------------------------------------------
 
@@ -114,7 +117,7 @@ class _Client(asyncio.Protocol):
             self.transport = None
             self.conn.stop_input()  # off the fast path: anything that still arrives is dropped
             return
-        transport.set_write_buffer_limits(server.limits.write_high, server.limits.write_low)
+        transport.set_write_buffer_limits(self.limits.write_high, self.limits.write_low)
         self.started = server.loop.time()
         server.clients.add(self)
         server.stats.open += 1
@@ -170,7 +173,7 @@ class _Client(asyncio.Protocol):
                 job.handle.cancel()  # the pool kills the worker: its CPU goes idle
         server = self.server
         server.clients.discard(self)
-        server.gate.release(self.host)
+        server.gate.release(self.service.name, self.host)
         server.stats.open -= 1
         server.stats.lines += self.conn.lines
         server.stats.errors += self.conn.errors
@@ -204,7 +207,7 @@ class _Client(asyncio.Protocol):
             job.handle = self.server.loop.create_task(self._run(job))
         if self.conn.finished:
             self._close(transport)
-        elif self.paused_by_jobs != (self.conn.waiting > self.server.limits.max_waiting):
+        elif self.paused_by_jobs != (self.conn.waiting > self.limits.max_waiting):
             self.paused_by_jobs = not self.paused_by_jobs
             self._update_reading()
         return len(jobs)
@@ -271,16 +274,16 @@ class _Client(asyncio.Protocol):
         metered = server.observer if server.metered and self.transport is not None else None
         self._send(finish_job(self.conn, job, outcome, metered, self.service.name, start))
 
-    def idle_tick(self) -> int:
-        """Count one tick; return how many passed since the client last made
-        progress (0 while its work is pending)."""
+    def idle_tick(self) -> bool:
+        """Count one tick; return whether the client has now made no progress
+        for its service's idle timeout (never while its work is pending)."""
         conn = self.conn
         if conn.progressed or conn.waiting:
             conn.progressed = False
             self.idle_ticks = 0
-        else:
-            self.idle_ticks += 1
-        return self.idle_ticks
+            return False
+        self.idle_ticks += 1
+        return self.idle_ticks >= self.limits.idle_timeout / TICK
 
     def begin_drain(self) -> None:
         """Close at the next reply boundary (see ServiceConnection.drain)."""
@@ -315,7 +318,10 @@ class AsyncServer:
         self.metered = self.observer.measures_traffic
         self.one_shot = False  # serving a single connection (inetd): stop when it closes
         self.stats = Stats()
-        self.gate = Gate(self.limits, self.observer, self.stats)
+        self.gate = Gate(self.limits, self.observer, self.stats, self.listeners)
+        # Each service's own limits (a [services.NAME] table), where it has them.
+        self.service_limits = {listener.service.name: listener.limits
+                               for listener in self.listeners if listener.limits is not None}
         self.clients: set[_Client] = set()
         self.pool = make_executor(self.limits, preload_for(lst.service for lst in self.listeners))
         self.tick = 0
@@ -389,6 +395,10 @@ class AsyncServer:
                 self._servers[index], self._serving_socks[index] = await self._listen(listener)
             except OSError as exc:  # e.g. no descriptor for the duplicate: next tick
                 log.error("cannot listen again yet: %s", exc.strerror or exc)
+
+    def limits_for(self, service: Service) -> Limits:
+        """The limits ``service``'s clients are served with: its own, else the server's."""
+        return self.service_limits.get(service.name, self.limits)
 
     def client_for(self, service: Service, client: tuple[str, int] | None = None) -> _Client:
         """A protocol instance for a new connection to ``service`` (as ``client``)."""
@@ -492,7 +502,6 @@ class AsyncServer:
         reload_certificates(listener.tls for listener in self.listeners)
 
     async def _tick(self) -> None:
-        idle_ticks = self.limits.idle_timeout / TICK
         while True:
             await asyncio.sleep(TICK)
             self.tick += 1
@@ -501,7 +510,7 @@ class AsyncServer:
                 if isinstance(server, ProxiedAcceptor):
                     server.expire(self.loop.time())
             await self._relisten()
-            for client in [c for c in self.clients if c.idle_tick() >= idle_ticks]:
+            for client in [c for c in self.clients if c.idle_tick()]:
                 self.stats.idle_closed += 1
                 self.observer.failed(client.service.name, "idle_timeout")
                 client.close_idle()

@@ -32,6 +32,7 @@ from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import format_address
 from tcpkit.hub import Hub, Hubs
 from tcpkit.service import Blocking, Service
+from tcpkit.serving.config import Limits
 from tcpkit.serving.modes.aio import AsyncServer, _Client
 from tcpkit.serving.offload.jobs import TimeLimitExceeded
 from tcpkit.session import Peer
@@ -52,9 +53,8 @@ class SessionClient(_Client):
         self.session_started = False
 
     @staticmethod
-    def make_connection(server: AsyncServer, service: Service) -> ServiceConnection:
-        return SessionConnection(service, server.limits.max_line,
-                                 max_unsent=server.limits.max_unsent)
+    def make_connection(service: Service, limits: Limits) -> ServiceConnection:
+        return SessionConnection(service, limits.max_line, max_unsent=limits.max_unsent)
 
     @property
     def session(self) -> SessionConnection:

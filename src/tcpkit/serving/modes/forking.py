@@ -34,6 +34,7 @@ from dataclasses import replace
 from types import FrameType
 from typing import NoReturn
 
+from tcpkit.service import Service
 from tcpkit.serving.config import Listener
 from tcpkit.serving.modes.accepting import BlockingServer
 from tcpkit.serving.modes.pipes import StatsChannel, Wakeup
@@ -52,7 +53,7 @@ class ForkingServer(BlockingServer):
     mode = "fork"
 
     def serve(self) -> None:
-        self._children: dict[int, object] = {}  # pid -> the client's peer address
+        self._children: dict[int, tuple[Service, object]] = {}  # pid -> its client
         self._exited = Wakeup()
         self._reports = StatsChannel()
         self._fork_failed = False
@@ -89,13 +90,13 @@ class ForkingServer(BlockingServer):
             if not self._fork_failed:
                 log.warning("cannot fork for a client: %s", exc.strerror or exc)
                 self._fork_failed = True
-            self.release(peer)
+            self.release(listener.service, peer)
             self.refuse(listener.service, sock, peer)
             return
         if pid == 0:
             self._child(listener, sock, peer)
         self._fork_failed = False
-        self._children[pid] = peer
+        self._children[pid] = (listener.service, peer)
         self.stats.connections += 1
         self.stats.open = len(self._children)
         sock.close()
@@ -151,9 +152,9 @@ class ForkingServer(BlockingServer):
                 break
             if pid == 0:
                 break
-            peer = self._children.pop(pid, None)
-            if peer is not None:
-                self.release(peer)
+            client = self._children.pop(pid, None)
+            if client is not None:
+                self.release(*client)
                 metrics.worker_exited(pid)
         self.stats.open = len(self._children)
         self._reports.collect(self.stats)

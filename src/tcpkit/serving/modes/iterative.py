@@ -30,7 +30,7 @@ class IterativeServer(BlockingServer):
         finally:
             self._current = None
             self.stats.open = 0
-            self.release(peer)
+            self.release(listener.service, peer)
         # A stop that arrived while this client was served (by signal or by a
         # supervisor's pipe) must end the accept batch before another client.
         if select.select(self.stop_fds(), [], [], 0)[0]:

@@ -49,12 +49,12 @@ class ThreadedServer(BlockingServer):
                 self.stats.open -= 1
                 self.stats.connections -= 1
                 del self._clients[thread]
-            self.release(peer)
+            self.release(listener.service, peer)
             self.refuse(listener.service, sock, peer)
 
     def _client(self, listener: Listener, sock: socket.socket, peer: object) -> None:
         outcome = self.serve_client(listener, sock, peer)
-        self.release(peer)
+        self.release(listener.service, peer)
         with self._lock:
             self.count(outcome)
             self.stats.open -= 1
