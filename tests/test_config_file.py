@@ -56,6 +56,10 @@ def test_command_line_wins_over_the_file(serve, tmp_path: Path) -> None:
     ('[services.reverse]\ntls-cert = "a.pem"\n', ":2: [services.reverse] tls-cert: tls-cert "
                                                   "and tls-key must be given together"),
     ('[services.nosuch]\n', ": [services.nosuch]: unknown service 'nosuch'"),
+    ('[services.reverse]\nmax-per-ip = 3\n', ":2: [services.reverse] max-per-ip: applies to "
+                                              "the whole server for now"),
+    ('[services.factor]\ndeny = ["10.0.0.0/8"]\n', ":2: [services.factor] deny: applies to "
+                                                   "the whole server for now"),
     ('mode = "x', ": Unterminated string"),
 ])
 def test_mistakes_are_usage_errors_naming_file_line_and_key(tmp_path: Path, text: str,

@@ -33,10 +33,12 @@ if TYPE_CHECKING:
     from tcpkit.serving.config import Limits, Listener
     from tcpkit.serving.guards.tls import ServerTLS
 
-# Options a [services.NAME] table may set for its service alone.
-PER_SERVICE = ("listen", "max-connections", "max-per-ip", "rate-per-ip", "idle-timeout",
-               "max-line", "tls-cert", "tls-key", "allow", "deny", "quiet-deny",
-               "proxy-protocol")
+# Options a [services.NAME] table may set for its service alone (every mode applies them).
+PER_SERVICE = ("listen", "max-connections", "idle-timeout", "max-line", "tls-cert", "tls-key")
+# ...and options that are still one per server: in a table they are refused, never
+# silently ignored (the gate keeps one access list, per-address rule and PROXY policy).
+SERVER_WIDE_ONLY = ("max-per-ip", "rate-per-ip", "allow", "deny", "quiet-deny",
+                    "proxy-protocol")
 # Options that make no sense in a file.
 NOT_IN_FILE = ("config", "check-config", "help")
 
@@ -85,6 +87,9 @@ def load(path: str, parser: argparse.ArgumentParser) -> ConfigFile:
             raise checker.error(name, "services", "must be a table ([services.NAME])")
         settings: dict[str, Any] = {}
         for key, value in table.items():
+            if key in SERVER_WIDE_ONLY:
+                raise checker.error(key, section, "applies to the whole server for now: set it "
+                                                  "at the top of the file, not per service")
             if key not in PER_SERVICE:
                 raise checker.error(key, section, "is not a per-service option (one of: "
                                                   f"{', '.join(PER_SERVICE)})")
