@@ -11,7 +11,8 @@ by axis, a folder each, a file per job::
     reexec.py      SIGUSR2: a fresh program image on the same listening sockets
 
     modes/         how clients are served
-      aio.py         async: one event loop (uvloop) for every client
+      aio.py         async: one event loop (uvloop) for every client; the server
+      aio_client.py  ...one client: bytes to its connection, flow control, lingering
       aio_sessions.py  ...its protocol class for session services' clients
       aio_refused.py ...a refused client, lingering until it has read its error line
       aio_proxied.py ...its accept loop for listeners behind --proxy-protocol

@@ -1,6 +1,6 @@
 """Sessions in the async mode: the protocol class of a session service's clients.
 
-:class:`SessionClient` is the async mode's ``_Client`` around a
+:class:`SessionClient` is the async mode's ``Client`` around a
 :class:`~tcpkit.session.SessionConnection` instead of a stateless one.  The
 async mode picks it once per listener (``aio._client_class``), so stateless
 clients' hot path is untouched.  What it adds:
@@ -33,7 +33,8 @@ from tcpkit.endpoints import format_address
 from tcpkit.hub import Hub, Hubs
 from tcpkit.service import Blocking, Service
 from tcpkit.serving.config import Limits
-from tcpkit.serving.modes.aio import AsyncServer, _Client
+from tcpkit.serving.modes.aio import AsyncServer
+from tcpkit.serving.modes.aio_client import Client
 from tcpkit.serving.offload.jobs import TimeLimitExceeded
 from tcpkit.session import Peer
 from tcpkit.session_connection import SessionConnection, ending_reason
@@ -41,7 +42,7 @@ from tcpkit.session_connection import SessionConnection, ending_reason
 log = logging.getLogger("tcpkit")
 
 
-class SessionClient(_Client):
+class SessionClient(Client):
     """One session's connection on the event loop."""
 
     __slots__ = ("end_reason", "session_started")
