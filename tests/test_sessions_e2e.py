@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import session_services
-from helpers.net import connect, recv_until_closed
+from helpers.net import LinePeer, connect, recv_until_closed
 from helpers.processes import rss_kb, tree_total
 from helpers.servers import Server, run, script, start_server
 
@@ -50,32 +50,6 @@ def serve(plugin: dict[str, str]) -> Iterator[Start]:
         server.stop(signal.SIGKILL)
 
 
-class Peer:
-    """A line client over one real socket."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = connect(port, timeout=30)
-        self.buffer = b""
-
-    def line(self) -> bytes:
-        while b"\n" not in self.buffer:
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise AssertionError(f"closed; got {self.buffer!r}")
-            self.buffer += data
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line
-
-    def send(self, *lines: bytes) -> None:
-        self.sock.sendall(b"".join(line + b"\n" for line in lines))
-
-    def rest(self) -> bytes:
-        return self.buffer + recv_until_closed(self.sock)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_greeting_then_close(mode: str, serve: Start) -> None:
     server = serve("t-greeting", mode)
@@ -88,7 +62,7 @@ def test_greeting_then_close(mode: str, serve: Start) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_state_is_per_connection_many_lines_and_quit(mode: str, serve: Start) -> None:
     server = serve("t-counter", mode)
-    first = Peer(server.port)
+    first = LinePeer(server.port)
     assert first.line() == b"ready"
     first.send(b"a", b"b", b"many")
     assert [first.line() for _ in range(5)] == [b"1", b"2", b"one", b"two", b"three"]
@@ -96,7 +70,7 @@ def test_state_is_per_connection_many_lines_and_quit(mode: str, serve: Start) ->
     assert first.line() == b"bye"
     assert first.rest() == b""  # closed after its reply; the line after QUIT is ignored
     first.close()
-    second = Peer(server.port)
+    second = LinePeer(server.port)
     assert second.line() == b"ready"
     second.send(b"x")
     assert second.line() == b"1"  # a fresh session: nothing leaked from the first
@@ -114,7 +88,7 @@ def test_a_slow_answer_does_not_hold_up_other_clients(mode: str, slow: bytes,
     """A Blocking call (``sleep``) or an async def answer (``nap``) takes 1 s; another
     client is answered meanwhile: its reply arrives first."""
     server = serve("t-counter", mode)
-    sleeper, other = Peer(server.port), Peer(server.port)
+    sleeper, other = LinePeer(server.port), LinePeer(server.port)
     assert sleeper.line() == other.line() == b"ready"
     sleeper.send(slow, b"after")
     other.send(b"ping")
@@ -131,7 +105,7 @@ def test_a_slow_answer_does_not_hold_up_other_clients(mode: str, slow: bytes,
 @pytest.mark.parametrize("mode", MODES)
 def test_time_limit_bounds_an_awaitable(mode: str, serve: Start) -> None:
     server = serve("t-counter", mode, "--time-limit", "1")
-    client = Peer(server.port)
+    client = LinePeer(server.port)
     assert client.line() == b"ready"
     client.send(b"nap 60", b"ping")
     assert client.line() == b"error: time limit exceeded (1 s)"
@@ -143,7 +117,7 @@ def test_time_limit_bounds_an_awaitable(mode: str, serve: Start) -> None:
 @pytest.mark.parametrize("mode", SHARED)
 def test_unsolicited_lines_from_another_connection(mode: str, serve: Start) -> None:
     server = serve("t-room", mode)
-    alice, bob = Peer(server.port), Peer(server.port)
+    alice, bob = LinePeer(server.port), LinePeer(server.port)
     assert alice.line().startswith(b"welcome guest")
     name = bob.line().removeprefix(b"welcome ")
     bob.send(b"hi all")
@@ -170,7 +144,7 @@ def test_a_member_that_never_reads_is_dropped_past_the_cap(mode: str, serve: Sta
     deaf = socket.socket()
     deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # little kernel buffering
     deaf.connect(("127.0.0.1", server.port))
-    talker = Peer(server.port)
+    talker = LinePeer(server.port)
     assert talker.line().startswith(b"welcome")
     before = tree_total(server.pid, rss_kb)
     line = b""
@@ -195,7 +169,7 @@ def test_a_member_that_never_reads_is_dropped_past_the_cap(mode: str, serve: Sta
 @pytest.mark.parametrize("mode", MODES)
 def test_drain_on_sigterm_answers_then_runs_disconnected(mode: str, serve: Start) -> None:
     server = serve("t-counter", mode, "--drain-timeout", "30")
-    client = Peer(server.port)
+    client = LinePeer(server.port)
     assert client.line() == b"ready"
     client.send(b"sleep")
     server.wait_for_stderr("counter sleeping")  # the request is in: now stop the server
@@ -235,7 +209,7 @@ def test_limits_hold_for_sessions(mode: str, serve: Start) -> None:
     """--max-line closes after an error reply; --idle-timeout closes a silent client;
     disconnected() hears why each time."""
     server = serve("t-counter", mode, "--max-line", "8", "--idle-timeout", "1")
-    client = Peer(server.port)
+    client = LinePeer(server.port)
     assert client.line() == b"ready"
     client.send(b"a", b"x" * 20)
     assert client.line() == b"1"
@@ -243,7 +217,7 @@ def test_limits_hold_for_sessions(mode: str, serve: Start) -> None:
     assert client.rest() == b""
     client.close()
     server.wait_for_stderr("counter session ended: line too long")
-    silent = Peer(server.port)
+    silent = LinePeer(server.port)
     assert silent.line() == b"ready"
     assert silent.rest() == b""  # closed by the server, having sent nothing
     silent.close()

@@ -43,6 +43,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from tcpkit.errors import Error
+from tcpkit.loop_thread import start_loop_thread
 
 log = logging.getLogger("tcpkit")
 MAX_BACKOFF = 5.0  # seconds between reconnection attempts, at most
@@ -249,10 +250,7 @@ class RedisHub(Hub):
                 self._pid = os.getpid()
                 self.connected.clear()
                 loop = asyncio.new_event_loop()
-                ready = threading.Event()
-                threading.Thread(target=_run_loop, args=(loop, ready), name="tcpkit-hub",
-                                 daemon=True).start()
-                ready.wait()
+                start_loop_thread(loop, "tcpkit-hub")
                 asyncio.run_coroutine_threadsafe(self._begin(), loop).result(10.0)
                 self._loop = loop
                 # Messages published before the subscription is live would be
@@ -360,15 +358,6 @@ class RedisHub(Hub):
                 with contextlib.suppress(Exception):
                     await self._redis.eval(_REFRESH, 1, self.prefix + "name:" + name, token,
                                            NAME_TTL)
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-    asyncio.set_event_loop(loop)
-    loop.call_soon(ready.set)
-    try:
-        loop.run_forever()
-    finally:
-        loop.close()
 
 
 def check_pubsub(url: str | None) -> None:

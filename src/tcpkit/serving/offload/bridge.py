@@ -26,6 +26,7 @@ import concurrent.futures
 import threading
 from collections.abc import Iterable
 
+from tcpkit.loop_thread import start_loop_thread
 from tcpkit.service import Offload
 from tcpkit.serving.config import Limits
 from tcpkit.serving.offload.executors import Executor, make_executor
@@ -88,23 +89,10 @@ class OffloadBridge:
                 # A plain asyncio loop: uvloop's policy may be installed for the
                 # serving loop, but this one only waits on a few pipes or sockets.
                 loop = asyncio.SelectorEventLoop()
-                ready = threading.Event()
-                thread = threading.Thread(target=_run_loop, args=(loop, ready),
-                                          name="tcpkit-offload", daemon=True)
-                thread.start()
-                ready.wait()
+                thread = start_loop_thread(loop, "tcpkit-offload")
                 self._pool = _make_executor(loop, self.limits, self.preload)
                 self._loop, self._thread = loop, thread
             return self._loop, self._pool
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-    asyncio.set_event_loop(loop)
-    loop.call_soon(ready.set)
-    try:
-        loop.run_forever()
-    finally:
-        loop.close()
 
 
 def _make_executor(loop: asyncio.AbstractEventLoop, limits: Limits,
