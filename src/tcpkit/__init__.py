@@ -21,25 +21,44 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tcpkit.api import serve, serve_async
-from tcpkit.client import (
-    AsyncFactorClient,
-    AsyncLineClient,
-    AsyncReverseClient,
-    ConnectionClosed,
-    FactorClient,
-    LineClient,
-    ReverseClient,
-    ServerError,
-)
-from tcpkit.errors import Error
-from tcpkit.service import Blocking, Offload, Options, RequestError, Service
-from tcpkit.serving.listeners import ListenError
-from tcpkit.session import Peer, Session
-from tcpkit.sockets import ConnectError, INETSocket
-
 if TYPE_CHECKING:
+    from tcpkit.api import serve, serve_async
+    from tcpkit.client import (
+        AsyncFactorClient,
+        AsyncLineClient,
+        AsyncReverseClient,
+        ConnectionClosed,
+        FactorClient,
+        LineClient,
+        ReverseClient,
+        ServerError,
+    )
+    from tcpkit.errors import Error
     from tcpkit.factoring.engine import factorize
+    from tcpkit.service import Blocking, Offload, Options, RequestError, Service
+    from tcpkit.serving.listeners import ListenError
+    from tcpkit.session import Peer, Session
+    from tcpkit.sockets import ConnectError, INETSocket
+
+# Where each public name lives.  They are imported on first use (PEP 562), so
+# that ``import tcpkit.anything`` does not load the clients, asyncio and the
+# rest: a fork-mode server copies every page it holds into each child's page
+# tables, and a smaller process forks faster.  The factor engine (FLINT,
+# ~10 MB) is one of them: a server that only reverses lines never carries it.
+_HOMES = {
+    "serve": "tcpkit.api", "serve_async": "tcpkit.api",
+    "AsyncFactorClient": "tcpkit.client", "AsyncLineClient": "tcpkit.client",
+    "AsyncReverseClient": "tcpkit.client", "ConnectionClosed": "tcpkit.client",
+    "FactorClient": "tcpkit.client", "LineClient": "tcpkit.client",
+    "ReverseClient": "tcpkit.client", "ServerError": "tcpkit.client",
+    "Error": "tcpkit.errors",
+    "factorize": "tcpkit.factoring.engine",
+    "Blocking": "tcpkit.service", "Offload": "tcpkit.service", "Options": "tcpkit.service",
+    "RequestError": "tcpkit.service", "Service": "tcpkit.service",
+    "ListenError": "tcpkit.serving.listeners",
+    "Peer": "tcpkit.session", "Session": "tcpkit.session",
+    "ConnectError": "tcpkit.sockets", "INETSocket": "tcpkit.sockets",
+}
 
 __version__ = "0.1.0"
 
@@ -71,10 +90,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The factor engine (FLINT, ~10 MB) loads on first use, so a server that
-    # only reverses lines, and each process it forks, never carries it.
-    if name == "factorize":
-        from tcpkit.factoring.engine import factorize
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'tcpkit' has no attribute {name!r}")
+    import importlib
 
-        return factorize
-    raise AttributeError(f"module 'tcpkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

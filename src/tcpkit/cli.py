@@ -134,13 +134,15 @@ def run_serve(args: argparse.Namespace) -> int:
                                   handed_off=handoff is not None)
     except (EndpointError, registry.UnknownService, OptionError) as exc:
         raise UsageError(str(exc)) from None
-    from tcpkit.hub import check_pubsub
     from tcpkit.serving.offload.executors import check_executor
     from tcpkit.serving.run import shared_state_refusal
 
     try:
         check_executor(args.executor)
-        check_pubsub(args.pubsub)
+        if args.pubsub not in (None, "", "local"):  # the hub (asyncio) only when shared
+            from tcpkit.hub import check_pubsub
+
+            check_pubsub(args.pubsub)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     options = serve_options.service_options(args)
@@ -177,10 +179,11 @@ def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Serv
                    settle: Settled) -> int:
     """Serve the one inetd connection, systemd's sockets, or the ones in ``plan``."""
     from tcpkit.serving.guards import privileges
-    from tcpkit.serving.modes.inetd import InetdError, serve_inetd, take_stdin_socket
     from tcpkit.serving.run import opened, serve_listeners
 
     if ops.inetd:
+        from tcpkit.serving.modes.inetd import InetdError, serve_inetd, take_stdin_socket
+
         try:
             sock = take_stdin_socket()
         except InetdError as exc:

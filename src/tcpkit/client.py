@@ -32,7 +32,6 @@ in order, so ``asyncio.gather`` over many requests is a pipeline too.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -41,13 +40,16 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from tcpkit.endpoints import Endpoint, parse_endpoint
 from tcpkit.errors import Error
 from tcpkit.framing import LineFramer, split_lines
 from tcpkit.sockets import INETSocket, connect_error
 from tcpkit.tlsclient import client_context
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 log = logging.getLogger("tcpkit")
@@ -328,6 +330,8 @@ class AsyncLineClient:
 
         Raises :class:`~tcpkit.sockets.ConnectError` as the blocking client does.
         """
+        import asyncio  # here: the blocking clients, and the CLI, do without it
+
         if self.writer is not None:
             return
         target = self.endpoint
@@ -348,6 +352,8 @@ class AsyncLineClient:
 
     async def request(self, line: bytes) -> bytes:
         """Send ``line`` (LF added) and return its reply without the terminator."""
+        import asyncio  # here: the blocking clients, and the CLI, do without it
+
         data = request_line(line)  # a bad line fails before anything is queued
         if self.writer is None:
             raise ConnectionClosed("not connected (use async with, or await open())")
@@ -381,6 +387,8 @@ class AsyncLineClient:
 
     async def close(self) -> None:
         """Close the connection; requests still waiting get ConnectionClosed."""
+        import asyncio  # here: the blocking clients, and the CLI, do without it
+
         if self._receiver is not None:
             self._receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError):

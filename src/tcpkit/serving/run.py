@@ -13,7 +13,6 @@ drive it themselves.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -21,6 +20,7 @@ import os
 import signal
 import socket
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tcpkit.endpoints import Endpoint
 from tcpkit.service import Service
@@ -31,14 +31,15 @@ from tcpkit.serving.guards.privileges import Credentials
 from tcpkit.serving.guards.tls import ServerTLS
 from tcpkit.serving.listeners import ListenError, open_listener
 from tcpkit.serving.modes.accepting import BlockingServer
-from tcpkit.serving.modes.aio import AsyncServer
 from tcpkit.serving.modes.forking import ForkingServer
 from tcpkit.serving.modes.iterative import IterativeServer
-from tcpkit.serving.modes.loop import install_uvloop
 from tcpkit.serving.modes.pipes import Wakeup
 from tcpkit.serving.modes.threaded import ThreadedServer
 from tcpkit.serving.observe.events import Observer
 from tcpkit.serving.observe.stats import Stats
+
+if TYPE_CHECKING:
+    from tcpkit.serving.modes.aio import AsyncServer
 
 log = logging.getLogger("tcpkit")
 BLOCKING_MODES: dict[str, type[BlockingServer]] = {
@@ -50,6 +51,16 @@ BLOCKING_MODES: dict[str, type[BlockingServer]] = {
 __all__ = ["MODES", "AsyncServer", "Limits", "ListenError", "Listener", "Observer",
            "make_server", "open_listeners", "opened", "run", "serve_listeners", "serve_once",
            "shared_state_refusal"]
+
+
+def __getattr__(name: str) -> Any:
+    # The async mode (asyncio, uvloop: ~5 MB) is imported only by a server that
+    # uses it; the blocking modes, fork mode above all, stay smaller without it.
+    if name == "AsyncServer":
+        from tcpkit.serving.modes.aio import AsyncServer
+
+        return AsyncServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def shared_state_refusal(services: Iterable[Service], mode: str, workers: int,
@@ -95,6 +106,8 @@ def make_server(listeners: Sequence[Listener], mode: str = "async",
                 observer: Observer | None = None) -> AsyncServer | BlockingServer:
     """The server object for ``mode`` (not yet serving)."""
     if mode == "async":
+        from tcpkit.serving.modes.aio import AsyncServer
+
         return AsyncServer(listeners, limits, observer)
     if mode not in BLOCKING_MODES:
         raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
@@ -110,7 +123,11 @@ def serve_once(listeners: Sequence[Listener], mode: str = "async",
     that it writes to — or that reaches EOF when the supervisor dies.
     """
     server = make_server(listeners, mode, limits, observer)
-    if isinstance(server, AsyncServer):
+    if not isinstance(server, BlockingServer):
+        import asyncio
+
+        from tcpkit.serving.modes.loop import install_uvloop
+
         install_uvloop()
         asyncio.run(_serve_async(server, stop_fd))
     else:
@@ -121,6 +138,8 @@ def serve_once(listeners: Sequence[Listener], mode: str = "async",
 
 
 async def _serve_async(server: AsyncServer, stop_fd: int | None) -> None:
+    import asyncio
+
     if stop_fd is not None:
         loop = asyncio.get_running_loop()
 

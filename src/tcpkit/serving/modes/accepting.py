@@ -43,10 +43,9 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcpkit.endpoints import peer_text
-from tcpkit.hub import Hub, Hubs
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.admission import BUSY, Refusal
@@ -58,8 +57,11 @@ from tcpkit.serving.modes.driver import Outcome, serve_connection
 from tcpkit.serving.modes.pipes import Wakeup
 from tcpkit.serving.observe.events import Observer, close_reason
 from tcpkit.serving.observe.stats import Stats
-from tcpkit.serving.offload.bridge import OffloadBridge
 from tcpkit.serving.offload.executors import preload_for
+
+if TYPE_CHECKING:
+    from tcpkit.hub import Hub, Hubs
+    from tcpkit.serving.offload.bridge import OffloadBridge
 
 log = logging.getLogger("tcpkit")
 ACCEPT_PAUSE = 0.1  # seconds to stop accepting when out of descriptors or memory
@@ -83,6 +85,7 @@ class BlockingServer:
         self.stop_signal = Wakeup()
         self.watch_fds: list[int] = []  # more fds meaning "stop" (a supervisor's pipe)
         self.stopping = False
+        self.handles_signals = False  # whether serve() set this server's signal handlers
         self._bridge: OffloadBridge | None = None
         self.preload = preload_for(listener.service for listener in self.listeners)
         self._bridge_lock = threading.Lock()
@@ -200,10 +203,14 @@ class BlockingServer:
         """The offload bridge, started on first use (thread-safe).
 
         It runs the executor ``--executor`` names, as the async mode does, with
-        workers preloading what this server's services declare.
+        workers preloading what this server's services declare.  Imported here,
+        not at the top: the bridge brings asyncio, which a server that never
+        offloads does without (a forking server imports it before it forks).
         """
         with self._bridge_lock:
             if self._bridge is None:
+                from tcpkit.serving.offload.bridge import OffloadBridge
+
                 self._bridge = OffloadBridge(self.limits, self.preload)
             return self._bridge
 
@@ -212,6 +219,8 @@ class BlockingServer:
         (thread-safe)."""
         with self._bridge_lock:
             if self._hubs is None:
+                from tcpkit.hub import Hubs
+
                 self._hubs = Hubs(self.limits.pubsub)
             hubs = self._hubs
         return hubs.get(service)
@@ -431,6 +440,7 @@ class BlockingServer:
             restore[sig] = signal.signal(sig, self._on_signal)
         # SIGHUP (systemctl reload) re-reads certificates; it never stops the server.
         restore[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
+        self.handles_signals = True
         return restore
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -54,11 +54,11 @@ from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.guards.gate import LINGER_BLOCKING, LINGER_BYTES
 from tcpkit.serving.observe.events import Observer, receive_measured
-from tcpkit.serving.offload.bridge import OffloadBridge
 from tcpkit.serving.offload.jobs import finish_job
 
 if TYPE_CHECKING:
     from tcpkit.hub import Hub
+    from tcpkit.serving.offload.bridge import OffloadBridge
 
 log = logging.getLogger("tcpkit")
 READ_SIZE = 1 << 16

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import select
@@ -57,11 +58,14 @@ class ForkingServer(BlockingServer):
         self._exited = Wakeup()
         self._reports = StatsChannel()
         self._fork_failed = False
+        self._own_stop: Wakeup | None = None  # set in a child: its own stop pipe
+        # One worker per child: the cap on children is then also the cap on workers.
+        self._child_limits = replace(self.limits, pool_size=1)
         # Objects that exist now are never collected in a child: without this,
         # the child's first GC pass writes to every object's header and copies
         # most of the parent's heap page by page (copy-on-write).
+        self._import_for_children()
         gc.freeze()
-        import_before_fork(self.limits)
         previous = signal.signal(signal.SIGCHLD, self._on_child_exit)
         try:
             super().serve()
@@ -76,6 +80,21 @@ class ForkingServer(BlockingServer):
             self.stats.open = 0
             self._exited.close()
             self._reports.close()
+
+    def _import_for_children(self) -> None:
+        """Import, once, what children would otherwise each import after their fork.
+
+        The offload bridge (asyncio) and the hub are imported on first use so
+        that a server needing neither stays small; here they are imported
+        before forking when a service may need them in every child: offloading
+        services declare modules to preload, session services use the hub.
+        """
+        import_before_fork(self.limits)
+        services = [listener.service for listener in self.listeners]
+        if self.preload:
+            importlib.import_module("tcpkit.serving.offload.bridge")
+        if any(service.uses_sessions for service in services):
+            importlib.import_module("tcpkit.hub")
 
     def active(self) -> int:
         return len(self._children)
@@ -104,8 +123,9 @@ class ForkingServer(BlockingServer):
     def _child(self, listener: Listener, sock: socket.socket, peer: object) -> NoReturn:
         code = 1
         try:
-            own_stop = self._become_child()
-            self.watch_fds = [*self.watch_fds, own_stop.fileno()]
+            self._become_child()
+            assert self._own_stop is not None
+            self.watch_fds = [*self.watch_fds, self._own_stop.fileno()]
             outcome = self.serve_client(listener, sock, peer)
             self._reports.send(Stats(0.0, lines=outcome.lines, errors=outcome.errors,
                                      idle_closed=int(outcome.idle_closed)))
@@ -117,13 +137,18 @@ class ForkingServer(BlockingServer):
         finally:
             os._exit(code)
 
-    def _become_child(self) -> Wakeup:
-        """Drop the parent's duties in a freshly forked child; return its own stop pipe."""
-        own_stop = Wakeup()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: own_stop.set())
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the parent's business
+    def _become_child(self) -> None:
+        """Drop the parent's duties in a freshly forked child; give it its own stop pipe.
+
+        Every page a child writes is a page the kernel copies for it, and so is
+        every object whose reference count it touches: the child keeps the
+        parent's signal handlers (they check :attr:`_own_stop`) rather than
+        installing its own, and gets its limits ready-made (:attr:`_child_limits`).
+        """
+        self._own_stop = own_stop = Wakeup()
+        if not self.handles_signals:  # embedded in a thread: the parent set no handlers
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, frame: own_stop.set())
         for listener in self.listeners:
             listener.sock.close()
         for refused, _ in self._lingering.values():
@@ -136,11 +161,21 @@ class ForkingServer(BlockingServer):
         self._children.clear()
         self._bridge = None
         self._bridge_lock = threading.Lock()
-        self.limits = replace(self.limits, pool_size=1)
-        return own_stop
+        self.limits = self._child_limits
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._own_stop is not None:  # a child: SIGINT/SIGTERM drains just its client
+            self._own_stop.set()
+        else:
+            self.stop()
+
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        if self._own_stop is None:  # a reload is the parent's business
+            super()._on_hangup(signum, frame)
 
     def _on_child_exit(self, signum: int, frame: FrameType | None) -> None:
-        self._exited.set()
+        if self._own_stop is None:  # a child's own children are none of ours
+            self._exited.set()
 
     def tick(self) -> None:
         self._exited.clear()

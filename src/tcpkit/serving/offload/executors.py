@@ -21,7 +21,6 @@ from typing import Protocol
 
 from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits
-from tcpkit.serving.offload.pool import WorkerPool
 
 
 class Executor(Protocol):
@@ -61,6 +60,8 @@ def make_executor(limits: Limits, preload: Iterable[str] = ()) -> Executor:
     """
     url = limits.executor
     if uses_local_pool(url):
+        from tcpkit.serving.offload.pool import WorkerPool  # multiprocessing: when used
+
         return WorkerPool(limits.pool_size, limits.time_limit, preload=tuple(preload))
     assert url is not None
     from tcpkit.serving.offload.dask import DaskExecutor
