@@ -108,8 +108,9 @@ class Server:
     cpus: str = SERVER_CPUS
     needs: tuple[str, ...] = ()  # executables, or "py:module" for Python modules
     no_hold: str = ""  # why the hold cell does not apply, if it does not
-    # A process per client: CPU per request is not measured (children that exit
-    # unreaped take their CPU time with them); RSS sums every process.
+    # A process per client: CPU time is counted by perf stat (children that exit
+    # unreaped take theirs out of /proc; not measured without perf), and RSS is
+    # the sum of every process's Pss (shared pages once).
     forks: bool = False
     optional: bool = False  # only with --servers all (or by name): keeps the default run short
 
@@ -280,14 +281,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def rss_kb(pids: Iterable[int]) -> int:
-    """Total resident memory of ``pids`` (shared pages are counted in each)."""
+def rss_kb(pids: Iterable[int], proportional: bool = False) -> int:
+    """Total resident memory of ``pids``: VmRSS (shared pages counted in each), or
+    with ``proportional`` each process's Pss, in which a page shared by N processes
+    counts 1/N in each, so a page shared by a whole tree counts once in its sum."""
     total = 0
+    name, path = ("Pss:", "smaps_rollup") if proportional else ("VmRSS:", "status")
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/status") as status:
+            with open(f"/proc/{pid}/{path}") as status:
                 for line in status:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(name):
                         total += int(line.split()[1])
                         break
         except OSError:
@@ -295,8 +299,8 @@ def rss_kb(pids: Iterable[int]) -> int:
     return total
 
 
-def tree_rss_kb(pid: int) -> int:
-    return rss_kb([pid, *descendants(pid)])
+def tree_rss_kb(pid: int, proportional: bool = False) -> int:
+    return rss_kb([pid, *descendants(pid)], proportional)
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -321,10 +325,19 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 class RssSampler:
-    """Samples the RSS of a process tree in the background; keeps the peak."""
+    """Samples the RSS of a process tree in the background; keeps the peak.
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
-        self.pid, self.interval = pid, interval
+    ``proportional`` (forking servers) sums Pss instead of VmRSS: a process per
+    client shares most of its pages with its parent, and summing VmRSS would count
+    a 30 MB parent once per child — 1,000 children, 30 GB — where the machine
+    holds far less; the Pss sum is the memory the tree really holds, for the Perl
+    fork server and tcpkit's alike.  Reading Pss walks every page table, so such
+    trees are sampled once a second.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.5, proportional: bool = False) -> None:
+        self.pid, self.proportional = pid, proportional
+        self.interval = max(interval, 1.0) if proportional else interval
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -336,11 +349,69 @@ class RssSampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, tree_rss_kb(self.pid))
+        self.sample()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, tree_rss_kb(self.pid, self.proportional))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, tree_rss_kb(self.pid))
+            self.sample()
+
+
+class TreeCpu:
+    """CPU time of a forking server and of every child it forks meanwhile.
+
+    ``/proc`` cannot give it: a child's time reaches its parent's ``cutime`` only
+    when the parent reaps it, and a server that ignores SIGCHLD (the Perl fork
+    server) never does.  ``perf stat -p PID`` counts ``task-clock`` in the
+    process and, inherited, in each child it forks after the attach, including
+    children reaped by nobody.  Children add their counts when they exit, so
+    :meth:`stop` is called once the cell's children are gone.  None when perf is
+    missing or not permitted.
+    """
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        self.process: subprocess.Popen[bytes] | None = None
+        if shutil.which("perf") is None:
+            return
+        out.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            ["perf", "stat", "-x,", "-e", "task-clock", "-p", str(pid), "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not self._attached():
+            if self.process.poll() is not None:
+                self.process = None
+                return
+            time.sleep(0.02)
+
+    def _attached(self) -> bool:
+        """Whether perf has opened its counters (a perf_event descriptor)."""
+        assert self.process is not None
+        with contextlib.suppress(OSError):
+            fds = Path(f"/proc/{self.process.pid}/fd")
+            return any("perf_event" in os.readlink(fd) for fd in fds.iterdir())
+        return False
+
+    def stop(self) -> float | None:
+        """Seconds of CPU counted, or None."""
+        if self.process is None:
+            return None
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            for line in self.out.read_text().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2].startswith("task-clock"):
+                    return float(fields[0]) / 1000  # msec
+        return None
 
 
 class Rejected(Exception):
@@ -526,27 +597,30 @@ def serve_cells(ctx: Context, server: Server, cells: list[Cell], logs: Path,
         for cell in cells:
             pid = running.process.pid
             children = len(descendants(pid))
-            before, cpu = tree_rss_kb(pid), tree_cpu_seconds(pid)
-            with RssSampler(pid) as sampler:
+            before, cpu = tree_rss_kb(pid, server.forks), tree_cpu_seconds(pid)
+            counter = TreeCpu(pid, logs / f"{server.name}.perf") if server.forks else None
+            with RssSampler(pid, proportional=server.forks) as sampler:
                 result = run_driver(ctx, cell, running.port)
             cpu = tree_cpu_seconds(pid) - cpu
+            if running.process.poll() is not None:
+                result["failed"] = f"server died: {running.tail()}"
+            measured = True
+            if server.forks:
+                settle(pid, children)  # also: children add their CPU time as they exit
+                counted = counter.stop() if counter is not None else None
+                measured = counted is not None
+                cpu = counted or 0.0
             result.update(rss_kb_before=before, rss_kb=sampler.peak, cpu_s=round(cpu, 3))
             # fanout's CPU time spans its warm-up and drain too: divide by every delivery.
             count = result.get("deliveries_total") or result.get("requests")
-            if count:
+            if count and measured:
                 result["cpu_us_per_req"] = round(cpu * 1e6 / count, 2)
             if cell.hold and "failed" not in result:
                 conns = result.get("connections") or 1
                 result["rss_growth_kb_per_conn"] = round((sampler.peak - before) / conns, 3)
-            if running.process.poll() is not None:
-                result["failed"] = f"server died: {running.tail()}"
-            if server.forks:
-                result.pop("cpu_us_per_req", None)
             yield cell, result
             if "failed" in result and running.process.poll() is not None:
                 break
-            if server.forks:
-                settle(pid, children)
     finally:
         stop(running)
 
@@ -759,11 +833,13 @@ def timed_tables(figures: dict[tuple[str, str], Figure], names: Sequence[str],
         *metric_table(f"p99 latency, ms (ratio to {ref}; lower is better)", figures,
                       names, cells, ctx, lambda f: f.p99_ms, lambda v: f"{v:.2f}"),
         *metric_table(f"Server CPU time per {unit}, µs (ratio to {ref}; lower is "
-                      f"better; steadier than {short}/s on a busy machine; not measured for "
-                      "servers that fork per client)", figures, names, cells, ctx,
+                      f"better; steadier than {short}/s on a busy machine; servers that fork "
+                      "per client: perf stat over the server and every child)", figures, names,
+                      cells, ctx,
                       lambda f: f.cpu_us if f.has_cpu else None, lambda v: f"{v:.2f}"),
-        *metric_table(f"Peak RSS, MB, server and its children (ratio to {ref}; a "
-                      "process per client counts shared pages in every process)",
+        *metric_table(f"Peak RSS, MB, server and its children (ratio to {ref}; "
+                      "servers that fork per client: the sum of every process's Pss, "
+                      "a page shared by all counted once)",
                       figures, names, cells, ctx, lambda f: f.rss_mb, lambda v: f"{v:.1f}"),
     ]
 

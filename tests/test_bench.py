@@ -71,3 +71,68 @@ def test_quickest_run_writes_raw_table_and_plot(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert row in again.read_text()
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="perl not installed")
+def test_forking_servers_cpu_and_memory_count_every_child(tmp_path: Path) -> None:
+    """A forking server's figures cover its children: CPU time by perf stat (Perl's
+    children are reaped by nobody, so /proc never adds theirs to the parent), and
+    memory as the sum of Pss, a page shared by the whole tree counted once."""
+    raw = tmp_path / "raw.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--seconds", "1",
+         "--servers", "tcpkit-fork,perl-fork", "--cells", "rr-c100", "--shared", str(SHARED),
+         "--build", str(tmp_path / "build"), "--markdown", str(tmp_path / "BENCH.md"),
+         "--raw", str(raw), "--plot", str(tmp_path / "plot.png")],
+        capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    records = {entry["server"]: entry for entry in map(json.loads, raw.read_text().splitlines())
+               if "meta" not in entry}
+    assert set(records) == {"tcpkit-fork", "perl-fork"}
+    for record in records.values():
+        assert "failed" not in record and record["errors"] == 0, record
+        assert record["rss_kb"] > 0, record
+        if "cpu_us_per_req" in record:  # perf present and permitted
+            # 100 children forked and exited: far above what the parent alone spends.
+            assert record["cpu_us_per_req"] > 0 and record["cpu_s"] > 0.05, record
+    if shutil.which("perf") is not None and "cpu_us_per_req" not in records["perl-fork"]:
+        pytest.skip("perf stat is not permitted here")
+
+
+FORKING_TREE = """
+import os, sys
+children = []
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        os.read(0, 1)  # until the test closes our stdin
+        os._exit(0)
+    children.append(pid)
+print("ready", flush=True)
+os.read(0, 1)
+for pid in children:
+    os.waitpid(pid, 0)
+"""
+
+
+def test_memory_of_a_forked_tree_counts_shared_pages_once() -> None:
+    """Pss summed over a parent and 20 idle children: about one parent, where the
+    VmRSS sum counts the pages they share 21 times."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import run as bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    tree = subprocess.Popen([sys.executable, "-c", FORKING_TREE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    try:
+        assert tree.stdout is not None and tree.stdout.readline() == b"ready\n"
+        assert len(bench.descendants(tree.pid)) == 20
+        summed, proportional = bench.tree_rss_kb(tree.pid), bench.tree_rss_kb(tree.pid, True)
+        parent = bench.rss_kb([tree.pid])
+        assert summed > 10 * parent, (summed, parent)
+        assert proportional < 3 * parent, (proportional, parent)
+    finally:
+        assert tree.stdin is not None
+        tree.stdin.close()
+        tree.wait(10)

@@ -174,6 +174,46 @@ def test_no_zombies_left(basic: Server) -> None:
         assert wait_for(lambda: not descendants(basic.pid), 5), descendants(basic.pid)
 
 
+def test_fork_child_signalled_drains_only_its_client(serve: Servers) -> None:
+    """A child keeps its parent's signal handlers (installing its own would copy
+    pages): SIGTERM must still end just that child's client, SIGHUP nothing."""
+    server = serve("reverse", "--listen", "127.0.0.1:0", "--mode", "fork")
+    first = connect(server.port)
+    first.sendall(b"one\n")
+    assert recv_lines(first, 1) == [b"eno\n"]
+    assert wait_for(lambda: len(descendants(server.pid)) == 1, 10)
+    first_child = descendants(server.pid)[0]
+    second = connect(server.port)
+    second.sendall(b"two\n")
+    assert recv_lines(second, 1) == [b"owt\n"]
+    assert wait_for(lambda: len(descendants(server.pid)) == 2, 10)
+    second_child = next(pid for pid in descendants(server.pid) if pid != first_child)
+    os.kill(second_child, signal.SIGHUP)  # a reload is the parent's: the child ignores it
+    os.kill(first_child, signal.SIGTERM)
+    assert recv_until_closed(first) == b""  # drained: nothing was pending
+    second.sendall(b"three\n")
+    assert recv_lines(second, 1) == [b"eerht\n"]
+    assert answers(server.port)  # the parent still serves new clients
+    first.close()
+    second.close()
+    assert server.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in server.stderr()
+
+
+def test_blocking_modes_load_no_event_loop(serve: Servers) -> None:
+    """asyncio and uvloop are imported only by the async mode: a fork-mode server
+    (each child a copy of it) and its children stay that much smaller."""
+    server = serve("reverse", "--listen", "127.0.0.1:0", "--mode", "fork")
+    with connect(server.port) as client:
+        client.sendall(b"one\n")
+        assert recv_lines(client, 1) == [b"eno\n"]
+        assert wait_for(lambda: len(descendants(server.pid)) == 1, 10)
+        for pid in (server.pid, *descendants(server.pid)):
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "_asyncio." not in maps and "uvloop" not in maps, pid
+    assert server.stop(signal.SIGTERM) == 0
+
+
 # -- limits ------------------------------------------------------------------
 
 
