@@ -17,6 +17,17 @@ multiprocess files, which the parent's scrape merges, and a reaped child's
 live gauges are dropped.  Offloaded work in a child runs on a bridge of its
 own, started lazily after the fork, with one local worker (the cap on children
 is then also the cap on workers) or its own Dask client (``--executor``).
+
+What a child costs is mostly pages: the kernel copies the parent's page tables
+at the fork, and then every page the child (or the parent, while the child
+lives) writes to — CPython writes to an object's page whenever it touches its
+reference count, so running a function copies the pages of its code and of
+the objects it uses.  Hence: the parent imports no event loop, offload bridge
+or hub unless a service needs them (``tcpkit`` and the serving layer import
+them on first use); ``gc.freeze()`` keeps the collector from touching every
+old object in each child; a child keeps the parent's signal handlers (they
+check :attr:`ForkingServer._own_stop`) instead of installing its own, and
+ends with ``os._exit`` (no atexit work, no teardown of the heap).
 """
 
 from __future__ import annotations
@@ -52,13 +63,13 @@ class ForkingServer(BlockingServer):
     clients_hold_descriptors = False  # each child holds its client's socket
 
     mode = "fork"
+    _own_stop: Wakeup | None = None  # in a child: its own stop pipe
 
     def serve(self) -> None:
         self._children: dict[int, tuple[Service, object]] = {}  # pid -> its client
         self._exited = Wakeup()
         self._reports = StatsChannel()
         self._fork_failed = False
-        self._own_stop: Wakeup | None = None  # set in a child: its own stop pipe
         # One worker per child: the cap on children is then also the cap on workers.
         self._child_limits = replace(self.limits, pool_size=1)
         # Objects that exist now are never collected in a child: without this,
