@@ -173,7 +173,7 @@ class RacyAdmission(Admission):
 def test_releases_from_threads_and_admits_are_serialized() -> None:
     """Thread mode releases from its client threads while the accept loop admits."""
     gate, _, _ = make_gate(max_per_ip=1)
-    gate.admission = rules = RacyAdmission()
+    gate.rules_for("echo").admission = rules = RacyAdmission()
     per_thread, threads = 200, 4
     for port in range(per_thread * threads):
         gate.admit("echo", "a", port, 0, 0.0)

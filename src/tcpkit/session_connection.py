@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from tcpkit.connection import Job, JobKind, ServiceConnection
 from tcpkit.framers import Lines
-from tcpkit.service import Blocking, Offload, RequestError, Service, default_errors
+from tcpkit.service import Blocking, Offload, RequestError, Service
 from tcpkit.session import NO_PEER, Peer, Reply, Session, _Answering
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def _job_kind(reply: object) -> JobKind | None:
 class SessionConnection(ServiceConnection):
     """Drives one :class:`Session`; see the module docstring."""
 
-    __slots__ = ("_close_asked", "_errors_fn", "_gone", "_lock", "_messages", "_newline",
+    __slots__ = ("_close_asked", "_gone", "_lock", "_messages", "_newline",
                  "_unsent", "_unsent_size", "backlog", "dropped", "hub", "max_unsent", "peer",
                  "service", "session", "wakeup")
 
@@ -102,7 +102,6 @@ class SessionConnection(ServiceConnection):
         framer: Framer = (service.framer or _LINES).new(max_line)
         self._messages = framer
         self._newline = framer.newline if isinstance(framer, Lines) else b""
-        self._errors_fn = service.errors or default_errors
         self._lock = threading.Lock()
         self._unsent: list[bytes] = []
         self._unsent_size = 0
@@ -406,15 +405,7 @@ class SessionConnection(ServiceConnection):
         self._emit(self._messages.encode(self._error_text(kind, message), terminator), out)
 
     def _error_text(self, kind: str, message: str) -> bytes:
-        try:
-            text = self._errors_fn(kind, message)
-            if isinstance(text, bytes):
-                return text
-            log.error("%s: errors= returned %s, not bytes", self._service_name(),
-                      type(text).__name__)
-        except Exception:
-            log.exception("%s: errors= failed", self._service_name())
-        return default_errors(kind, message)
+        return self.service.error_text(kind, message)
 
     def _framing_failed(self, out: list[bytes]) -> None:
         framer = self._messages
