@@ -7,8 +7,8 @@ import logging
 import socket
 import threading
 import time
-from ipaddress import ip_network
 from collections.abc import Iterator
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
