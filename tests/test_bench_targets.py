@@ -6,25 +6,18 @@ each target sits just on one side of its line.  Nothing is timed here.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+from helpers.bench import load_bench
 
 
 @pytest.fixture(scope="module")
 def run() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench()
 
 
 def record(server: str, cell: str, rps: float, cpu_us: float | None = None,
