@@ -24,6 +24,7 @@ class ThreadedServer(BlockingServer):
     """Serves each client on a thread of its own."""
 
     mode = "thread"
+    clients_read_stop_flag = True  # the threads share the stop pipe's flag
 
     def serve(self) -> None:
         self._lock = threading.Lock()
