@@ -44,6 +44,8 @@ from tcpkit.serving.modes.driver import READ_SIZE, _Driver
 if TYPE_CHECKING:
     from tcpkit.serving.modes.pipes import Wakeup
 
+_DONTWAIT = socket.MSG_DONTWAIT  # a plain socket's send that never blocks
+
 
 def serve_settled(driver: _Driver, stop: Wakeup) -> bool:
     """Serve ``driver``'s client in blocking ``recv``/``send`` while it is settled.
@@ -77,21 +79,22 @@ def serve_settled(driver: _Driver, stop: Wakeup) -> bool:
             driver.out += conn.receive_eof()
             return False
         replies = conn.receive_data(data)
-        if conn.progressed:
+        progressed = conn.progressed
+        if progressed:
             conn.progressed = False
             driver.last_seen = monotonic()
-        else:  # bytes that only lengthen a line: the deadline stands
+        if not conn.settled:  # a job, an error reply, the line limit: the poll loop's work
+            driver.out += replies
+            return False
+        if not progressed:  # bytes that only lengthen a line: its deadline stands
             left = driver.last_seen + idle - monotonic()
             if left <= 0:
                 driver.idle_closed = driver.gone = True
                 return False
             wait = _wait_at_most(sock, min(TICK, left), wait)
-        if not conn.settled:  # a job, an error reply, the line limit: the poll loop's work
-            driver.out += replies
-            return False
         if replies:
             try:
-                sent = send(replies, socket.MSG_DONTWAIT)
+                sent = send(replies, _DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError:
