@@ -127,3 +127,11 @@ def listening(port: int) -> bool:
                 if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     return True
     return False
+
+
+def loopback_pair(timeout: float = 20.0) -> tuple[socket.socket, socket.socket]:
+    """A real TCP connection on 127.0.0.1: (the client's end, the accepted end)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=timeout)
+        accepted, _ = listener.accept()
+    return client, accepted
