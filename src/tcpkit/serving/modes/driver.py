@@ -116,11 +116,12 @@ def serve_connection(sock: socket.socket, service: Service, limits: Limits,
     the server's stop pipe when this thread may read its flag, allows the
     fast path (see the module docstring).
     """
-    if metered is not None or service.uses_sessions or isinstance(sock, ssl.SSLSocket):
+    sessions = service.uses_sessions
+    if metered is not None or sessions or isinstance(sock, ssl.SSLSocket):
         blocking_stop = None  # these need the poll loop from the start
     if blocking_stop is None:
         sock.setblocking(False)  # one poll waits for the socket and the pipes
-    if service.uses_sessions:
+    if sessions:
         from tcpkit.serving.modes.driver_sessions import SessionDriver
 
         driver: _Driver = SessionDriver(sock, service, limits, stop_fds, offload, metered,
