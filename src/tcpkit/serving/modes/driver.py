@@ -60,6 +60,7 @@ from tcpkit.connection import Job, ServiceConnection
 from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.guards.gate import LINGER_BLOCKING, LINGER_BYTES
+from tcpkit.serving.modes.driver_fastpath import serve_settled
 from tcpkit.serving.observe.events import Observer, receive_measured
 from tcpkit.serving.offload.bridge import OffloadBridge
 from tcpkit.serving.offload.jobs import finish_job
@@ -130,8 +131,6 @@ def serve_connection(sock: socket.socket, service: Service, limits: Limits,
         driver = _Driver(sock, service, limits, stop_fds, offload, metered)
     try:
         if blocking_stop is not None:
-            from tcpkit.serving.modes.driver_fastpath import serve_settled
-
             driver.take_over(drain=serve_settled(driver, blocking_stop))
         driver.run()
     finally:
@@ -142,6 +141,8 @@ def serve_connection(sock: socket.socket, service: Service, limits: Limits,
 
 class _Driver:
     """The state of one client between ``poll`` calls."""
+
+    read_size = READ_SIZE  # for the fast path, which cannot import this module
 
     def __init__(self, sock: socket.socket, service: Service, limits: Limits,
                  stop_fds: Sequence[int], offload: Callable[[], OffloadBridge],
@@ -180,8 +181,8 @@ class _Driver:
 
     def take_over(self, drain: bool) -> None:
         """The fast path has returned: go on from what it left (see driver_fastpath)."""
-        if self.gone:
-            return
+        if self.gone or (not drain and self.conn.finished and not self.out):
+            return  # nothing left for the loop (an EOF, say): no need to unblock
         self.sock.setblocking(False)
         if drain:
             self._begin_drain()

@@ -39,9 +39,9 @@ import time
 from typing import TYPE_CHECKING
 
 from tcpkit.serving.guards.gate import TICK
-from tcpkit.serving.modes.driver import READ_SIZE, _Driver
 
 if TYPE_CHECKING:
+    from tcpkit.serving.modes.driver import _Driver
     from tcpkit.serving.modes.pipes import Wakeup
 
 _DONTWAIT = socket.MSG_DONTWAIT  # a plain socket's send that never blocks
@@ -58,10 +58,10 @@ def serve_settled(driver: _Driver, stop: Wakeup) -> bool:
     if sock.gettimeout() is not None:
         sock.setblocking(True)  # SO_RCVTIMEO, not Python's timeout, bounds the wait
     wait = _wait_at_most(sock, min(TICK, idle), 0.0)
-    recv, send, monotonic = sock.recv, sock.send, time.monotonic
+    recv, send, monotonic, read_size = sock.recv, sock.send, time.monotonic, driver.read_size
     while True:
         try:
-            data = recv(READ_SIZE)
+            data = recv(read_size)
         except BlockingIOError:  # SO_RCVTIMEO: nothing came for `wait` seconds
             if stop.raised:
                 return True

@@ -60,7 +60,8 @@ class ThreadedServer(BlockingServer):
             self.count(outcome)
             self.stats.open -= 1
             del self._clients[threading.current_thread()]
-            self._done.notify_all()
+            if self.stopping:  # only the drain waits (after stopping is set, under the lock)
+                self._done.notify_all()
 
     def serving_socket(self, sock: socket.socket) -> None:
         with self._lock:
