@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 
-from helpers.net import connect, loopback_pair, recv_lines, recv_until_closed
+from helpers.net import connect, inetd_pair, recv_lines, recv_until_closed
 from helpers.servers import Servers
 from tcpkit.services.reverse import SERVICE as REVERSE
 from tcpkit.serving.config import Limits
@@ -42,7 +42,7 @@ def _serve_in_thread(driver: _Driver, stop: Wakeup) -> tuple[threading.Thread, l
 
 
 def test_the_stop_flag_ends_a_recv_blocked_with_nothing_to_read() -> None:
-    client, accepted = loopback_pair()
+    client, accepted = inetd_pair()
     with client, accepted:
         driver, stop = _driver(accepted), Wakeup()
         thread, result = _serve_in_thread(driver, stop)
@@ -58,7 +58,7 @@ def test_the_stop_flag_ends_a_recv_blocked_with_nothing_to_read() -> None:
 def test_a_line_crossing_the_drain_is_answered_or_left_unread() -> None:
     """Every line the fast path reads is answered; the rest stays in the kernel
     (no shutdown(SHUT_RD), which would turn the linger's later bytes into a reset)."""
-    client, accepted = loopback_pair()
+    client, accepted = inetd_pair()
     with client, accepted:
         driver, stop = _driver(accepted), Wakeup()
         thread, result = _serve_in_thread(driver, stop)
@@ -84,7 +84,7 @@ def test_a_short_send_hands_over_to_the_poll_loop_and_loses_nothing() -> None:
     """The client reads nothing until it has sent 64 KB, more than the small
     socket buffers between the two ends hold: a send comes up short, and the
     poll loop takes over with the rest, in order."""
-    client, accepted = loopback_pair()
+    client, accepted = inetd_pair()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     lines = [b"%07d\n" % i for i in range(8_000)]

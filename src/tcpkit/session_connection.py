@@ -45,7 +45,7 @@ from tcpkit.connection import Job, ServiceConnection
 from tcpkit.framers import Lines
 from tcpkit.hook_turns import HookTurns
 from tcpkit.replies import as_bytes, encoded, job_kind
-from tcpkit.service import RequestError, Service, default_errors
+from tcpkit.service import RequestError, Service
 from tcpkit.session import NO_PEER, Peer, Reply, Session, _Answering
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def _no_backlog() -> int:
 class SessionConnection(ServiceConnection):
     """Drives one :class:`Session`; see the module docstring."""
 
-    __slots__ = ("_close_asked", "_errors_fn", "_gone", "_lock", "_messages", "_newline",
+    __slots__ = ("_close_asked", "_gone", "_lock", "_messages", "_newline",
                  "_unsent", "_unsent_size", "backlog", "dropped", "hub", "max_unsent", "peer",
                  "service", "session", "turns", "wakeup")
 
@@ -87,7 +87,6 @@ class SessionConnection(ServiceConnection):
         framer: Framer = (service.framer or _LINES).new(max_line)
         self._messages = framer
         self._newline = framer.newline if isinstance(framer, Lines) else b""
-        self._errors_fn = service.errors or default_errors
         self._lock = threading.Lock()
         self._unsent: list[bytes] = []
         self._unsent_size = 0
@@ -391,15 +390,7 @@ class SessionConnection(ServiceConnection):
         self._emit(self._messages.encode(self._error_text(kind, message), terminator), out)
 
     def _error_text(self, kind: str, message: str) -> bytes:
-        try:
-            text = self._errors_fn(kind, message)
-            if isinstance(text, bytes):
-                return text
-            log.error("%s: errors= returned %s, not bytes", self._service_name(),
-                      type(text).__name__)
-        except Exception:
-            log.exception("%s: errors= failed", self._service_name())
-        return default_errors(kind, message)
+        return self.service.error_text(kind, message)
 
     def _framing_failed(self, out: list[bytes]) -> None:
         framer = self._messages
