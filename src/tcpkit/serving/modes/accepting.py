@@ -104,8 +104,7 @@ class BlockingServer:
     # Whether each client holds a descriptor in this process for its whole
     # life (thread, iterative) — not so in fork mode, where the child holds it.
     clients_hold_descriptors = True
-    # Clients served where the stop pipe's flag can be read may block in recv.
-    clients_read_stop_flag = False
+    client_stop: Wakeup | None = None  # the stop pipe, if clients may read its flag (thread)
 
     # -- what a mode provides ---------------------------------------------
 
@@ -186,8 +185,7 @@ class BlockingServer:
                                        observer if observer.measures_traffic else None,
                                        peer=(host, port),
                                        hub=functools.partial(self.session_hub, service.name),
-                                       blocking_stop=self.stop_signal
-                                       if self.clients_read_stop_flag else None)
+                                       blocking_stop=self.client_stop)
         except Exception:
             log.exception("a connection failed")
             sock.close()
@@ -417,11 +415,8 @@ class BlockingServer:
             log.info("draining %d connections (up to %g s)", self.active(),
                      self.limits.drain_timeout)
         # Each connection enforces drain_timeout itself, then lingers up to
-        # LINGER_BLOCKING: the margin covers that and the time to notice
-        # (a client blocked in recv notices within TICK).
-        notice = TICK if self.clients_read_stop_flag else 0.0
-        self.wait_for_clients(time.monotonic() + self.limits.drain_timeout + LINGER_BLOCKING
-                              + notice)
+        # LINGER_BLOCKING: the margin covers that and the time to notice.
+        self.wait_for_clients(time.monotonic() + self.limits.drain_timeout + LINGER_BLOCKING)
         if self.active():
             log.warning("drain timeout: cutting off %d connections", self.active())
             self.abort_clients()

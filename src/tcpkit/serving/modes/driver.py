@@ -30,8 +30,8 @@ What every mode gets from it, the same way as the async mode:
   requests, finishes those already read, and closes — or gives up at
   ``drain_timeout``.
 
-A mode whose client threads can read the stop pipe's flag (thread and
-iterative mode: the same process) passes it as ``blocking_stop``; a plain,
+A mode whose clients are served in the process that raises the stop pipe's
+flag (thread mode) passes the pipe as ``blocking_stop``; a plain,
 unmetered, stateless connection then starts on the fast path of
 :mod:`~tcpkit.serving.modes.driver_fastpath` — blocking ``recv``, no ``poll``
 — and this loop takes over, from the state the fast path leaves, the moment

@@ -14,13 +14,13 @@ metering, no job started, nothing unsent, input open — its thread blocks in
 * **Drain.**  The stop pipe's flag (:attr:`Wakeup.raised`) is read after
   every chunk and whenever ``recv`` times out, so a busy client notices the
   drain after the chunk it is answering and an idle one within ``TICK``
-  (the accept loop's drain waits that much longer for thread mode).  The
+  (thread mode's drain waits that much longer for its clients).  The
   client's bytes stay in the kernel's buffer until then, untouched: the drain
   answers every line the server read and lingers as the poll loop does.
   Waking the ``recv`` with ``shutdown(SHUT_RD)`` instead (the first attempt)
-  lost replies: once the linger's ``SHUT_WR`` follows, Linux answers any
-  further data from the client with a reset (TCPAbortOnData), and the reset
-  destroys replies the client has not read yet.
+  lost replies: once the linger's ``SHUT_WR`` follows, Linux aborts the
+  connection when more of the client's bytes arrive (a reset, counted as
+  TcpExt TCPAbortOnData), and replies still queued for the client are lost.
 * **Backpressure.**  Replies go out with ``MSG_DONTWAIT``; what the kernel
   does not take now goes to the driver's output buffer and the poll loop
   takes over, which stops reading until the client catches up.
