@@ -200,6 +200,22 @@ def test_fork_child_signalled_drains_only_its_client(serve: Servers) -> None:
     assert "Traceback" not in server.stderr()
 
 
+def test_fork_child_of_a_killed_parent_drains_its_client(serve: Servers) -> None:
+    """A child waiting in recv (the driver's fast path) sees no EOF on the stop
+    pipe: it must still notice that its parent is gone and close its client."""
+    server = serve("reverse", "--listen", "127.0.0.1:0", "--mode", "fork")
+    with connect(server.port) as client:
+        client.sendall(b"one\n")
+        assert recv_lines(client, 1) == [b"eno\n"]
+        assert wait_for(lambda: len(descendants(server.pid)) == 1, 10)
+        child = descendants(server.pid)[0]
+        server.process.kill()
+        server.process.wait(10)
+        client.settimeout(15)
+        assert recv_until_closed(client) == b""  # drained within a tick, not at idle
+    assert wait_gone(child, 10)
+
+
 def test_blocking_modes_load_no_event_loop(serve: Servers) -> None:
     """asyncio and uvloop are imported only by the async mode: a fork-mode server
     (each child a copy of it) and its children stay that much smaller."""

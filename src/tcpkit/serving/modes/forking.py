@@ -7,10 +7,13 @@ child is ever left a zombie.  The child closes the listening sockets, serves
 its one client with the shared blocking driver and reports its counters to the
 parent over a pipe before it exits.
 
-Stopping travels by pipe too: each child keeps the read end of the parent's
-stop pipe, so one write by the parent (on SIGINT/SIGTERM) makes every child
-drain its client, and a parent that dies without a word shows up as EOF on the
-same pipe.  A child that itself gets SIGINT/SIGTERM drains just its client.
+Stopping travels by pipe and by signal: each child keeps the read end of the
+parent's stop pipe, which the driver's poll loop watches (a parent that dies
+without a word shows up as EOF on it), and a draining parent also sends each
+child SIGTERM, which raises the child's own stop flag: a child on the driver's
+fast path waits in ``recv``, not ``poll``, and reads that flag (which also
+turns true once the parent is gone).  A child that itself gets SIGINT/SIGTERM
+drains just its client.
 Per-address limits are counted in the parent (a child's address is released
 when it is reaped); with ``--metrics`` each child counts into prometheus-client's
 multiprocess files, which the parent's scrape merges, and a reaped child's
@@ -57,6 +60,25 @@ from tcpkit.serving.offload.executors import import_before_fork
 log = logging.getLogger("tcpkit")
 
 
+class _ChildStop(Wakeup):
+    """A child's own stop pipe, whose :attr:`raised` also turns true when the parent
+    is gone, so that a child blocked in ``recv`` on the driver's fast path (no
+    ``poll``, so no EOF seen on the parent's stop pipe) drains an orphaned client
+    as the poll loop does: after the chunk it is answering, or within a tick."""
+
+    def __init__(self, parent: int) -> None:
+        self._parent = parent
+        super().__init__()
+
+    @property
+    def raised(self) -> bool:
+        return self._raised or os.getppid() != self._parent
+
+    @raised.setter
+    def raised(self, value: bool) -> None:
+        self._raised = value
+
+
 class ForkingServer(BlockingServer):
     """Serves each client in a child process of its own."""
 
@@ -70,6 +92,8 @@ class ForkingServer(BlockingServer):
         self._exited = Wakeup()
         self._reports = StatsChannel()
         self._fork_failed = False
+        self._told_to_drain = False  # the children were sent SIGTERM
+        self._pid = os.getpid()  # each child's parent
         # One worker per child: the cap on children is then also the cap on workers.
         self._child_limits = replace(self.limits, pool_size=1)
         # Objects that exist now are never collected in a child: without this,
@@ -156,7 +180,10 @@ class ForkingServer(BlockingServer):
         parent's signal handlers (they check :attr:`_own_stop`) rather than
         installing its own, and gets its limits ready-made (:attr:`_child_limits`).
         """
-        self._own_stop = own_stop = Wakeup()
+        self._own_stop = own_stop = _ChildStop(self._pid)
+        # The parent's drain reaches a child blocked in recv as SIGTERM (below), which
+        # raises this pipe's flag: so children too may take the driver's fast path.
+        self.client_stop = own_stop
         if not self.handles_signals:  # embedded in a thread: the parent set no handlers
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, frame: own_stop.set())
@@ -206,6 +233,13 @@ class ForkingServer(BlockingServer):
         self._reports.collect(self.stats)
 
     def wait_for_clients(self, deadline: float) -> None:
+        if not self._told_to_drain:
+            # A child on the driver's fast path waits in recv, not poll: the stop
+            # pipe does not wake it, its own SIGTERM handler does.
+            self._told_to_drain = True
+            for pid in list(self._children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
         while self._children:
             left = deadline - time.monotonic()
             if left <= 0:
