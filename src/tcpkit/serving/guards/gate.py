@@ -92,6 +92,9 @@ class Gate:
         self.observer = observer
         self.stats = stats
         self.admission = Admission(limits.max_per_ip, limits.rate_per_ip)
+        # Whether clients are counted per address (unix-socket clients never are:
+        # they have no address), decided once, not per connection.
+        self._per_address = self.admission.enabled
         access = AccessList(Networks(limits.allow), Networks(limits.deny))
         # None when there are no lists, so admit() pays one comparison for them.
         self.access = access if access.enabled else None
@@ -148,30 +151,27 @@ class Gate:
                             "(%d)", open_now, self.nofile, extra={"event": "fd-limit"})
             refusal = BUSY
         else:
+            # Taking the seat is inline (no helper call): this runs once per
+            # connection, and conn C=10 is mostly per-connection cost.
             with self._admission_lock:
-                refusal = self._take_seat(service, host, now)
+                open_here = self.open_by_service.get(service, 0)
+                if open_here >= self.service_max.get(service, self.max_connections):
+                    refusal = BUSY
+                elif self._per_address and host != "unix":
+                    refusal = self.admission.admit(host, now)
+                else:
+                    refusal = None
+                if refusal is None:
+                    self.open_by_service[service] = open_here + 1
         if refusal is not None:
             self.refuse(service, host, port, refusal)
         return refusal
-
-    def _take_seat(self, service: str, host: str, now: float) -> Refusal | None:
-        """Count the client in, unless its service is full or its address
-        limited (called with the lock held)."""
-        open_here = self.open_by_service.get(service, 0)
-        if open_here >= self.service_max.get(service, self.max_connections):
-            return BUSY
-        if self._limits_address(host):
-            refusal = self.admission.admit(host, now)
-            if refusal is not None:
-                return refusal
-        self.open_by_service[service] = open_here + 1
-        return None
 
     def release(self, service: str, host: str) -> None:
         """A client of ``service`` admitted from ``host`` has gone (from any thread)."""
         with self._admission_lock:
             self.open_by_service[service] -= 1
-            if self._limits_address(host):
+            if self._per_address and host != "unix":  # unix clients have no address
                 self.admission.release(host)
 
     def refuse(self, service: str, host: str, port: int, refusal: Refusal = BUSY) -> None:
@@ -218,7 +218,3 @@ class Gate:
         if self.fd_limited and open_now < self.max_open:
             self.fd_limited = False
             log.info("accepting again: %d open", open_now, extra={"event": "fd-limit-over"})
-
-    def _limits_address(self, host: str) -> bool:
-        # Unix-socket clients have no address to count.
-        return self.admission.enabled and host != "unix"
