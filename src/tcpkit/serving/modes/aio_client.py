@@ -163,8 +163,12 @@ class Client(asyncio.Protocol):
         stats.lines += conn.lines
         stats.errors += conn.errors
         seconds = server.loop.time() - self.started
-        server.observer.ended(service, self.host, self.port, conn.lines, seconds,
-                              close_reason(self.idle_closed, conn.line_too_long))
+        # The reason's rule is close_reason's; only a connection that closed for
+        # an error (a line too long sets ``closing``) or idleness has one, so
+        # the common close skips the two calls.
+        reason = (close_reason(self.idle_closed, conn.line_too_long)
+                  if self.idle_closed or conn.closing else "")
+        server.observer.ended(service, self.host, self.port, conn.lines, seconds, reason)
         if server.draining or server.one_shot:
             server.maybe_finish_drain()
 
