@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.net import exchange, free_ports, recv_until_closed
+from helpers.net import exchange, free_ports, inetd_pair, recv_until_closed
 from helpers.servers import needs, run, script, start_server
 
 
@@ -123,14 +123,6 @@ def exchange_when_up(port: int, payload: bytes) -> bytes:
 
 
 # -- inetd ------------------------------------------------------------------------
-
-
-def inetd_pair() -> tuple[socket.socket, socket.socket]:
-    """A real TCP connection: (the client's end, the end inetd would pass on)."""
-    with listening_socket() as listener:
-        client = socket.create_connection(listener.getsockname(), timeout=20)
-        passed, _ = listener.accept()
-    return client, passed
 
 
 def test_inetd_serves_one_connection_on_stdin() -> None:

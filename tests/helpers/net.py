@@ -127,3 +127,41 @@ def listening(port: int) -> bool:
                 if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     return True
     return False
+
+
+def inetd_pair(source: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
+    """A real TCP connection from ``source``: (the client's end, the end inetd would
+    pass on to the server it starts)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.socket()
+        client.settimeout(20)
+        client.bind((source, 0))
+        client.connect(listener.getsockname())
+        passed, _ = listener.accept()
+    return client, passed
+
+
+def talk(port: int, payload: bytes, source: str = "127.0.0.1", host: str = "127.0.0.1",
+         timeout: float = 20.0) -> bytes:
+    """Send ``payload`` from ``source``, half-close, and read until the server closes
+    (``b"<reset>"`` if it reset the connection instead)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.settimeout(timeout)
+        sock.bind((source, 0))
+        sock.connect((host, port))
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            return recv_until_closed(sock)
+        except TimeoutError:
+            raise
+        except OSError:  # reset, or not connected any more: closed without an answer
+            return b"<reset>"
+
+
+def closed_unanswered(reply: bytes) -> bool:
+    """Whether :func:`talk` saw the server close (or reset) without a byte."""
+    return reply in (b"", b"<reset>")
