@@ -83,6 +83,8 @@ LINGER_BYTES = 1 << 20
 MAX_LINGERING = 1000
 # Refusal kinds counted as Stats.denied: who the client is, not how busy we are.
 DROPPED = frozenset({"denied", "proxy_untrusted", "proxy_header"})
+# The host the modes give for a unix-socket client (tcpkit.endpoints.peer_text).
+UNIX_PEER = "unix"
 # The errors= kind a service's own syntax is asked for a refusal in (see Gate.reply).
 REFUSED = "refused"
 
@@ -105,12 +107,9 @@ class ServiceRules:
         self.proxy = (ProxyPolicy(Networks(limits.proxy_from))
                       if limits.proxy_from is not None else None)
         # Whether clients are counted per address, decided once, not per
-        # connection (limits_address adds the host's part).
+        # connection; a client from UNIX_PEER (a unix socket) has no address
+        # and is never counted.
         self.per_address = self.admission.enabled
-
-    def limits_address(self, host: str) -> bool:
-        # Unix-socket clients have no address to count.
-        return self.per_address and host != "unix"
 
 
 class Gate:
@@ -185,7 +184,7 @@ class Gate:
         accepted in the moment before the listeners closed gets its request
         answered.
         """
-        rules = self.rules_for(service)
+        rules = self.rules.get(service) or self.rules_for(service)  # no call if it has rules
         if rules.access is not None and not rules.access.permits(host):
             refusal: Refusal | None = rules.denied
         elif open_now >= self.max_open:
@@ -200,7 +199,7 @@ class Gate:
             with self._admission_lock:
                 if rules.open >= rules.max_connections:
                     refusal = BUSY
-                elif rules.per_address and host != "unix":  # as limits_address
+                elif rules.per_address and host != UNIX_PEER:
                     refusal = rules.admission.admit(host, now)
                 else:
                     refusal = None
@@ -215,7 +214,7 @@ class Gate:
         rules = self.rules[service]
         with self._admission_lock:
             rules.open -= 1
-            if rules.limits_address(host):
+            if rules.per_address and host != UNIX_PEER:
                 rules.admission.release(host)
 
     @staticmethod
