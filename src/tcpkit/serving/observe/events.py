@@ -79,7 +79,8 @@ class Observer:
         ``close`` line.
         """
         if type(self).closed is Observer.closed:
-            self._log_close(service, host, port, lines, seconds, reason)
+            if log.isEnabledFor(logging.INFO):  # here too: no call at all when quiet
+                self._log_close(service, host, port, lines, seconds, reason)
         else:
             self.closed(service, host, port, lines, seconds)
 
