@@ -127,3 +127,14 @@ def listening(port: int) -> bool:
                 if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     return True
     return False
+
+
+def most_buffered(fallback: int = 64 << 20) -> int:
+    """The most bytes the kernel can hold between a TCP sender and a receiver that
+    does not read (the sender's send buffer plus the receiver's receive buffer, at
+    their autotuning ceilings); a sender past this many must wait for the reader."""
+    try:
+        return sum(int(Path(f"/proc/sys/net/ipv4/{table}").read_text().split()[2])
+                   for table in ("tcp_wmem", "tcp_rmem"))
+    except (OSError, IndexError, ValueError):
+        return fallback
