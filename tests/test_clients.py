@@ -17,8 +17,8 @@ from helpers.net import most_buffered
 from helpers.numbers import semiprime
 from helpers.servers import Server, run, script, start_server
 from tcpkit import __version__, factorize
-from tcpkit.serving.guards.gate import LINGER_BYTES
 from tcpkit.services import factor as factor_service
+from tcpkit.serving.guards.gate import LINGER_BYTES
 from tcpkit.testing import running
 
 TCPKIT = script("tcpkit")

@@ -27,7 +27,7 @@ from helpers.processes import descendants, kill_all, wait_for
 
 TESTS = Path(__file__).resolve().parent.parent
 PEERS = TESTS / "peers"
-LISTENING = re.compile(r"Listening on (\S+):(\d+) \((\S+), mode=(\w+)\)")
+LISTENING = re.compile(r"Listening on (\S+):(?P<port>\d+) \((?P<service>\S+), mode=(\w+)\)")
 
 
 def script(name: str) -> list[str]:
@@ -96,8 +96,9 @@ class Server:
 
 def start_server(args: list[str], services: int = 1, env: dict[str, str] | None = None,
                  stdout: int | None = subprocess.DEVNULL, pass_fds: tuple[int, ...] = (),
-                 ) -> Server:
-    """Start a server command and wait until it logs every ``Listening on`` line."""
+                 announces: re.Pattern[str] = LISTENING) -> Server:
+    """Start a server command and wait until it logs every ``Listening on`` line
+    (``announces``: another program's line, with a group ``port`` and maybe ``service``)."""
     process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE,
                                env={**os.environ, **(env or {})}, pass_fds=pass_fds)
     server = Server(process)
@@ -108,9 +109,9 @@ def start_server(args: list[str], services: int = 1, env: dict[str, str] | None 
         for raw in process.stderr:
             line = raw.decode("utf-8", "replace")
             server.stderr_lines.append(line)
-            found = LISTENING.search(line)
+            found = announces.search(line)
             if found:
-                server.ports[found.group(3)] = int(found.group(2))
+                server.ports[found.groupdict().get("service") or ""] = int(found["port"])
                 if len(server.ports) >= services:
                     ready.set()
         ready.set()
