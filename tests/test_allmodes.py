@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from helpers.metrics import metrics_port, scrape, value, wait_closed
+from helpers.metrics import metrics_port, scrape, settled, value, wait_closed
 from helpers.net import connect, exchange, recv_until_closed
 from helpers.numbers import BIG
 from helpers.processes import descendants
@@ -95,16 +95,6 @@ def test_per_ip_limits(serve, mode: str) -> None:
 
 
 # -- metrics: exact figures after real traffic ----------------------------------------
-
-
-def settled(port: int, labels: dict[str, str]) -> dict[tuple[str, frozenset[tuple[str, str]]],
-                                                        float]:
-    """A scrape once no connection is open (the gauge drops just after the close line)."""
-    deadline = time.monotonic() + 10
-    while value(got := scrape(port), "tcpkit_connections_open", **labels) != 0:
-        assert time.monotonic() < deadline, "a connection stays open"
-        time.sleep(0.05)
-    return got
 
 
 @pytest.mark.parametrize("mode, workers", [*((m, 1) for m in MODES), ("async", 2),

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import session_services
+from helpers.metrics import metrics_port, settled, value
 from helpers.net import LinePeer, connect, recv_until_closed
 from helpers.processes import rss_kb, tree_total
 from helpers.servers import Server, run, script, start_server
@@ -111,6 +112,39 @@ def test_time_limit_bounds_an_awaitable(mode: str, serve: Start) -> None:
     assert client.line() == b"error: time limit exceeded (1 s)"
     assert client.line() == b"pong"  # the connection stays open
     client.close()
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_kind_of_answer_counts_alike_in_the_metrics(mode: str, serve: Start) -> None:
+    """A plain answer, an async def answer, and an async def and a Blocking call past
+    --time-limit: one request each, its reply and its latency, a time-limit failure's
+    kind, the same in every mode (the blocking modes run an awaitable to its end while
+    the line that asked for it is being handled)."""
+    server = serve("t-counter", mode, "--metrics", "127.0.0.1:0", "--time-limit", "1")
+    port = metrics_port(server)
+    client = LinePeer(server.port)
+    assert client.line() == b"ready"
+    # sleep 5: far past the limit, yet short (async mode's stop waits for the thread).
+    asked = [b"ping", b"nap 0", b"nap 30", b"sleep 5"]
+    client.send(*asked)
+    late = b"error: time limit exceeded (1 s)"
+    replies = [client.line() for _ in asked]
+    assert replies == [b"pong", b"awoke", late, late]
+    client.close()
+    server.wait_for_stderr(r"close 127\.0\.0\.1:\d+")
+    labels = {"service": "t-counter", "mode": mode}
+    got = settled(port, labels)
+    assert value(got, "tcpkit_lines_total", **labels) == 4
+    assert value(got, "tcpkit_replies_total", **labels) == 4
+    assert value(got, "tcpkit_received_bytes_total", **labels) == sum(
+        len(line) + 1 for line in asked)
+    assert value(got, "tcpkit_sent_bytes_total", **labels) == sum(
+        len(line) + 1 for line in replies)  # the answers (connected()'s line is not one)
+    assert value(got, "tcpkit_request_duration_seconds_count", **labels) == 4
+    assert value(got, "tcpkit_request_duration_seconds_sum", **labels) >= 1.9  # two limits
+    assert value(got, "tcpkit_errors_total", kind="time_limit", **labels) == 2
+    assert value(got, "tcpkit_errors_total", kind="request", **labels) == 0
     assert server.stop() == 0
 
 

@@ -14,6 +14,8 @@ What it adds:
   unsolicited lines meanwhile); past ``--time-limit`` its request gets the
   time-limit error and the thread's late result is ignored (a thread cannot be
   stopped);
+* every job's figures (one request, its reply, its latency, a failure's kind)
+  go to the metrics through ``finish_job``, as in the async mode;
 * an awaitable runs to completion here, on a private event loop of this
   connection, bounded by ``--time-limit``: the thread (or child) is this
   client's alone, so nothing else waits for it;
@@ -122,6 +124,7 @@ class SessionDriver(_Driver):
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
         limit = self.limits.time_limit
+        started = time.perf_counter() if self.metered is not None else 0.0
         outcome: Any
         try:
             outcome = self.loop.run_until_complete(_bounded(work, limit))
@@ -129,7 +132,7 @@ class SessionDriver(_Driver):
             outcome = TimeLimitExceeded.after(limit)
         except Exception as exc:
             outcome = exc
-        self._send(finish_job(self.conn, job, outcome, None, self.service, 0.0))
+        self._send(finish_job(self.conn, job, outcome, self.metered, self.service, started))
 
     def _timeout(self) -> float | None:
         timeout = super()._timeout()
@@ -143,8 +146,11 @@ class SessionDriver(_Driver):
         for job, deadline in list(self.job_deadlines.items()):
             if now >= deadline:
                 del self.job_deadlines[job]
-                limit = TimeLimitExceeded.after(self.limits.time_limit)
-                self._send(self.conn.job_failed(job, str(limit), "time_limit"))
+                job.handle = None  # its late result is dropped (_collect_jobs skips it)
+                self._send(finish_job(self.conn, job,
+                                      TimeLimitExceeded.after(self.limits.time_limit),
+                                      self.metered, self.service,
+                                      self.job_started.pop(job, 0.0)))
         super()._timed_out()
 
     # -- ending ---------------------------------------------------------------

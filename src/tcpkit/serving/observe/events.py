@@ -176,11 +176,13 @@ def receive_measured(conn: ServiceConnection, data: bytes | None, observer: Obse
     out = conn.receive_eof() if data is None else conn.receive_data(data)
     seconds = time.perf_counter() - start
     lines = conn.lines - lines
+    # What this receive did, read before send(): a job that send() runs to its end
+    # (an awaitable in a blocking mode) reports its own figures (finish_job).
+    errors, overflowed = conn.errors - errors, conn.closing and not closing
     jobs = send(out)
     observer.traffic(service, len(data or b""), len(out), lines, out.count(b"\n"),
                      lines - jobs, seconds)
-    errors = conn.errors - errors
-    if conn.closing and not closing:
+    if overflowed:
         observer.failed(service, "line_too_long")
         errors -= 1
     if errors > 0:
