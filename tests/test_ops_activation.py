@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers.net import exchange, free_ports, recv_until_closed
-from helpers.servers import needs, run, script, start_server
+from helpers.servers import needs, run, script, start_inetd, start_server
 
 
 def listening_socket() -> socket.socket:
@@ -126,19 +126,8 @@ def exchange_when_up(port: int, payload: bytes) -> bytes:
 # -- inetd ------------------------------------------------------------------------
 
 
-def inetd_pair() -> tuple[socket.socket, socket.socket]:
-    """A real TCP connection: (the client's end, the end inetd would pass on)."""
-    with listening_socket() as listener:
-        client = socket.create_connection(listener.getsockname(), timeout=20)
-        passed, _ = listener.accept()
-    return client, passed
-
-
 def test_inetd_serves_one_connection_on_stdin() -> None:
-    client, passed = inetd_pair()
-    with passed:
-        process = subprocess.Popen([*script("tcpkit"), "serve", "--inetd", "reverse"],
-                                   stdin=passed, stdout=passed, stderr=subprocess.PIPE)
+    client, process = start_inetd("reverse")
     with client:
         client.sendall(b"hello\nworld\r\n")
         client.shutdown(socket.SHUT_WR)
@@ -149,10 +138,7 @@ def test_inetd_serves_one_connection_on_stdin() -> None:
 
 
 def test_inetd_with_stderr_on_the_socket_keeps_logs_out_of_the_stream() -> None:
-    client, passed = inetd_pair()
-    with passed:
-        process = subprocess.Popen([*script("tcpkit"), "serve", "--inetd", "factor"],
-                                   stdin=passed, stdout=passed, stderr=passed)
+    client, process = start_inetd("factor", stderr_on_socket=True)
     with client:
         client.sendall(b"42\nabc\n")
         client.shutdown(socket.SHUT_WR)

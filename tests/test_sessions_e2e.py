@@ -20,7 +20,7 @@ from helpers import session_services
 from helpers.metrics import metrics_port, settled, value
 from helpers.net import LinePeer, connect, recv_until_closed
 from helpers.processes import rss_kb, tree_total
-from helpers.servers import Server, run, script, start_server
+from helpers.servers import Server, Servers, run, script, start_inetd
 
 MODES = ["async", "thread", "fork", "iterative"]
 CONCURRENT = ["async", "thread", "fork"]  # iterative serves one client at a time
@@ -38,17 +38,9 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture
 def serve(plugin: dict[str, str]) -> Iterator[Start]:
-    started: list[Server] = []
-
-    def start(service: str, mode: str, *args: str) -> Server:
-        server = start_server([*script("tcpkit"), "serve", service, "--listen", "127.0.0.1:0",
-                               "--mode", mode, *args], env=plugin)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop(signal.SIGKILL)
+    servers = Servers(env=plugin)
+    yield servers.in_mode
+    servers.stop_all()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -216,15 +208,7 @@ def test_drain_on_sigterm_answers_then_runs_disconnected(mode: str, serve: Start
 
 
 def test_inetd_serves_a_session(plugin: dict[str, str]) -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        client = socket.create_connection(listener.getsockname(), timeout=20)
-        passed, _ = listener.accept()
-    with passed:
-        process = subprocess.Popen([*script("tcpkit"), "serve", "--inetd", "t-counter"],
-                                   stdin=passed, stdout=passed, stderr=subprocess.PIPE,
-                                   env={**os.environ, **plugin})
+    client, process = start_inetd("t-counter", env=plugin)
     with client:
         client.sendall(b"a\nmany\nQUIT\n")
         assert recv_until_closed(client) == b"ready\n1\none\ntwo\nthree\nbye\n"

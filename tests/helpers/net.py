@@ -13,6 +13,15 @@ def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket
     return socket.create_connection((host, port), timeout=timeout)
 
 
+def connected_pair(timeout: float = 20.0) -> tuple[socket.socket, socket.socket]:
+    """A real TCP connection on loopback: (the client's end, the server's end), e.g. the
+    end inetd hands a server on stdin."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname()[:2], timeout=timeout)
+        accepted, _ = listener.accept()
+    return client, accepted
+
+
 def recv_until_closed(sock: socket.socket, limit: int = 1 << 30) -> bytes:
     """Everything the server sends until it closes the connection."""
     chunks = []
