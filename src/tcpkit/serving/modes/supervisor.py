@@ -26,6 +26,11 @@ client is refused meanwhile.  A replacement that dies or stays silent for
 logged per replaced worker.  From the first restart on, a worker that dies is
 replaced by a re-executed one too, so no old code comes back.
 
+SIGHUP (``systemctl reload``) reloads the TLS certificates: the supervisor's own
+copy, which workers forked later inherit, and every worker's.  A worker holds a
+SIGHUP that comes while it starts (a blocked signal, across an exec too) until
+its mode's handler is in place, so no reload is lost and none kills it.
+
 Workers run in a process group of their own, so a terminal's ^C reaches only
 the supervisor, which stops them all in order; a worker whose supervisor dies
 sees EOF on the stop pipe and drains too.
