@@ -56,10 +56,19 @@ def test_command_line_wins_over_the_file(serve, tmp_path: Path) -> None:
     ('[services.reverse]\ntls-cert = "a.pem"\n', ":2: [services.reverse] tls-cert: tls-cert "
                                                   "and tls-key must be given together"),
     ('[services.nosuch]\n', ": [services.nosuch]: unknown service 'nosuch'"),
-    ('[services.reverse]\nmax-per-ip = 3\n', ":2: [services.reverse] max-per-ip: applies to "
-                                              "the whole server for now"),
-    ('[services.factor]\ndeny = ["10.0.0.0/8"]\n', ":2: [services.factor] deny: applies to "
-                                                   "the whole server for now"),
+    ('[services.reverse]\nmax-per-ip = "3"\n', ":2: [services.reverse] max-per-ip: must be a "
+                                                "number, not '3'"),
+    ('[services.reverse]\nrate-per-ip = "fast"\n', ":2: [services.reverse] rate-per-ip: not a "
+                                                   "rate: 'fast'"),
+    ('[services.factor]\ndeny = ["10.0.0.0/33"]\n', ":2: [services.factor] deny: not an "
+                                                    "address or CIDR block"),
+    ('[services.factor]\nallow = 7\n', ":2: [services.factor] allow: must be a string, not 7"),
+    ('[services.factor]\nquiet-deny = "yes"\n', ":2: [services.factor] quiet-deny: must be "
+                                                "true or false, not 'yes'"),
+    ('[services.factor]\nproxy-protocol = ["192.168.1.7/24"]\n',
+     ":2: [services.factor] proxy-protocol: 192.168.1.7/24 has host bits set"),
+    ('inetd = true\n[services.reverse]\n\nmax-per-ip = 3\n',
+     ":4: [services.reverse] max-per-ip: --inetd serves the one connection on stdin"),
     ('mode = "x', ": Unterminated string"),
 ])
 def test_mistakes_are_usage_errors_naming_file_line_and_key(tmp_path: Path, text: str,

@@ -19,7 +19,7 @@ from typing import Protocol
 import pytest
 
 from helpers.examples import install_examples
-from helpers.net import LinePeer, connect, recv_until_closed
+from helpers.net import LinePeer, connect, exchange, recv_until_closed
 from helpers.processes import rss_kb, tree_total
 from helpers.servers import Server, Servers, needs, run, script
 
@@ -94,6 +94,24 @@ def test_mail_line_too_long_is_500(mode: str, serve: Start) -> None:
     mail.send(b"HELO me", b"x" * 100, b"QUIT", end=b"\r\n")
     assert mail.rest() == b"250 hello me\r\n500 line too long\r\n"  # then closed
     mail.close()
+    stopped_cleanly(server)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mail_refusals_are_421(mode: str, serve: Start) -> None:
+    """The gate turns a client away in the service's syntax (errors=), not tcpkit's."""
+    server = serve("mail", mode, "--deny", "127.0.0.1")
+    assert exchange(server.port, b"HELO me\r\n") == b"421 access denied\r\n"
+    stopped_cleanly(server)
+
+
+@pytest.mark.parametrize("mode", ["async", "thread", "fork"])  # iterative: one at a time anyway
+def test_mail_busy_is_421(mode: str, serve: Start) -> None:
+    server = serve("mail", mode, "--max-connections", "1")
+    held = LinePeer(server.port)
+    assert held.line() == b"220 tcpkit ready\r"  # served, so counted open
+    assert exchange(server.port, b"HELO me\r\n") == b"421 server busy\r\n"
+    held.close()
     stopped_cleanly(server)
 
 

@@ -8,11 +8,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
 
-from tcpkit import registry
+from tcpkit import Service, Session, registry
+from tcpkit.framers import Lines as LineFraming
+from tcpkit.framers import Netstrings
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.admission import BUSY, Admission, Refusal, parse_rate
 from tcpkit.serving.guards.gate import MAX_LINGERING, Gate
@@ -173,7 +176,7 @@ class RacyAdmission(Admission):
 def test_releases_from_threads_and_admits_are_serialized() -> None:
     """Thread mode releases from its client threads while the accept loop admits."""
     gate, _, _ = make_gate(max_per_ip=1)
-    gate.admission = rules = RacyAdmission()
+    gate.rules_for("echo").admission = rules = RacyAdmission()
     per_thread, threads = 200, 4
     for port in range(per_thread * threads):
         gate.admit("echo", "a", port, 0, 0.0)
@@ -219,6 +222,66 @@ def test_max_connections_counts_each_service_on_its_own() -> None:
     assert gate.admit("factor", "h", 8, 3, 0.0) is None
     assert stats.busy == 3
     assert gate.open_by_service == {"factor": 1, "reverse": 3}
+
+
+def make_guarded_gate(**limits: Any) -> Gate:
+    """A gate for reverse, with its own access list, per-IP limit, quiet deny and
+    PROXY senders, and factor, with the server's (``limits``)."""
+    own = Limits(allow=(ip_network("127.0.0.2"),), max_per_ip=1, quiet_deny=True,
+                 proxy_from=(ip_network("127.0.0.1"),))
+    listeners = [Listener(registry.get("reverse"), socket.socket(), limits=own),
+                 Listener(registry.get("factor"), socket.socket())]
+    try:
+        return Gate(Limits(**limits), Recorder(), Stats(), listeners)
+    finally:
+        for each in listeners:
+            each.sock.close()
+
+
+def test_access_lists_and_per_ip_limits_are_each_service_s_own() -> None:
+    gate = make_guarded_gate(deny=(ip_network("10.0.0.0/8"),), max_per_ip=2)
+    denied = gate.admit("reverse", "127.0.0.1", 1, 0, 0.0)  # not on reverse's allow list
+    assert denied is not None and denied.kind == "denied" and denied.silent  # its quiet deny
+    assert gate.admit("reverse", "10.0.0.1", 2, 0, 0.0) is not None  # ...not on it either
+    assert gate.admit("factor", "127.0.0.1", 3, 0, 0.0) is None  # factor: the server's lists
+    refused = gate.admit("factor", "10.0.0.1", 4, 1, 0.0)
+    assert refused is not None and refused.kind == "denied" and not refused.silent
+    # Per-IP counts are per service: 127.0.0.2 holds one reverse (its own limit of 1)...
+    assert gate.admit("reverse", "127.0.0.2", 5, 1, 0.0) is None
+    per_ip = gate.admit("reverse", "127.0.0.2", 6, 2, 0.0)
+    assert per_ip is not None and per_ip.kind == "per_ip"
+    # ...which does not count against factor's (the server's 2)
+    assert [gate.admit("factor", "127.0.0.2", p, 2, 0.0) for p in (7, 8)] == [None, None]
+    assert gate.admit("factor", "127.0.0.2", 9, 4, 0.0) is not None
+    gate.release("reverse", "127.0.0.2")
+    assert gate.admit("reverse", "127.0.0.2", 10, 3, 0.0) is None
+    assert gate.open_by_service == {"reverse": 1, "factor": 3}
+
+
+def test_proxy_senders_are_each_service_s_own() -> None:
+    gate = make_guarded_gate()
+    policy = gate.proxy_for("reverse")
+    assert policy is not None and policy.untrusted("127.0.0.1") is None
+    assert policy.untrusted("127.0.0.2") is not None
+    assert gate.proxy_for("factor") is None  # factor's listeners read no header
+    assert gate.proxy_for("echo") is None  # a service with no listener: the server's
+
+
+def test_a_refusal_in_the_service_s_own_syntax() -> None:
+    mail = Service("mail", 0, "", session=Greeter, framer=LineFraming(newline=b"\r\n"),
+                   errors=lambda kind, message: f"421 {kind}: {message}".encode())
+    netstring = Service("ns", 0, "", lambda line: line, framer=Netstrings())
+    assert Gate.reply(mail, BUSY) == b"421 refused: server busy\r\n"
+    assert Gate.reply(netstring, BUSY) == b"18:error: server busy,"  # its framing, our words
+    assert Gate.reply(registry.get("reverse"), BUSY) == b"error: server busy\n"
+    assert Gate.reply(mail, Refusal("denied", "access denied", silent=True)) == b""
+    broken = Service("broken", 0, "", lambda line: line, errors=lambda kind, message: None)
+    assert Gate.reply(broken, BUSY) == b"error: server busy\n"  # a broken hook: our own
+
+
+class Greeter(Session):
+    def received(self, message: bytes) -> str:
+        return "250 ok"
 
 
 def test_the_descriptor_budget_is_for_the_whole_process() -> None:

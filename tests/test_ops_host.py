@@ -1,8 +1,9 @@
 """On a real host: ``--user``/``--group`` (bind as root, serve as a plain user) and
 ``--pid-file``, with real server processes and a real non-root user.
 
-The privilege tests need root (to bind a port below 1024 and to switch user);
-as any other user they skip, saying so.
+The privilege tests need root (to bind a port below 1024 and to switch user)
+and an interpreter the plain user can run (see ``as_user``); without either
+they skip, saying so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,28 +31,52 @@ TEST_USER = "tcpkit-test"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
 
 
+DROP_PYTHON = "TCPKIT_TEST_DROP_PYTHON"  # an interpreter with tcpkit that the user can run
+ServeAs = Callable[..., list[str]]  # the command line of `tcpkit serve ARGS`
+
+
 @pytest.fixture(scope="module")
 def test_user() -> pwd.struct_passwd:
     """The plain user the servers become (created, as a system user, if absent)."""
     try:
-        user = pwd.getpwnam(TEST_USER)
+        return pwd.getpwnam(TEST_USER)
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", TEST_USER], check=True,
                        capture_output=True, timeout=60)
-        user = pwd.getpwnam(TEST_USER)
-    # The server's factor pool starts Python processes after the drop: the user
-    # must be able to run this interpreter (not so when it lives under a 0700 /root).
+        return pwd.getpwnam(TEST_USER)
+
+
+@pytest.fixture(scope="module")
+def as_user(test_user: pwd.struct_passwd) -> ServeAs:
+    """``tcpkit serve ARGS`` under an interpreter the plain user can run.
+
+    After the drop the server still starts Python processes (its factor pool's
+    forkserver) and imports modules, so the user must be able to read the
+    interpreter and the package.  This one may live under a 0700 /root (pyenv
+    as root); then ``$TCPKIT_TEST_DROP_PYTHON`` names one that can (.ci/run makes
+    one from Debian's python3), as a real host's /usr/bin/python3 would be.
+    """
+    problems = []
+    for python in (sys.executable, os.environ.get(DROP_PYTHON)):
+        if not python:
+            continue
+        problem = _cannot_run(python, test_user)
+        if not problem:
+            return lambda *args: [python, "-m", "tcpkit", "serve", *args]
+        problems.append(f"{python}: {problem}")
+    pytest.skip(f"{TEST_USER} cannot run tcpkit under any interpreter (set ${DROP_PYTHON}): "
+                + "; ".join(problems))
+
+
+def _cannot_run(python: str, user: pwd.struct_passwd) -> str:
+    """Why ``user`` cannot import tcpkit with ``python`` ("" if it can)."""
     try:
-        probe = subprocess.run([sys.executable, "-c", "import tcpkit"], capture_output=True,
+        probe = subprocess.run([python, "-c", "import tcpkit.cli, uvloop"], capture_output=True,
                                timeout=60, check=False, user=user.pw_uid, group=user.pw_gid,
                                extra_groups=[], cwd="/")
-        problem = probe.stderr.decode()[-200:] if probe.returncode else ""
     except OSError as exc:  # e.g. the interpreter lives under a 0700 /root
-        problem = str(exc)
-    if problem:
-        pytest.skip(f"{TEST_USER} cannot run {sys.executable} (a server that dropped to it "
-                    f"could not start its factor pool): {problem}")
-    return user
+        return str(exc)
+    return probe.stderr.decode()[-200:] if probe.returncode else ""
 
 
 def privileged_port() -> int:
@@ -80,10 +106,10 @@ def serve_command(*args: str) -> list[str]:
 @needs_root
 @pytest.mark.parametrize(("mode", "workers"), [("async", 1), ("thread", 1), ("fork", 1),
                                                ("iterative", 1), ("async", 2), ("fork", 2)])
-def test_binds_as_root_then_serves_as_the_user(test_user: pwd.struct_passwd, mode: str,
-                                               workers: int) -> None:
+def test_binds_as_root_then_serves_as_the_user(test_user: pwd.struct_passwd, as_user: ServeAs,
+                                               mode: str, workers: int) -> None:
     port = privileged_port()
-    server = start_server(serve_command(
+    server = start_server(as_user(
         "reverse", "factor", "--listen", f"reverse=127.0.0.1:{port}",
         "--listen", "factor=127.0.0.1:0", "--mode", mode, "--workers", str(workers),
         "--user", TEST_USER, "--factor-workers", "1"), services=2)
@@ -114,7 +140,8 @@ def test_binds_as_root_then_serves_as_the_user(test_user: pwd.struct_passwd, mod
 
 
 @needs_root
-def test_group_option_and_a_root_only_key(test_user: pwd.struct_passwd, tmp_path: Path) -> None:
+def test_group_option_and_a_root_only_key(test_user: pwd.struct_passwd, as_user: ServeAs,
+                                          tmp_path: Path) -> None:
     """--group picks the group; a TLS key only root can read is read before the drop."""
     trustme = pytest.importorskip("trustme")
     authority = trustme.CA()
@@ -124,7 +151,7 @@ def test_group_option_and_a_root_only_key(test_user: pwd.struct_passwd, tmp_path
     cert.cert_chain_pems[0].write_to_path(str(chain))
     key.chmod(0o600)  # root's alone
     group = grp.getgrgid(0).gr_name  # any group other than the user's own
-    server = start_server(serve_command(
+    server = start_server(as_user(
         "reverse", "--listen", "127.0.0.1:0", "--tls-cert", str(chain), "--tls-key", str(key),
         "--user", TEST_USER, "--group", group))
     try:
@@ -141,22 +168,21 @@ def test_group_option_and_a_root_only_key(test_user: pwd.struct_passwd, tmp_path
 
 
 @needs_root
-def test_not_root_or_no_such_user_is_a_usage_error(test_user: pwd.struct_passwd) -> None:
-    missing = run(serve_command("reverse", "--listen", "127.0.0.1:0",
-                                "--user", "no-such-user-here"))
+def test_not_root_or_no_such_user_is_a_usage_error(test_user: pwd.struct_passwd,
+                                                   as_user: ServeAs) -> None:
+    missing = run(as_user("reverse", "--listen", "127.0.0.1:0", "--user", "no-such-user-here"))
     assert missing.returncode == 2
     assert b"--user no-such-user-here: no such user" in missing.stderr
-    no_group = run(serve_command("reverse", "--group", "no-such-group-here"))
+    no_group = run(as_user("reverse", "--group", "no-such-group-here"))
     assert no_group.returncode == 2 and b"no such group" in no_group.stderr
     # Started as the plain user itself: it cannot switch to anyone.
-    as_user = subprocess.run(serve_command("reverse", "--listen", "127.0.0.1:0",
-                                           "--user", TEST_USER),
-                             capture_output=True, timeout=60, check=False,
-                             user=test_user.pw_uid, group=test_user.pw_gid, extra_groups=[],
-                             cwd="/")
-    assert as_user.returncode == 2, as_user.stderr
-    assert b"--user tcpkit-test needs root to switch to" in as_user.stderr
-    assert b"Traceback" not in as_user.stderr
+    plain = subprocess.run(as_user("reverse", "--listen", "127.0.0.1:0", "--user", TEST_USER),
+                           capture_output=True, timeout=60, check=False,
+                           user=test_user.pw_uid, group=test_user.pw_gid, extra_groups=[],
+                           cwd="/")
+    assert plain.returncode == 2, plain.stderr
+    assert b"--user tcpkit-test needs root to switch to" in plain.stderr
+    assert b"Traceback" not in plain.stderr
 
 
 # -- the pid file -----------------------------------------------------------------------
@@ -244,14 +270,14 @@ def test_no_pid_file_when_the_port_is_taken(tmp_path: Path) -> None:
 
 @needs_root
 def test_pid_file_in_the_users_directory_is_removed_after_the_drop(
-        test_user: pwd.struct_passwd) -> None:
+        test_user: pwd.struct_passwd, as_user: ServeAs) -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="tcpkit-run-", dir="/tmp"))
     try:
         os.chown(run_dir, test_user.pw_uid, test_user.pw_gid)  # as systemd's RuntimeDirectory=
         pid_file = run_dir / "tcpkit.pid"
-        server = start_server(serve_command("reverse", "--listen", "127.0.0.1:0",
-                                            "--pid-file", str(pid_file), "--user", TEST_USER,
-                                            "--mode", "thread"))
+        server = start_server(as_user("reverse", "--listen", "127.0.0.1:0",
+                                      "--pid-file", str(pid_file), "--user", TEST_USER,
+                                      "--mode", "thread"))
         assert pid_file.read_text() == f"{server.pid}\n"
         assert server.stop(signal.SIGINT) == 0
         assert not pid_file.exists()
@@ -262,11 +288,11 @@ def test_pid_file_in_the_users_directory_is_removed_after_the_drop(
 
 @needs_root
 def test_a_pid_file_the_user_cannot_remove_is_said_at_start(
-        test_user: pwd.struct_passwd, tmp_path: Path) -> None:
+        test_user: pwd.struct_passwd, as_user: ServeAs, tmp_path: Path) -> None:
     """In root's directory the plain user cannot remove it: said at start, replaced later."""
     pid_file = tmp_path / "tcpkit.pid"
-    command = serve_command("reverse", "--listen", "127.0.0.1:0", "--pid-file", str(pid_file),
-                            "--user", TEST_USER)
+    command = as_user("reverse", "--listen", "127.0.0.1:0", "--pid-file", str(pid_file),
+                      "--user", TEST_USER)
     server = start_server(command)
     server.wait_for_stderr(rf"pid file {pid_file} will stay after exit: its directory is not "
                            rf"writable by this user")

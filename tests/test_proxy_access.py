@@ -18,9 +18,9 @@ import pytest
 
 from helpers import session_services
 from helpers.metrics import metrics_port, scrape, value
-from helpers.net import ipv6_loopback, recv_until_closed
+from helpers.net import closed_unanswered, ipv6_loopback, recv_until_closed, talk
 from helpers.proxy import proxy_v1, proxy_v2
-from helpers.servers import Server, Servers, plugin_env, script, start_server
+from helpers.servers import Server, Servers, plugin_env, script, start_inetd, start_server
 from helpers.tls import Certificates
 
 MODES = [["--mode", "async"], ["--mode", "iterative"], ["--mode", "thread"],
@@ -28,28 +28,6 @@ MODES = [["--mode", "async"], ["--mode", "iterative"], ["--mode", "thread"],
          ["--mode", "thread", "--workers", "2"]]
 IDS = ["async", "iterative", "thread", "fork", "async-workers", "thread-workers"]
 CONCURRENT = [["--mode", "async"], ["--mode", "thread"], ["--mode", "fork"]]
-
-
-def talk(port: int, payload: bytes, source: str = "127.0.0.1", host: str = "127.0.0.1",
-         timeout: float = 20.0) -> bytes:
-    """Send ``payload`` from ``source``, half-close, and read until the server closes."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.settimeout(timeout)
-        sock.bind((source, 0))
-        sock.connect((host, port))
-        try:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            return recv_until_closed(sock)
-        except TimeoutError:
-            raise
-        except OSError:  # reset, or not connected any more: closed without an answer
-            return b"<reset>"
-
-
-def closed_unanswered(reply: bytes) -> bool:
-    return reply in (b"", b"<reset>")
 
 
 def wait_logged(server: Server, text: str, timeout: float = 15.0) -> None:
@@ -202,3 +180,112 @@ def test_a_session_sees_the_real_peer(tmp_path: Path, mode: str) -> None:
         assert reply == b"hello 203.0.113.13\n"
     finally:
         server.stop()
+
+
+# -- each service its own guards (a [services.NAME] table each) -------------------
+
+TWO_SERVICES = """\
+deny = ["127.0.0.3"]
+
+[services.reverse]
+listen = "127.0.0.1:0"
+allow = ["127.0.0.2"]
+quiet-deny = true
+
+[services.factor]
+listen = "127.0.0.1:0"
+"""
+
+
+def serve_file(serve: Servers, tmp_path: Path, text: str, *args: str) -> Server:
+    """``tcpkit serve --config FILE ARGS`` with ``text`` as the file, both services."""
+    config = tmp_path / "tcpkit.toml"
+    config.write_text(text)
+    return serve("--config", str(config), *args, services=2, listen=False)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=IDS)
+def test_each_service_has_its_own_access_list(serve: Servers, tmp_path: Path,
+                                              mode: list[str]) -> None:
+    server = serve_file(serve, tmp_path, TWO_SERVICES, *mode)
+    reverse, factor = server.ports["reverse"], server.ports["factor"]
+    assert closed_unanswered(talk(reverse, b"hello\n", "127.0.0.1"))  # not allowed, quietly
+    assert talk(reverse, b"hello\n", "127.0.0.2") == b"olleh\n"
+    assert closed_unanswered(talk(reverse, b"hello\n", "127.0.0.3"))
+    # factor has no lists of its own: the top level's deny, no allow list, no quiet deny
+    assert talk(factor, b"12\n", "127.0.0.1") == b"2 2 3\n"
+    assert talk(factor, b"12\n", "127.0.0.2") == b"2 2 3\n"
+    assert talk(factor, b"12\n", "127.0.0.3") == b"error: access denied\n"
+    wait_logged(server, "(reverse): access denied")  # the first refusal; a sum for the rest
+
+
+def test_inetd_serves_with_its_service_s_own_access_list(tmp_path: Path) -> None:
+    config = tmp_path / "tcpkit.toml"
+    config.write_text('[services.reverse]\nallow = ["127.0.0.2"]\n[services.factor]\n')
+    denied = b"error: access denied\n"
+    for service, source, payload, reply in [("reverse", "127.0.0.1", b"hello\n", denied),
+                                            ("reverse", "127.0.0.2", b"hello\n", b"olleh\n"),
+                                            ("factor", "127.0.0.1", b"12\n", b"2 2 3\n")]:
+        client, process = start_inetd(service, "--config", str(config), source=source)
+        with client:
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+            assert recv_until_closed(client) == reply, (service, source)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr
+        assert (b"(reverse): access denied" in stderr) == (reply == denied), stderr
+
+
+PER_IP = """\
+max-per-ip = 1
+
+[services.reverse]
+listen = "127.0.0.1:0"
+max-per-ip = 2
+
+[services.factor]
+listen = "127.0.0.1:0"
+"""
+
+
+@pytest.mark.parametrize("mode", CONCURRENT, ids=["async", "thread", "fork"])
+def test_per_ip_limits_are_counted_per_service(serve: Servers, tmp_path: Path,
+                                               mode: list[str]) -> None:
+    """Two open reverse connections (reverse's own limit) do not count against
+    factor's (the top level's 1), nor factor's against reverse's."""
+    server = serve_file(serve, tmp_path, PER_IP, *mode)
+    reverse, factor = server.ports["reverse"], server.ports["factor"]
+    with contextlib.ExitStack() as held:
+        for port, request, reply in [(reverse, b"one\n", b"eno\n"), (reverse, b"two\n", b"owt\n"),
+                                     (factor, b"12\n", b"2 2 3\n")]:
+            sock = held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=20))
+            sock.sendall(request)
+            assert sock.recv(100) == reply  # admitted, and held open
+        assert talk(reverse, b"three\n") == b"error: too many connections from 127.0.0.1\n"
+        assert talk(factor, b"12\n") == b"error: too many connections from 127.0.0.1\n"
+        assert talk(factor, b"12\n", "127.0.0.2") == b"2 2 3\n"  # another address
+
+
+PROXIED_REVERSE = """\
+[services.reverse]
+listen = "127.0.0.1:0"
+proxy-protocol = "127.0.0.1"
+
+[services.factor]
+listen = "127.0.0.1:0"
+"""
+
+
+@pytest.mark.parametrize("mode", MODES, ids=IDS)
+def test_only_a_proxied_service_reads_proxy_headers(serve: Servers, tmp_path: Path,
+                                                    mode: list[str]) -> None:
+    """reverse sits behind a proxy, factor is served plain, in one process."""
+    server = serve_file(serve, tmp_path, PROXIED_REVERSE, *mode)
+    reverse, factor = server.ports["reverse"], server.ports["factor"]
+    header = proxy_v1(("203.0.113.7", 4242), ("127.0.0.1", reverse))
+    assert talk(reverse, header + b"hello\n") == b"olleh\n"
+    assert closed_unanswered(talk(reverse, b"hello\n"))  # no header from a trusted sender
+    assert talk(factor, b"12\n") == b"2 2 3\n"  # factor reads none, trusts nobody to send one
+    assert talk(factor, b"12\n", "127.0.0.2") == b"2 2 3\n"
+    assert talk(factor, header + b"12\n").startswith(b"error: not an integer: \"PROXY TCP4")
+    wait_logged(server, "close 203.0.113.7:4242 (1 lines")

@@ -150,21 +150,63 @@ def test_a_broken_errors_function_falls_back_to_the_default() -> None:
     assert conn.receive_data(b"bad\n") == b"error: bad word\n"
 
 
-def test_jobs_keep_request_order() -> None:
+def test_jobs_keep_request_order_and_hooks_take_turns() -> None:
     conn = make()
     conn.start()
     out = conn.receive_data(b"slow\nasync\nafter\noffload\n")
     assert out == b""  # all wait behind the first job
     jobs = conn.take_jobs()
-    assert [job.kind for job in jobs] == ["blocking", "awaitable", "offload"]
+    # The awaitable waits for the Blocking call's turn to end; Offload work has no
+    # session state, so it starts at once.
+    assert [job.kind for job in jobs] == ["blocking", "offload"]
     assert conn.waiting == 4 and not conn.settled
-    later = asyncio.run(jobs[1].work)  # type: ignore[arg-type]
-    assert conn.job_done(jobs[1], later) == b""
-    assert conn.job_done(jobs[2], b"1") == b""
+    assert conn.job_done(jobs[1], b"1") == b""
+    assert conn.take_jobs() == []
     blocking = jobs[0].work
     assert isinstance(blocking, Blocking)
-    assert conn.job_done(jobs[0], blocking()) == b"slept\nlater\ndone\n3\n1\n"
+    assert conn.job_done(jobs[0], blocking()) == b"slept\n"
+    (awaitable,) = conn.take_jobs()  # its turn now
+    assert awaitable.kind == "awaitable"
+    later = asyncio.run(awaitable.work)  # type: ignore[arg-type]
+    assert conn.job_done(awaitable, later) == b"later\ndone\n3\n1\n"
     assert conn.settled and conn.waiting == 0
+
+
+class Quitter(Session):
+    """Every answer is async; ``QUIT`` closes from inside its coroutine."""
+
+    async def received(self, message: bytes) -> Reply:
+        if message == b"QUIT":
+            self.close()
+            return "bye"
+        return message
+
+
+def test_after_an_async_close_the_waiting_hooks_never_run() -> None:
+    conn = make(Service("quitter", 0, "quits", session=Quitter))
+    conn.start()
+    conn.receive_data(b"a\nQUIT\nb\nc\n")
+    (first,) = conn.take_jobs()
+    assert conn.job_done(first, asyncio.run(first.work)) == b"a\n"  # type: ignore[arg-type]
+    (quit_job,) = conn.take_jobs()
+    waiting = [job.work for job in conn.turns.waiting]
+    assert conn.job_done(quit_job, asyncio.run(quit_job.work)) == b"bye\n"  # type: ignore[arg-type]
+    assert conn.take_jobs() == [] and conn.finished
+    assert all(work.cr_frame is None for work in waiting)  # type: ignore[attr-defined]
+
+
+def test_a_late_result_after_the_time_limit_does_not_start_a_second_turn() -> None:
+    conn = make()
+    conn.start()
+    conn.receive_data(b"slow\nasync\nslow\n")
+    (slow,) = conn.take_jobs()
+    assert conn.job_failed(slow, "time limit exceeded (1 s)", "time_limit") == (
+        b"error: time limit exceeded (1 s)\n")
+    (awaitable,) = conn.take_jobs()
+    assert conn.job_done(slow, "late") == b"" and conn.take_jobs() == []
+    assert conn.job_done(awaitable, asyncio.run(awaitable.work)) == (  # type: ignore[arg-type]
+        b"later\ndone\n")
+    assert [job.kind for job in conn.take_jobs()] == ["blocking"]
 
 
 def test_a_failed_job_is_one_error_reply_in_place() -> None:

@@ -74,6 +74,21 @@ def test_state_is_per_connection_many_lines_and_quit(mode: str, serve: Start) ->
     assert "Traceback" not in server.stderr()
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("word", [b"overlap", b"overlap-blocking"])
+def test_a_sessions_hooks_take_turns(mode: str, word: bytes, serve: Start) -> None:
+    """Five pipelined lines whose answers are async def (or Blocking) calls, each
+    holding a 20 ms window open: none ran while another of the session's was
+    running, and a sync hook's line between them keeps its place."""
+    server = serve("t-counter", mode)
+    peer = LinePeer(server.port)
+    assert peer.line() == b"ready"
+    peer.send(word, word, b"x", word, word, word)
+    assert [peer.line() for _ in range(6)] == [b"most 1", b"most 1", b"3", *[b"most 1"] * 3]
+    peer.close()
+    assert server.stop() == 0
+
+
 @pytest.mark.parametrize("mode", CONCURRENT)
 @pytest.mark.parametrize("slow", [b"sleep", b"nap"])
 def test_a_slow_answer_does_not_hold_up_other_clients(mode: str, slow: bytes,

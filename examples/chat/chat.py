@@ -15,8 +15,6 @@ they live in Redis, and one room spans ``--workers N``, ``--mode fork`` and
 several servers behind a load balancer (docs/rooms-redis.md).
 """
 
-import asyncio
-
 from tcpkit import RequestError, Service, Session
 from tcpkit.hub import HubUnavailable
 
@@ -26,41 +24,32 @@ UNAVAILABLE = "chat unavailable, try again later"
 
 class Chat(Session):
     def __init__(self) -> None:
+        # The hooks are async (they await the hub).  tcpkit runs one connection's
+        # hooks one at a time, in arrival order: a NICK is done before the next
+        # line goes out under the new name, each member's lines reach the others
+        # in the order written, and the lines after QUIT never run.
         self.name = ""  # set once connected() has a unique one
-        self.quit = False
-        # The hooks are async (they await the hub).  In async mode a connection's
-        # hooks would run concurrently; taking turns keeps them in arrival order, so
-        # a NICK is done before the next line goes out under the new name, and
-        # each member's lines reach the others in the order written.  (A line
-        # that arrived with QUIT may already be waiting its turn: quit says to
-        # ignore it.)
-        self.turn = asyncio.Lock()
 
     async def connected(self) -> str:
-        async with self.turn:
-            try:
-                self.name = await self.guest_name()
-            except HubUnavailable:  # Redis is away: say so and close
-                self.close()
-                return f"error: {UNAVAILABLE}"
-            await self.hub.join(ROOM, self)
-            await self.hub.publish(ROOM, f"* {self.name} joined".encode(), self)
-            return f"welcome {self.name}"
+        try:
+            self.name = await self.guest_name()
+        except HubUnavailable:  # Redis is away: say so and close
+            self.close()
+            return f"error: {UNAVAILABLE}"
+        await self.hub.join(ROOM, self)
+        await self.hub.publish(ROOM, f"* {self.name} joined".encode(), self)
+        return f"welcome {self.name}"
 
     async def received(self, message: bytes) -> str | None:
-        async with self.turn:
-            if self.quit:
-                return None
-            command, _, argument = message.partition(b" ")
-            if command == b"NICK" and argument:
-                return await self.nick(argument.decode("utf-8", "replace"))
-            if message == b"QUIT":
-                self.quit = True
-                self.close()
-                return "bye"
-            # To every other member (the hub skips the sender): nothing comes back.
-            await self.hub.publish(ROOM, self.name.encode() + b": " + message, self)
-            return None
+        command, _, argument = message.partition(b" ")
+        if command == b"NICK" and argument:
+            return await self.nick(argument.decode("utf-8", "replace"))
+        if message == b"QUIT":
+            self.close()
+            return "bye"
+        # To every other member (the hub skips the sender): nothing comes back.
+        await self.hub.publish(ROOM, self.name.encode() + b": " + message, self)
+        return None
 
     async def disconnected(self, reason: str) -> None:
         if not self.name:

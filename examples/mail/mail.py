@@ -11,7 +11,9 @@
     C: QUIT                     S: 221 bye   (and the server closes)
 
 Unknown verbs get ``500 unknown command``; a line longer than ``--max-line``
-gets ``500 line too long`` and the connection closes.  Every reply ends CR LF.
+gets ``500 line too long`` and the connection closes; a client the server turns
+away (``--max-connections``, ``--deny``...) gets ``421 server busy``,
+``421 access denied``...  Every reply ends CR LF.
 """
 
 from tcpkit import RequestError, Service, Session
@@ -54,7 +56,10 @@ class Mail(Session):
 
 
 def smtp_errors(kind: str, message: str) -> bytes:
-    """tcpkit's own errors in SMTP's syntax: 500 and a reason."""
+    """tcpkit's own errors in SMTP's syntax: 421 for a client turned away before
+    it is served (server busy, access denied, per-IP limits), else 500 and a reason."""
+    if kind == "refused":
+        return b"421 " + message.encode()
     return b"500 " + (b"line too long" if kind == "line too long" else message.encode())
 
 

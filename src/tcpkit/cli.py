@@ -186,7 +186,9 @@ def serve_operated(ops: Operation, args: argparse.Namespace, services: list[Serv
         except InetdError as exc:
             raise UsageError(str(exc)) from None
         privileges.drop(ops.credentials)
-        serve_inetd(sock, services[0], limits, ops.observer("inetd"), ops.tls)
+        name = services[0].name  # its own table's limits and certificate, if it has one
+        serve_inetd(sock, services[0], settle.limits.get(name, limits), ops.observer("inetd"),
+                    settle.tls.get(name, ops.tls))
         return EXIT_OK
     inherited = ops.inherited_listeners(services)
     observer = ops.observer(args.mode, args.workers)

@@ -4,9 +4,12 @@ Every ``serve`` option may be given under its long name (``mode = "thread"``,
 ``max-connections = 100``); each ``[services.NAME]`` table names a service to
 serve, with its own ``listen`` (a string or a list of endpoints) and its own
 limits (:data:`PER_SERVICE`); every serving mode obeys its ``max-line``,
-``idle-timeout`` and ``max-connections`` (counted per service: see
-:mod:`tcpkit.serving.guards.gate`).  Options given on the command line win
-over the file.  Values go through the same argparse types as the flags, so a
+``idle-timeout``, ``max-connections``, per-IP limits, access lists and PROXY
+trust (counted and applied per service: see :mod:`tcpkit.serving.guards.gate`).
+A key a table leaves out is the top level's (or the command line's); one it
+sets replaces that value for its service (an ``allow`` list too: it is not
+added to the top level's).  Options given on the command line win over the
+file's top level.  Values go through the same argparse types as the flags, so a
 file and a command line are checked by one set of rules.
 
 Mistakes (a key that is no option, a wrong type, a value the option refuses,
@@ -34,11 +37,10 @@ if TYPE_CHECKING:
     from tcpkit.serving.guards.tls import ServerTLS
 
 # Options a [services.NAME] table may set for its service alone (every mode applies them).
-PER_SERVICE = ("listen", "max-connections", "idle-timeout", "max-line", "tls-cert", "tls-key")
-# ...and options that are still one per server: in a table they are refused, never
-# silently ignored (the gate keeps one access list, per-address rule and PROXY policy).
-SERVER_WIDE_ONLY = ("max-per-ip", "rate-per-ip", "allow", "deny", "quiet-deny",
-                    "proxy-protocol")
+PER_SERVICE = ("listen", "max-connections", "idle-timeout", "max-line", "tls-cert", "tls-key",
+               "max-per-ip", "rate-per-ip", "allow", "deny", "quiet-deny", "proxy-protocol")
+# ...of which these count clients across connections: meaningless for --inetd's one.
+NOT_WITH_INETD = ("max-per-ip", "rate-per-ip")
 # Options that make no sense in a file.
 NOT_IN_FILE = ("config", "check-config", "help")
 
@@ -54,6 +56,13 @@ class ConfigFile:
     path: str
     options: dict[str, Any] = field(default_factory=dict)  # dest -> parsed value
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> dest -> value
+    checker: _Checker | None = field(default=None, repr=False)  # for errors found later
+
+    def error(self, key: str, section: str | None, message: str) -> ConfigError:
+        """A mistake found after loading, named by file, line and key like the others."""
+        if self.checker is None:
+            return ConfigError(f"{self.path}: {key}: {message}")
+        return self.checker.error(key, section, message)
 
 
 def load(path: str, parser: argparse.ArgumentParser) -> ConfigFile:
@@ -71,7 +80,7 @@ def load(path: str, parser: argparse.ArgumentParser) -> ConfigFile:
     actions = {action.option_strings[0][2:]: action for action in parser._actions
                if action.option_strings and action.option_strings[0].startswith("--")}
     checker = _Checker(path, text, actions)
-    config = ConfigFile(path)
+    config = ConfigFile(path, checker=checker)
     services = data.pop("services", {})
     if not isinstance(services, dict):
         raise checker.error("services", None, "must be a table of [services.NAME] tables")
@@ -87,9 +96,6 @@ def load(path: str, parser: argparse.ArgumentParser) -> ConfigFile:
             raise checker.error(name, "services", "must be a table ([services.NAME])")
         settings: dict[str, Any] = {}
         for key, value in table.items():
-            if key in SERVER_WIDE_ONLY:
-                raise checker.error(key, section, "applies to the whole server for now: set it "
-                                                  "at the top of the file, not per service")
             if key not in PER_SERVICE:
                 raise checker.error(key, section, "is not a per-service option (one of: "
                                                   f"{', '.join(PER_SERVICE)})")
@@ -199,6 +205,8 @@ def apply(args: argparse.Namespace, parser: argparse.ArgumentParser,
     for dest, value in config.options.items():
         if dest not in given:
             setattr(args, dest, value)
+    if args.inetd:
+        _check_inetd(config)
     if config.services and "services" not in given:
         args.services = list(config.services)
     if any("=" not in item for item in args.listen):
@@ -210,6 +218,15 @@ def apply(args: argparse.Namespace, parser: argparse.ArgumentParser,
             args.listen += [f"{name}={endpoint}" if several else endpoint
                             for endpoint in settings.get("listen", [])]
     return config.services
+
+
+def _check_inetd(config: ConfigFile) -> None:
+    for name, settings in config.services.items():
+        for key in NOT_WITH_INETD:
+            if key.replace("-", "_") in settings:
+                raise config.error(key, f"services.{name}", "--inetd serves the one "
+                                                            "connection on stdin: it does not "
+                                                            "apply")
 
 
 class Settled:

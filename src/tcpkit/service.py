@@ -35,6 +35,7 @@ hot path and is kept apart from all this.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 from tcpkit.errors import Error
 
+log = logging.getLogger("tcpkit")
 
 class RequestError(Error):
     """A request the service cannot answer; the client gets ``error: <message>``."""
@@ -89,7 +91,9 @@ class Blocking:
 
 def default_errors(kind: str, message: str) -> bytes:
     """tcpkit's own error replies: ``error: <message>`` (kind: "request", "line too long",
-    "malformed", "internal", "time limit", "worker crashed", ...)."""
+    "malformed", "internal", "time limit", "worker crashed", ...; "refused" for a
+    client turned away before it is served: "server busy", "access denied",
+    "too many connections from ...", "connection rate exceeded")."""
     return b"error: " + message.encode("utf-8", "replace")
 
 
@@ -177,6 +181,33 @@ class Service:
         """Served by the session engine (not the stateless fast path); see the module doc."""
         return (self.session is not None or self.framer is not None
                 or self.errors is not None or inspect.iscoroutinefunction(self.answer))
+
+    @property
+    def own_error_syntax(self) -> bool:
+        """Whether tcpkit's errors are written in this service's syntax (``errors=`` or
+        ``framer=``) rather than as ``error: ...`` lines."""
+        return self.errors is not None or self.framer is not None
+
+    def error_text(self, kind: str, message: str) -> bytes:
+        """tcpkit's error ``message`` of ``kind`` in this service's words (``errors=``);
+        tcpkit's own if the hook fails or returns no bytes (logged: a bug in it)."""
+        if self.errors is None:
+            return default_errors(kind, message)
+        try:
+            text = self.errors(kind, message)
+            if isinstance(text, bytes):
+                return text
+            log.error("%s: errors= returned %s, not bytes", self.name, type(text).__name__)
+        except Exception:
+            log.exception("%s: errors= failed", self.name)
+        return default_errors(kind, message)
+
+    def error_reply(self, kind: str, message: str) -> bytes:
+        """:meth:`error_text` framed for the wire as a message that answers no request
+        (a line ends with the framer's newline): e.g. a refusal at the gate."""
+        from tcpkit.framers import Lines
+
+        return (self.framer or Lines()).encode(self.error_text(kind, message))
 
     def configured(self, options: Options) -> Service:
         """This service as the server's options ask for it."""

@@ -18,7 +18,10 @@ message), a list or tuple of those (several, in order), an
 :class:`~tcpkit.service.Offload` (a worker process computes the one reply),
 a :class:`~tcpkit.service.Blocking` call (run in a thread) or an awaitable (an
 ``async def`` hook; the driver awaits it).  The last three become *jobs* that
-the driver runs; replies still go out in request order.  ``RequestError`` is
+the driver runs; replies still go out in request order, and one session's
+hooks take turns (:mod:`tcpkit.hook_turns`): the next Blocking call or
+awaitable is handed to the driver only when the previous one has finished,
+and those still waiting when the session calls ``close()`` never run.  ``RequestError`` is
 one error reply; anything else raised or returned is one ``internal error``
 reply, logged with its traceback — a bug costs a request, never the
 connection.  Error replies are written by the service's ``errors=`` function.
@@ -38,9 +41,11 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from tcpkit.connection import Job, JobKind, ServiceConnection
+from tcpkit.connection import Job, ServiceConnection
 from tcpkit.framers import Lines
-from tcpkit.service import Blocking, Offload, RequestError, Service, default_errors
+from tcpkit.hook_turns import HookTurns
+from tcpkit.replies import as_bytes, encoded, job_kind
+from tcpkit.service import RequestError, Service
 from tcpkit.session import NO_PEER, Peer, Reply, Session, _Answering
 
 if TYPE_CHECKING:
@@ -62,32 +67,12 @@ def _no_backlog() -> int:
     return 0
 
 
-def _as_bytes(item: object) -> bytes | None:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode("utf-8", "surrogateescape")
-    if isinstance(item, bytearray | memoryview):
-        return bytes(item)
-    return None
-
-
-def _job_kind(reply: object) -> JobKind | None:
-    if isinstance(reply, Offload):
-        return "offload"
-    if isinstance(reply, Blocking):
-        return "blocking"
-    if inspect.isawaitable(reply):
-        return "awaitable"
-    return None
-
-
 class SessionConnection(ServiceConnection):
     """Drives one :class:`Session`; see the module docstring."""
 
-    __slots__ = ("_close_asked", "_errors_fn", "_gone", "_lock", "_messages", "_newline",
+    __slots__ = ("_close_asked", "_gone", "_lock", "_messages", "_newline",
                  "_unsent", "_unsent_size", "backlog", "dropped", "hub", "max_unsent", "peer",
-                 "service", "session", "wakeup")
+                 "service", "session", "turns", "wakeup")
 
     def __init__(self, service: Service, max_line: int = 1 << 20, peer: Peer = NO_PEER,
                  hub: Any = None, max_unsent: int = MAX_UNSENT) -> None:
@@ -102,12 +87,12 @@ class SessionConnection(ServiceConnection):
         framer: Framer = (service.framer or _LINES).new(max_line)
         self._messages = framer
         self._newline = framer.newline if isinstance(framer, Lines) else b""
-        self._errors_fn = service.errors or default_errors
         self._lock = threading.Lock()
         self._unsent: list[bytes] = []
         self._unsent_size = 0
         self._close_asked = False
         self._gone = False
+        self.turns = HookTurns()
         self.dropped: str | None = None  # why the connection must be dropped at once
         self.max_unsent = max_unsent
         # Set by the driver: wake me (any thread); bytes my transport still holds.
@@ -140,7 +125,7 @@ class SessionConnection(ServiceConnection):
         encode = self._messages.encode
         pieces = []
         for line in lines:
-            data = _as_bytes(line)
+            data = as_bytes(line)
             if data is None:
                 raise TypeError(f"send() takes bytes or str, not {type(line).__name__}")
             pieces.append(encode(data, None))
@@ -259,11 +244,12 @@ class SessionConnection(ServiceConnection):
         """A job's work returned ``reply`` (any Reply but another job)."""
         if job.reply is not None:
             return b""  # already answered (it failed its time limit)
-        data = self._encoded(reply, job.terminator)
+        data = encoded(reply, job.terminator, self._messages.encode)
         if data is None:
             data = self._bad_reply(reply, job.terminator)
         job.reply = data
         self._apply_close()
+        self._next_turn(job)
         return self._release()
 
     def job_failed(self, job: Job, message: str, kind: str = "internal") -> bytes:
@@ -274,6 +260,7 @@ class SessionConnection(ServiceConnection):
         job.reply = self._messages.encode(
             self._error_text(_FAILURE_KINDS.get(kind, kind), message), job.terminator)
         self._apply_close()
+        self._next_turn(job)
         return self._release()
 
     def connection_lost(self, reason: str | None = None) -> Awaitable[Any] | None:
@@ -355,36 +342,33 @@ class SessionConnection(ServiceConnection):
         self._apply_close()
 
     def _deliver(self, reply: Reply, terminator: bytes, out: list[bytes]) -> None:
-        kind = _job_kind(reply)
+        kind = job_kind(reply)
         if kind is not None:
             job = Job(reply, terminator, kind=kind)
             self._hold(job)
-            if self._new_jobs is None:
-                self._new_jobs = []
-            self._new_jobs.append(job)
+            if kind == "offload" or self.turns.admit(job):
+                self._hand_out(job)
             return
-        data = self._encoded(reply, terminator)
+        data = encoded(reply, terminator, self._messages.encode)
         if data is None:
             data = self._bad_reply(reply, terminator)
         self._emit(data, out)
 
-    def _encoded(self, reply: Reply, terminator: bytes) -> bytes | None:
-        """``reply`` framed for the wire, or None if it is not a Reply."""
-        if reply is None:
-            return b""
-        encode = self._messages.encode
-        single = _as_bytes(reply)
-        if single is not None:
-            return encode(single, terminator)
-        if not isinstance(reply, list | tuple):
-            return None
-        parts = []
-        for item in reply:
-            data = _as_bytes(item)
-            if data is None:
-                return None
-            parts.append(encode(data, terminator))
-        return b"".join(parts)
+    def _hand_out(self, job: Job) -> None:
+        if self._new_jobs is None:
+            self._new_jobs = []
+        self._new_jobs.append(job)
+
+    def _next_turn(self, finished: Job) -> None:
+        """Hand out the next waiting hook job; after close(), the waiting never run."""
+        job = self.turns.finished(finished)
+        while job is not None and self._close_asked:
+            if inspect.iscoroutine(job.work):
+                job.work.close()  # never started: no "never awaited" warning
+            job.reply = b""
+            job = self.turns.finished(job)
+        if job is not None:
+            self._hand_out(job)
 
     def _bad_reply(self, reply: object, terminator: bytes) -> bytes:
         log.error("%s: a hook returned %s, which is not a reply (None, bytes, str, a list "
@@ -406,15 +390,7 @@ class SessionConnection(ServiceConnection):
         self._emit(self._messages.encode(self._error_text(kind, message), terminator), out)
 
     def _error_text(self, kind: str, message: str) -> bytes:
-        try:
-            text = self._errors_fn(kind, message)
-            if isinstance(text, bytes):
-                return text
-            log.error("%s: errors= returned %s, not bytes", self._service_name(),
-                      type(text).__name__)
-        except Exception:
-            log.exception("%s: errors= failed", self._service_name())
-        return default_errors(kind, message)
+        return self.service.error_text(kind, message)
 
     def _framing_failed(self, out: list[bytes]) -> None:
         framer = self._messages

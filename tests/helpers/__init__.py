@@ -6,8 +6,9 @@
   for one told its port (a bench anchor); ``start_inetd`` on a real connection;
   ``run`` a command; ``needs`` a tool.
 - ``net``: real loopback sockets: connect, exchange, read lines, abort (RST), free ports,
-  a connected pair; ``listening`` asks the kernel whether a port listens, without
-  connecting; ``most_buffered``, what the kernel can hold between two peers.
+  the pair inetd would make, ``talk`` from a given source address; ``listening`` asks
+  the kernel whether a port listens, without connecting; ``most_buffered``, what the
+  kernel can hold between two peers.
 - ``haproxy``: contrib/haproxy's files with the test's ports, HAProxy started and stopped.
 - ``processes``: /proc: one stat parser, process states, trees and their memory, the
   factor workers found by what they are (children of the forkserver), waiting on them.

@@ -13,15 +13,6 @@ def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket
     return socket.create_connection((host, port), timeout=timeout)
 
 
-def connected_pair(timeout: float = 20.0) -> tuple[socket.socket, socket.socket]:
-    """A real TCP connection on loopback: (the client's end, the server's end), e.g. the
-    end inetd hands a server on stdin."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname()[:2], timeout=timeout)
-        accepted, _ = listener.accept()
-    return client, accepted
-
-
 def recv_until_closed(sock: socket.socket, limit: int = 1 << 30) -> bytes:
     """Everything the server sends until it closes the connection."""
     chunks = []
@@ -147,3 +138,41 @@ def most_buffered(fallback: int = 64 << 20) -> int:
                    for table in ("tcp_wmem", "tcp_rmem"))
     except (OSError, IndexError, ValueError):
         return fallback
+
+
+def inetd_pair(source: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
+    """A real TCP connection from ``source``: (the client's end, the end inetd would
+    pass on to the server it starts)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.socket()
+        client.settimeout(20)
+        client.bind((source, 0))
+        client.connect(listener.getsockname())
+        passed, _ = listener.accept()
+    return client, passed
+
+
+def talk(port: int, payload: bytes, source: str = "127.0.0.1", host: str = "127.0.0.1",
+         timeout: float = 20.0) -> bytes:
+    """Send ``payload`` from ``source``, half-close, and read until the server closes
+    (``b"<reset>"`` if it reset the connection instead)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.settimeout(timeout)
+        sock.bind((source, 0))
+        sock.connect((host, port))
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            return recv_until_closed(sock)
+        except TimeoutError:
+            raise
+        except OSError:  # reset, or not connected any more: closed without an answer
+            return b"<reset>"
+
+
+def closed_unanswered(reply: bytes) -> bool:
+    """Whether :func:`talk` saw the server close (or reset) without a byte."""
+    return reply in (b"", b"<reset>")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.net import connected_pair, ipv6_loopback, listening
+from helpers.net import inetd_pair, ipv6_loopback, listening
 from helpers.processes import descendants, kill_all, wait_for
 
 TESTS = Path(__file__).resolve().parent.parent
@@ -149,13 +149,14 @@ def start_on_port(args: list[str], port: int, timeout: float = 20.0) -> Server:
 
 
 def start_inetd(*args: str, env: dict[str, str] | None = None, stderr_on_socket: bool = False,
-                ) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+                source: str = "127.0.0.1") -> tuple[socket.socket, subprocess.Popen[bytes]]:
     """``tcpkit serve --inetd ARGS...`` as inetd starts it: one end of a real loopback
-    connection as its stdin and stdout (and stderr, if ``stderr_on_socket``; else a pipe).
+    connection (from ``source``) as its stdin and stdout (and stderr, if
+    ``stderr_on_socket``; else a pipe).
 
     Returns the client's end and the process; our copy of the server's end is closed.
     """
-    client, passed = connected_pair()
+    client, passed = inetd_pair(source)
     with passed:
         process = subprocess.Popen(
             [*script("tcpkit"), "serve", "--inetd", *args], stdin=passed, stdout=passed,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 from tcpkit.service import Blocking, Service
@@ -33,6 +34,8 @@ class Counter(Session):
 
     def connected(self) -> Reply:
         self.count = 0
+        self.in_flight = self.most = 0  # hook jobs of this session running at once
+        self.lock = threading.Lock()
         return "ready"
 
     def received(self, message: bytes) -> Reply:
@@ -50,11 +53,35 @@ class Counter(Session):
             return Blocking(_sleep, float(rest or 1))
         if word == b"nap":  # an async def answer, awaited on the loop
             return self._nap(float(rest or 1))
+        if word == b"overlap":  # how many of this session's hook jobs ran at once
+            return self._overlap()
+        if word == b"overlap-blocking":
+            return Blocking(self._overlap_blocking)
         return str(self.count)
 
     async def _nap(self, seconds: float) -> Reply:
         await asyncio.sleep(seconds)
         return "awoke"
+
+    async def _overlap(self) -> Reply:
+        self._enter()
+        await asyncio.sleep(0.02)  # a window in which another job could start
+        return self._leave()
+
+    def _overlap_blocking(self) -> Reply:
+        self._enter()
+        time.sleep(0.02)
+        return self._leave()
+
+    def _enter(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+
+    def _leave(self) -> str:
+        with self.lock:
+            self.in_flight -= 1
+            return f"most {self.most}"
 
     def disconnected(self, reason: str) -> None:
         log.info("counter session ended: %s", reason)

@@ -36,8 +36,9 @@ by axis, a folder each, a file per job::
       dask.py        the Dask executor (--executor dask://)
 
     guards/        who may be served, and how safely
-      gate.py        who gets in, one rule for every mode: access lists, busy, descriptor budget,
-                     per-address limits, refusal counts and logs, lingering; sans-IO
+      gate.py        who gets in, one rule for every mode, each service its own: access lists, busy,
+                     descriptor budget, per-address limits, PROXY trust, refusals (in the
+                     service's syntax), their counts and logs, lingering; sans-IO
       admission.py   per-address limits (xinetd's per_source and cps), sans-IO
       access.py      allow/deny lists by network (xinetd's only_from), sans-IO
       proxy.py       the PROXY protocol header (HAProxy v1/v2): the real client, sans-IO

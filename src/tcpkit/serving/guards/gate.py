@@ -10,20 +10,26 @@ the process is out of room for one more descriptor (a process-wide budget: see
 rules: first the access lists (``--allow``/``--deny``, a
 :class:`~tcpkit.serving.guards.access.AccessList`: a denied client is refused
 even when there is room), then those of
-:class:`~tcpkit.serving.guards.admission.Admission`.  The gate also
+:class:`~tcpkit.serving.guards.admission.Admission`.  Every one of those rules
+is a service's own (:class:`ServiceRules`: its table's values, else the
+server's), and so are the per-address counts: a client's open reverse
+connections do not count against its factor ones.  The gate also
 keeps what goes with the decision: the counters (``Stats.busy`` and
 ``Stats.limited``, the observer's ``limit_refused``), the logging — a flood of
 refusals is one ``refused`` line, then one "refused N more" line a second, and
 running short of descriptors is logged when it begins and when it ends — and
 how many refused sockets may linger while their ``error:`` line is read.
-What a refused client reads is decided here too (:attr:`Refusal.line`): an
-``error:`` line, or nothing at all for ``--quiet-deny`` and for connections
-dropped before they were served (a PROXY header missing, malformed, late, or
-from an untrusted sender: :meth:`Gate.drop`).
+What a refused client reads is decided here too (:meth:`Gate.reply`): an
+``error:`` line — in the service's own syntax when it has one (``errors=``,
+``framer=``: mail answers ``421 server busy``) — or nothing at all for
+``--quiet-deny`` and for connections dropped before they were served (a PROXY
+header missing, malformed, late, or from an untrusted sender: :meth:`Gate.drop`).
 
 Behind ``--proxy-protocol`` the address the gate is given is the real
 client's, read from the header (see :mod:`tcpkit.serving.guards.proxied`):
-the modes admit a proxied connection only once its header is in.
+the modes admit a proxied connection only once its header is in, and read a
+header only on the listeners of a service that trusts senders
+(:meth:`Gate.proxy_for`): another service of the same process is served plain.
 
 It owns no socket and no clock: the mode passes ``now`` and the number of
 clients it is serving (for the descriptor budget), so the rules are tested
@@ -42,6 +48,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from tcpkit.service import Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards import fdlimit
 from tcpkit.serving.guards.access import DENIED_MESSAGE, AccessList, Networks
@@ -76,21 +83,20 @@ LINGER_BYTES = 1 << 20
 MAX_LINGERING = 1000
 # Refusal kinds counted as Stats.denied: who the client is, not how busy we are.
 DROPPED = frozenset({"denied", "proxy_untrusted", "proxy_header"})
+# The errors= kind a service's own syntax is asked for a refusal in (see Gate.reply).
+REFUSED = "refused"
 
 
-class Gate:
-    """Admission, refusal and lingering for one server process; see the module docstring."""
+class ServiceRules:
+    """One service's admission rules, from its limits, and its open clients.
 
-    def __init__(self, limits: Limits, observer: Observer, stats: Stats,
-                 listeners: Sequence[Listener] = ()) -> None:
-        # Clients each service may have open at once: its listener's own
-        # limit, else the server's (also for a service with no listener here).
+    A service without a ``[services.NAME]`` table gets the server's values,
+    but still rules (and counts) of its own.
+    """
+
+    def __init__(self, limits: Limits) -> None:
         self.max_connections = limits.max_connections
-        self.service_max = {listener.service.name: listener.limits.max_connections
-                            for listener in listeners if listener.limits is not None}
-        self.open_by_service: dict[str, int] = {}
-        self.observer = observer
-        self.stats = stats
+        self.open = 0  # admitted, not yet released (under the gate's lock)
         self.admission = Admission(limits.max_per_ip, limits.rate_per_ip)
         access = AccessList(Networks(limits.allow), Networks(limits.deny))
         # None when there are no lists, so admit() pays one comparison for them.
@@ -98,6 +104,26 @@ class Gate:
         self.denied = Refusal("denied", DENIED_MESSAGE, silent=limits.quiet_deny)
         self.proxy = (ProxyPolicy(Networks(limits.proxy_from))
                       if limits.proxy_from is not None else None)
+
+    def limits_address(self, host: str) -> bool:
+        # Unix-socket clients have no address to count.
+        return self.admission.enabled and host != "unix"
+
+
+class Gate:
+    """Admission, refusal and lingering for one server process; see the module docstring."""
+
+    def __init__(self, limits: Limits, observer: Observer, stats: Stats,
+                 listeners: Sequence[Listener] = ()) -> None:
+        self.limits = limits
+        self.observer = observer
+        self.stats = stats
+        # Each service's rules: its listener's own limits, else the server's;
+        # a service with no listener here (inetd) gets the server's on first use.
+        self.rules: dict[str, ServiceRules] = {}
+        for listener in listeners:
+            if listener.service.name not in self.rules:
+                self.rules[listener.service.name] = ServiceRules(listener.limits or limits)
         self._admission_lock = threading.Lock()
         # Clients (of all services) and lingering refused sockets allowed at
         # once: budget() sets them from the descriptor limit.
@@ -107,6 +133,22 @@ class Gate:
         self.nofile = 0  # the descriptor limit budget() saw (0: not budgeted)
         self.fd_limited = False  # in an episode of refusing for want of descriptors
         self._refused_this_tick = 0
+
+    def rules_for(self, service: str) -> ServiceRules:
+        """``service``'s rules (made from the server's limits if it has none yet)."""
+        rules = self.rules.get(service)
+        if rules is None:
+            rules = self.rules[service] = ServiceRules(self.limits)
+        return rules
+
+    def proxy_for(self, service: str) -> ProxyPolicy | None:
+        """Whom ``service``'s listeners take a PROXY header from (None: they read none)."""
+        return self.rules_for(service).proxy
+
+    @property
+    def open_by_service(self) -> dict[str, int]:
+        """Each service's open clients, as the gate counts them."""
+        return {name: rules.open for name, rules in self.rules.items()}
 
     def budget(self, limit: int | None = None, in_use: int | None = None) -> None:
         """Refuse (``error: server busy``) before descriptors run out, not after.
@@ -123,7 +165,8 @@ class Gate:
         self.nofile = limit
         self.max_open = room
         self.max_lingering = min(MAX_LINGERING, max(1, fdlimit.headroom(limit) // 2))
-        wanted = max(self.max_connections, *self.service_max.values(), 0)
+        wanted = max([self.limits.max_connections,
+                      *(rules.max_connections for rules in self.rules.values())])
         if room < wanted:
             log.info("descriptor limit %d: room for %d connections (--max-connections %d)",
                      limit, room, wanted,
@@ -139,8 +182,9 @@ class Gate:
         accepted in the moment before the listeners closed gets its request
         answered.
         """
-        if self.access is not None and not self.access.permits(host):
-            refusal: Refusal | None = self.denied
+        rules = self.rules_for(service)
+        if rules.access is not None and not rules.access.permits(host):
+            refusal: Refusal | None = rules.denied
         elif open_now >= self.max_open:
             if not self.fd_limited:
                 self.fd_limited = True
@@ -149,30 +193,41 @@ class Gate:
             refusal = BUSY
         else:
             with self._admission_lock:
-                refusal = self._take_seat(service, host, now)
+                refusal = self._take_seat(rules, host, now)
         if refusal is not None:
             self.refuse(service, host, port, refusal)
         return refusal
 
-    def _take_seat(self, service: str, host: str, now: float) -> Refusal | None:
+    @staticmethod
+    def _take_seat(rules: ServiceRules, host: str, now: float) -> Refusal | None:
         """Count the client in, unless its service is full or its address
         limited (called with the lock held)."""
-        open_here = self.open_by_service.get(service, 0)
-        if open_here >= self.service_max.get(service, self.max_connections):
+        if rules.open >= rules.max_connections:
             return BUSY
-        if self._limits_address(host):
-            refusal = self.admission.admit(host, now)
+        if rules.limits_address(host):
+            refusal = rules.admission.admit(host, now)
             if refusal is not None:
                 return refusal
-        self.open_by_service[service] = open_here + 1
+        rules.open += 1
         return None
 
     def release(self, service: str, host: str) -> None:
         """A client of ``service`` admitted from ``host`` has gone (from any thread)."""
+        rules = self.rules[service]
         with self._admission_lock:
-            self.open_by_service[service] -= 1
-            if self._limits_address(host):
-                self.admission.release(host)
+            rules.open -= 1
+            if rules.limits_address(host):
+                rules.admission.release(host)
+
+    @staticmethod
+    def reply(service: Service, refusal: Refusal) -> bytes:
+        """What a client of ``service`` refused for ``refusal`` reads before the close:
+        nothing if silent; else tcpkit's ``error:`` line, or, for a service with
+        a syntax of its own (``errors=``, ``framer=``), its ``errors=`` reply of
+        kind ``"refused"``, framed as its replies are."""
+        if refusal.silent or not service.own_error_syntax:
+            return refusal.line
+        return service.error_reply(REFUSED, refusal.message)
 
     def refuse(self, service: str, host: str, port: int, refusal: Refusal = BUSY) -> None:
         """Count a refused client; log it if it is the first since the last tick.
@@ -218,7 +273,3 @@ class Gate:
         if self.fd_limited and open_now < self.max_open:
             self.fd_limited = False
             log.info("accepting again: %d open", open_now, extra={"event": "fd-limit-over"})
-
-    def _limits_address(self, host: str) -> bool:
-        # Unix-socket clients have no address to count.
-        return self.admission.enabled and host != "unix"

@@ -8,11 +8,13 @@ only what :meth:`~tcpkit.serving.guards.proxy.HeaderReader.peek` says is
 header.  It never blocks: a mode calls :meth:`PendingHeader.read` when the
 socket is readable (the event loop's reader, the accept loop's ``poll``) and
 drops the connection when :meth:`PendingHeader.expired` says it took too long.
-:class:`PendingHeaders` is that bookkeeping for a whole server process, the
-same for the event loop and the blocking accept loop: each mode only watches
+:class:`PendingHeaders` is that bookkeeping for the listeners of one service
+(each service has its own trusted senders), the same for the event loop and
+the blocking accept loop: each mode only watches
 the descriptors it names and acts on the :class:`Arrival` it gets back.
 
-:class:`ProxyPolicy` is who may send a header (``--proxy-protocol CIDR,...``):
+:class:`ProxyPolicy` is who may send a header (``--proxy-protocol CIDR,...``, or a
+``[services.NAME]`` table's ``proxy-protocol``):
 the spec forbids guessing, so from a trusted sender a header is required and
 from anyone else none is believed — such a connection is refused outright.
 """
@@ -124,7 +126,8 @@ class Arrival(NamedTuple):
 
 
 class PendingHeaders:
-    """The trusted connections of one server process whose header is on its way.
+    """The trusted connections of one service (one listener, in the async mode)
+    whose header is on its way.
 
     A mode hands over each accepted socket (:meth:`arrived`), watches the
     descriptors of those still waiting (:attr:`waiting`) for input and calls

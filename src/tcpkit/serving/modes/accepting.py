@@ -12,7 +12,7 @@ Who is served is decided as in the async mode, by the same
 :class:`~tcpkit.serving.guards.gate.Gate` (``--max-connections``, the descriptor
 budget, per-address limits; checked before a client is handed on); what is
 left here is the sockets: sending the refusal, lingering, closing.  Behind
-``--proxy-protocol`` a client is admitted only once its PROXY header is in,
+a service's ``--proxy-protocol`` a client is admitted only once its PROXY header is in,
 as the real client the header names: the accept loop's ``poll`` watches the
 connections still sending one (:class:`~tcpkit.serving.guards.proxied.PendingHeaders`,
 shared with the async mode), and its tick drops those that take too long —
@@ -89,8 +89,13 @@ class BlockingServer:
         self._hubs: Hubs | None = None  # sessions' hubs, made on first use
         self._poller: select.poll | None = None  # the accept loop's
         self._lingering: dict[int, tuple[socket.socket, float]] = {}  # fd -> (sock, until)
-        policy = self.gate.proxy
-        self._headers = PendingHeaders(policy) if policy is not None else None
+        # The PROXY headers on their way, per service that trusts senders
+        # (its listeners read one; the others are served plain).
+        self._headers: dict[str, PendingHeaders] = {}
+        for listener in self.listeners:
+            policy = self.gate.proxy_for(listener.service.name)
+            if policy is not None and listener.service.name not in self._headers:
+                self._headers[listener.service.name] = PendingHeaders(policy)
         self._header_listeners: dict[int, Listener] = {}  # fd -> listener, header pending
         self._accept_pauses = 0  # consecutive out-of-resources pauses
         self._paused_until = 0.0
@@ -280,8 +285,9 @@ class BlockingServer:
             if self._accept_pauses:
                 log.info("accepting again (after %d pauses)", self._accept_pauses)
                 self._accept_pauses = 0
-            if self._headers is not None:
-                self._header_arrived(listener, sock, peer)
+            headers = self._headers.get(listener.service.name)
+            if headers is not None:
+                self._header_arrived(headers, listener, sock, peer)
             else:
                 self._admit(listener, sock, peer)
 
@@ -291,15 +297,15 @@ class BlockingServer:
         refusal = self.gate.admit(listener.service.name, host, port, self.active(),
                                   time.monotonic())
         if refusal is not None:
-            self.turn_away(sock, refusal)
+            self.turn_away(sock, listener.service, refusal)
         else:
             self.dispatch(listener, sock, peer)
 
     # -- PROXY headers (--proxy-protocol) ---------------------------------
 
-    def _header_arrived(self, listener: Listener, sock: socket.socket, peer: object) -> None:
-        assert self._headers is not None
-        arrival = self._headers.arrived(sock, peer, time.monotonic())
+    def _header_arrived(self, headers: PendingHeaders, listener: Listener,
+                        sock: socket.socket, peer: object) -> None:
+        arrival = headers.arrived(sock, peer, time.monotonic())
         if arrival is not None:
             self._header_done(listener, arrival)
         elif self._poller is not None:
@@ -307,8 +313,8 @@ class BlockingServer:
             self._poller.register(sock.fileno(), select.POLLIN)
 
     def _header_readable(self, fd: int) -> None:
-        assert self._headers is not None
-        arrival = self._headers.readable(fd)
+        listener = self._header_listeners[fd]
+        arrival = self._headers[listener.service.name].readable(fd)
         if arrival is not None:
             self._header_done(self._stop_header_wait(fd), arrival)
 
@@ -327,8 +333,8 @@ class BlockingServer:
         arrival.sock.close()
 
     def _expire_headers(self, now: float) -> None:
-        if self._headers is not None:
-            for arrival in self._headers.expired(now):
+        for headers in self._headers.values():
+            for arrival in headers.expired(now):
                 self._header_done(self._stop_header_wait(arrival.sock.fileno()), arrival)
 
     def _accept_failed(self, exc: OSError) -> None:
@@ -346,11 +352,11 @@ class BlockingServer:
         (no thread or process for it), and turn it away."""
         host, port = peer_text(peer)
         self.gate.refuse(service.name, host, port, refusal)
-        self.turn_away(sock, refusal)
+        self.turn_away(sock, service, refusal)
 
-    def turn_away(self, sock: socket.socket, refusal: Refusal) -> None:
-        """Send a refused client its ``error:`` line, then linger or close
-        (a silent refusal, --quiet-deny, is a bare close)."""
+    def turn_away(self, sock: socket.socket, service: Service, refusal: Refusal) -> None:
+        """Send a refused client its ``error:`` line (in ``service``'s syntax), then
+        linger or close (a silent refusal, --quiet-deny, is a bare close)."""
         if refusal.silent:
             sock.close()
             return
@@ -360,7 +366,7 @@ class BlockingServer:
             # destroy the reply: take what the client already sent first.
             with contextlib.suppress(BlockingIOError):
                 sock.recv(1 << 16)
-            sock.send(refusal.line)
+            sock.send(self.gate.reply(service, refusal))
             sock.shutdown(socket.SHUT_WR)
             if self._poller is not None and self.gate.linger():
                 self._poller.register(sock.fileno(), select.POLLIN)
@@ -419,8 +425,8 @@ class BlockingServer:
             listener.sock.close()
         for fd in list(self._lingering):
             self._stop_lingering(fd)
-        if self._headers is not None:
-            for fd in self._headers.close_all():
+        for headers in self._headers.values():
+            for fd in headers.close_all():
                 self._stop_header_wait(fd)
 
     def _install_signals(self) -> dict[int, Any]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from tcpkit.service import Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.gate import TICK, Gate
+from tcpkit.serving.guards.proxied import ProxyPolicy
 from tcpkit.serving.guards.tls import ServerTLS, reload_certificates
 from tcpkit.serving.listeners import BACKLOG, describe
 from tcpkit.serving.modes.aio_client import Client
@@ -111,11 +112,12 @@ class AsyncServer:
                       ) -> tuple[asyncio.Server | ProxiedAcceptor, socket.socket]:
         """Serve ``listener`` (again): libuv gets a duplicate of its socket to close.
 
-        Behind --proxy-protocol we accept ourselves (see aio_proxied), on the
-        original socket: nothing else closes it before the drain.
+        Behind the service's --proxy-protocol we accept ourselves (see
+        aio_proxied), on the original socket: nothing else closes it before the drain.
         """
-        if self.gate.proxy is not None:
-            return ProxiedAcceptor(self, listener, self.gate.proxy), listener.sock
+        policy = self.gate.proxy_for(listener.service.name)
+        if policy is not None:
+            return ProxiedAcceptor(self, listener, policy), listener.sock
         tls = listener.tls
         sock = listener.sock.dup()
         service, client = listener.service, _client_class(listener.service)
@@ -176,8 +178,9 @@ class AsyncServer:
         waiters = [self.loop.create_task(event.wait()) for event in (self._stop, self._drained)]
         try:
             client = None
-            if self.gate.proxy is not None:
-                client = await self._inetd_header(sock, service)
+            policy = self.gate.proxy_for(service.name)
+            if policy is not None:
+                client = await self._inetd_header(sock, service, policy)
                 if client is None:
                     return  # dropped: no (trusted) PROXY header
             await self.loop.connect_accepted_socket(
@@ -195,11 +198,10 @@ class AsyncServer:
             await self.pool.close()
             await self._close_hub()
 
-    async def _inetd_header(self, sock: socket.socket,
-                            service: Service) -> tuple[str, int] | None:
+    async def _inetd_header(self, sock: socket.socket, service: Service,
+                            policy: ProxyPolicy) -> tuple[str, int] | None:
         """Behind --proxy-protocol: the real client, or None (dropped and closed)."""
-        assert self.gate.proxy is not None
-        arrival = await read_header(self.loop, sock, self.gate.proxy)
+        arrival = await read_header(self.loop, sock, policy)
         if arrival.client is not None:
             return arrival.client
         if arrival.refused is not None:

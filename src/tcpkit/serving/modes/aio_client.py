@@ -86,7 +86,7 @@ class Client(asyncio.Protocol):
             if refusal.silent:
                 transport.close()
             else:
-                transport.write(refusal.line)
+                transport.write(server.gate.reply(self.service, refusal))
                 Refused.close(server.gate, server.loop, transport)
             self.transport = None
             self.conn.stop_input()  # off the fast path: anything that still arrives is dropped

@@ -30,6 +30,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, cast
@@ -60,6 +61,8 @@ class SessionDriver(_Driver):
         self.peer = Peer(*peer)
         self.job_deadlines: dict[Job, float] = {}  # Blocking jobs still within their limit
         self.loop: asyncio.AbstractEventLoop | None = None  # for awaitables, made on first use
+        self.awaitables: deque[tuple[Job, Awaitable[Any]]] = deque()  # their turn has come
+        self.awaiting = False  # an awaitable is running (see _await)
         conn = self.session
         conn.peer = self.peer
         conn.hub = hub() if hub is not None else None
@@ -121,18 +124,36 @@ class SessionDriver(_Driver):
                          daemon=True).start()
 
     def _await(self, job: Job, work: Awaitable[Any]) -> None:
+        """Run an awaitable to completion here, then send what it released.
+
+        Its reply may hand out the session's next hook job (tcpkit.hook_turns),
+        which comes back here: it is queued and run by the loop below, not by a
+        nested call, so a burst of pipelined lines cannot grow the stack.
+        """
+        self.awaitables.append((job, work))
+        if self.awaiting:
+            return
+        self.awaiting = True
+        try:
+            while self.awaitables and not self.gone:
+                job, work = self.awaitables.popleft()
+                started = time.perf_counter() if self.metered is not None else 0.0
+                outcome = self._outcome(work)
+                self._send(finish_job(self.conn, job, outcome, self.metered, self.service,
+                                      started))
+        finally:
+            self.awaiting = False
+
+    def _outcome(self, work: Awaitable[Any]) -> Any:
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
         limit = self.limits.time_limit
-        started = time.perf_counter() if self.metered is not None else 0.0
-        outcome: Any
         try:
-            outcome = self.loop.run_until_complete(_bounded(work, limit))
+            return self.loop.run_until_complete(_bounded(work, limit))
         except TimeoutError:
-            outcome = TimeLimitExceeded.after(limit)
+            return TimeLimitExceeded.after(limit)
         except Exception as exc:
-            outcome = exc
-        self._send(finish_job(self.conn, job, outcome, self.metered, self.service, started))
+            return exc
 
     def _timeout(self) -> float | None:
         timeout = super()._timeout()
