@@ -38,6 +38,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ class Service:
         if isinstance(self.preload, str) or not all(isinstance(m, str) for m in self.preload):
             raise TypeError(f"service {self.name!r}: preload must be a tuple of module names")
 
-    @property
+    @cached_property  # asked for every connection; inspect's check is not free
     def uses_sessions(self) -> bool:
         """Served by the session engine (not the stateless fast path); see the module doc."""
         return (self.session is not None or self.framer is not None

@@ -20,6 +20,7 @@ by axis, a folder each, a file per job::
       accepting.py   the accept loop shared by the blocking modes
       driver.py      the blocking modes' per-connection driver (one poll loop)
       driver_sessions.py  ...its subclass for session services' clients
+      driver_fastpath.py  ...its fast path: a settled plain client in blocking recv, no poll
       iterative.py   one client at a time (the article's first server)
       threaded.py    a thread per client
       forking.py     a child process per client (the article's server)

@@ -104,6 +104,7 @@ class BlockingServer:
     # Whether each client holds a descriptor in this process for its whole
     # life (thread, iterative) — not so in fork mode, where the child holds it.
     clients_hold_descriptors = True
+    client_stop: Wakeup | None = None  # the stop pipe, if clients may read its flag (thread)
 
     # -- what a mode provides ---------------------------------------------
 
@@ -183,7 +184,8 @@ class BlockingServer:
                                        self.stop_fds(), self.bridge,
                                        observer if observer.measures_traffic else None,
                                        peer=(host, port),
-                                       hub=functools.partial(self.session_hub, service.name))
+                                       hub=functools.partial(self.session_hub, service.name),
+                                       blocking_stop=self.client_stop)
         except Exception:
             log.exception("a connection failed")
             sock.close()

@@ -29,6 +29,13 @@ What every mode gets from it, the same way as the async mode:
 * **Drain.**  When a stop pipe becomes readable the driver takes no more
   requests, finishes those already read, and closes — or gives up at
   ``drain_timeout``.
+
+A mode whose clients are served in the process that raises the stop pipe's
+flag (thread mode) passes the pipe as ``blocking_stop``; a plain,
+unmetered, stateless connection then starts on the fast path of
+:mod:`~tcpkit.serving.modes.driver_fastpath` — blocking ``recv``, no ``poll``
+— and this loop takes over, from the state the fast path leaves, the moment
+anything needs it.
 """
 
 from __future__ import annotations
@@ -53,12 +60,14 @@ from tcpkit.connection import Job, ServiceConnection
 from tcpkit.service import Offload, Service
 from tcpkit.serving.config import Limits
 from tcpkit.serving.guards.gate import LINGER_BLOCKING, LINGER_BYTES
+from tcpkit.serving.modes.driver_fastpath import serve_settled
 from tcpkit.serving.observe.events import Observer, receive_measured
 from tcpkit.serving.offload.bridge import OffloadBridge
 from tcpkit.serving.offload.jobs import finish_job
 
 if TYPE_CHECKING:
     from tcpkit.hub import Hub
+    from tcpkit.serving.modes.pipes import Wakeup
 
 log = logging.getLogger("tcpkit")
 READ_SIZE = 1 << 16
@@ -96,16 +105,24 @@ def serve_connection(sock: socket.socket, service: Service, limits: Limits,
                      offload: Callable[[], OffloadBridge],
                      metered: Observer | None = None,
                      peer: tuple[str, int] = ("", 0),
-                     hub: Callable[[], Hub] | None = None) -> Outcome:
+                     hub: Callable[[], Hub] | None = None,
+                     blocking_stop: Wakeup | None = None) -> Outcome:
     """Serve one client until it is done, idle, gone or drained; then close it.
 
     ``stop_fds`` are file descriptors that become readable when the server
     drains; ``offload`` returns the bridge that runs Offload jobs (called only
     when the client sends such work); ``metered`` gets the traffic figures.
     A session service's client also gets its ``peer`` (host, port) and the
-    server's ``hub`` (a function making it on first use).
+    server's ``hub`` (a function making it on first use).  ``blocking_stop``,
+    the server's stop pipe when this thread may read its flag, allows the
+    fast path (see the module docstring).
     """
-    if service.uses_sessions:
+    sessions = service.uses_sessions
+    if metered is not None or sessions or isinstance(sock, ssl.SSLSocket):
+        blocking_stop = None  # these need the poll loop from the start
+    if blocking_stop is None:
+        sock.setblocking(False)  # one poll waits for the socket and the pipes
+    if sessions:
         from tcpkit.serving.modes.driver_sessions import SessionDriver
 
         driver: _Driver = SessionDriver(sock, service, limits, stop_fds, offload, metered,
@@ -113,6 +130,8 @@ def serve_connection(sock: socket.socket, service: Service, limits: Limits,
     else:
         driver = _Driver(sock, service, limits, stop_fds, offload, metered)
     try:
+        if blocking_stop is not None:
+            driver.take_over(drain=serve_settled(driver, blocking_stop))
         driver.run()
     finally:
         driver.close()
@@ -123,10 +142,11 @@ def serve_connection(sock: socket.socket, service: Service, limits: Limits,
 class _Driver:
     """The state of one client between ``poll`` calls."""
 
+    read_size = READ_SIZE  # for the fast path, which cannot import this module
+
     def __init__(self, sock: socket.socket, service: Service, limits: Limits,
                  stop_fds: Sequence[int], offload: Callable[[], OffloadBridge],
                  metered: Observer | None = None) -> None:
-        sock.setblocking(False)
         self.sock = sock
         self.tls = isinstance(sock, ssl.SSLSocket)
         self.service = service.name
@@ -158,6 +178,16 @@ class _Driver:
         return ServiceConnection(service, limits.max_line)
 
     # -- the loop ---------------------------------------------------------
+
+    def take_over(self, drain: bool) -> None:
+        """The fast path has returned: go on from what it left (see driver_fastpath)."""
+        if self.gone or (not drain and self.conn.finished and not self.out):
+            return  # nothing left for the loop (an EOF, say): no need to unblock
+        self.sock.setblocking(False)
+        if drain:
+            self._begin_drain()
+        else:
+            self._send(b"")  # jobs to start, replies the kernel did not take
 
     def run(self) -> None:
         while not self.gone and not (self.conn.finished and not self.out):

@@ -37,19 +37,28 @@ class _Pipe:
 
 
 class Wakeup(_Pipe):
-    """A pipe that becomes readable when :meth:`set` is called (from anywhere)."""
+    """A pipe that becomes readable when :meth:`set` is called (from anywhere).
+
+    :attr:`raised` says the same to a reader in this process that cannot
+    ``poll`` the pipe: a thread blocked in ``recv`` (the blocking driver's
+    fast path) reads it whenever ``recv`` returns, which costs an attribute
+    load where a look at the pipe would cost a system call.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         os.set_blocking(self._write, False)
+        self.raised = False
 
     def set(self) -> None:
         """Wake the reader (safe in signal handlers and other threads)."""
+        self.raised = True
         # Full pipe: already readable.  Closed writer: nobody left to wake.
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._write, b"!")
 
     def clear(self) -> None:
+        self.raised = False
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._read, 4096):
                 pass

@@ -15,6 +15,7 @@ import threading
 import time
 
 from tcpkit.serving.config import Listener
+from tcpkit.serving.guards.gate import TICK
 from tcpkit.serving.modes.accepting import BlockingServer
 
 THREAD_STACK = 1 << 20  # the driver's frames are shallow: 8 MB stacks only waste memory
@@ -26,6 +27,7 @@ class ThreadedServer(BlockingServer):
     mode = "thread"
 
     def serve(self) -> None:
+        self.client_stop = self.stop_signal  # one process: its threads read the pipe's flag
         self._lock = threading.Lock()
         self._done = threading.Condition(self._lock)
         self._clients: dict[threading.Thread, socket.socket] = {}
@@ -59,13 +61,15 @@ class ThreadedServer(BlockingServer):
             self.count(outcome)
             self.stats.open -= 1
             del self._clients[threading.current_thread()]
-            self._done.notify_all()
+            if self.stopping:  # only the drain waits (after stopping is set, under the lock)
+                self._done.notify_all()
 
     def serving_socket(self, sock: socket.socket) -> None:
         with self._lock:
             self._clients[threading.current_thread()] = sock
 
     def wait_for_clients(self, deadline: float) -> None:
+        deadline += TICK  # a client blocked in recv (the driver's fast path) notices within TICK
         with self._lock:
             while self._clients:
                 left = deadline - time.monotonic()
