@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from helpers.metrics import metrics_port, scrape, value, wait_closed
+from helpers.metrics import metrics_port, scrape, settled, value, wait_closed
 from helpers.net import connect, exchange, recv_until_closed
 from helpers.numbers import BIG
 from helpers.processes import descendants
@@ -95,16 +95,6 @@ def test_per_ip_limits(serve, mode: str) -> None:
 
 
 # -- metrics: exact figures after real traffic ----------------------------------------
-
-
-def settled(port: int, labels: dict[str, str]) -> dict[tuple[str, frozenset[tuple[str, str]]],
-                                                        float]:
-    """A scrape once no connection is open (the gauge drops just after the close line)."""
-    deadline = time.monotonic() + 10
-    while value(got := scrape(port), "tcpkit_connections_open", **labels) != 0:
-        assert time.monotonic() < deadline, "a connection stays open"
-        time.sleep(0.05)
-    return got
 
 
 @pytest.mark.parametrize("mode, workers", [*((m, 1) for m in MODES), ("async", 2),
@@ -225,17 +215,35 @@ def test_sighup_reaches_every_worker(serve, certs) -> None:
     server = serve("reverse", "--mode", "thread", "--workers", "2", "--tls-cert", cert,
                    "--tls-key", key)
     endpoint = f"127.0.0.1:{server.port}"
+    # "Listening on" comes before the workers are forked: both must exist before the
+    # reload, or the test would not be sending it to "every worker".
+    server.wait_for_stderr(r"(worker \d+ started[^\n]*\n[\s\S]*){2}", timeout=30)
     with ReverseClient(endpoint, ca=certs.path("one-ca.pem")) as before:
         assert before.reverse("one") == "eno"
         certs.install("two")
         server.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while server.stderr().count("TLS certificate reloaded") < 2:
-            assert time.monotonic() < deadline, server.stderr()
-            time.sleep(0.05)
+        # The supervisor's own copy (for workers it forks later) and each worker's.
+        server.wait_for_stderr(r"(TLS certificate reloaded[\s\S]*){3}", timeout=30)
         assert before.reverse("kept") == "tpek"
     for _ in range(4):  # whichever worker takes it
         with ReverseClient(endpoint, ca=certs.path("two-ca.pem")) as after:
+            assert after.reverse("two") == "owt"
+    assert "was killed" not in server.stderr()
+    assert server.stop() == 0
+
+
+def test_sighup_while_the_workers_start_is_not_lost(serve, certs) -> None:
+    """A reload sent as soon as the server says it listens (the workers are still
+    being forked, or starting to serve) reaches every worker all the same."""
+    cert, key = certs.install("one")
+    server = serve("reverse", "--mode", "thread", "--workers", "2", "--tls-cert", cert,
+                   "--tls-key", key)
+    certs.install("two")
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for_stderr(r"(worker \d+ started[^\n]*\n[\s\S]*){2}", timeout=30)
+    server.wait_for_stderr("TLS certificate reloaded", timeout=30)
+    for _ in range(8):  # the kernel spreads these over both workers
+        with ReverseClient(f"127.0.0.1:{server.port}", ca=certs.path("two-ca.pem")) as after:
             assert after.reverse("two") == "owt"
     assert "was killed" not in server.stderr()
     assert server.stop() == 0

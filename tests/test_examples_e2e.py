@@ -21,7 +21,7 @@ import pytest
 from helpers.examples import install_examples
 from helpers.net import LinePeer, connect, exchange, recv_until_closed
 from helpers.processes import rss_kb, tree_total
-from helpers.servers import Server, needs, run, script, start_server
+from helpers.servers import Server, Servers, needs, run, script
 
 MODES = ["async", "thread", "fork", "iterative"]  # daytime, mail, netstring
 SHARED = ["async", "thread"]  # kv and chat: one process holds their shared state
@@ -40,17 +40,9 @@ def examples_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture
 def serve(examples_env: dict[str, str]) -> Iterator[Start]:
-    started: list[Server] = []
-
-    def start(service: str, mode: str, *args: str) -> Server:
-        server = start_server([*script("tcpkit"), "serve", service, "--listen", "127.0.0.1:0",
-                               "--mode", mode, *args], env=examples_env)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop(signal.SIGKILL)
+    servers = Servers(env=examples_env)
+    yield servers.in_mode
+    servers.stop_all()
 
 
 def stopped_cleanly(server: Server) -> None:

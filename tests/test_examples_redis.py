@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,14 +19,14 @@ from typing import Protocol
 import pytest
 
 from helpers.examples import install_examples
+from helpers.haproxy import localized, start_haproxy, stop_haproxy
 from helpers.net import LinePeer, free_ports
 from helpers.processes import descendants
 from helpers.redis import RedisServer
-from helpers.servers import Server, needs, script, start_server
+from helpers.servers import Server, Servers, needs, script
 from tcpkit.hub import LOST, RESTORED
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs /proc")
-CHAT_CFG = Path(__file__).parent.parent / "contrib" / "haproxy" / "chat.cfg"
 UNAVAILABLE = b"error: chat unavailable, try again later"
 
 
@@ -43,18 +42,15 @@ def chat_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture
 def serve_chat(chat_env: dict[str, str], redis_server: RedisServer) -> Iterator[Start]:
     """``tcpkit serve chat --pubsub <the test's redis> ARGS``; stopped after the test."""
-    started: list[Server] = []
+    servers = Servers(env=chat_env)
 
     def start(*args: str) -> Server:
         listen = [] if "--listen" in args else ["--listen", "127.0.0.1:0"]
-        server = start_server([*script("tcpkit"), "serve", "chat", *listen,
-                               "--pubsub", redis_server.url, *args], env=chat_env)
-        started.append(server)
-        return server
+        return servers.command([*script("tcpkit"), "serve", "chat", *listen,
+                                "--pubsub", redis_server.url, *args])
 
     yield start
-    for server in started:
-        server.stop(signal.SIGKILL)
+    servers.stop_all()
 
 
 def join(port: int) -> tuple[LinePeer, bytes]:
@@ -153,15 +149,9 @@ def test_one_room_across_two_servers_behind_haproxy(serve_chat: Start,
     one = serve_chat("--listen", f"127.0.0.1:{chat_one}", "--metrics", f"127.0.0.1:{metrics_one}")
     two = serve_chat("--listen", f"127.0.0.1:{chat_two}", "--workers", "2",
                      "--metrics", f"127.0.0.1:{metrics_two}")
-    text = CHAT_CFG.read_text()
-    for example, real in {"17815": chat_one, "17816": chat_two, "19815": metrics_one,
-                          "19816": metrics_two}.items():
-        text = text.replace(example, str(real))
-    text = text.replace("bind :7815", f"bind 127.0.0.1:{front}").replace("    log global\n", "")
-    config = tmp_path / "chat.cfg"
-    config.write_text(text)
-    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
+    config = localized("chat.cfg", {17815: chat_one, 17816: chat_two}, {7815: front},
+                       check_ports={19815: metrics_one, 19816: metrics_two})
+    proxy = start_haproxy(config, tmp_path)
     members: list[tuple[LinePeer, bytes]] = []
     try:
         members = [join_when_up(front)]
@@ -177,9 +167,8 @@ def test_one_room_across_two_servers_behind_haproxy(serve_chat: Start,
         assert ann.line().endswith(b": hello ann")
     finally:
         close_all(members)
-        proxy.terminate()
-        output, _ = proxy.communicate(timeout=15)
-    assert not re.search(rb"\[ALERT\]", output), output.decode()
+        output = stop_haproxy(proxy)
+    assert "[ALERT]" not in output, output
     for server in (one, two):
         assert server.stop() == 0
         assert "Traceback" not in server.stderr()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.net import exchange, free_ports, inetd_pair, recv_until_closed
-from helpers.servers import needs, run, script, start_server
+from helpers.net import exchange, free_ports, recv_until_closed
+from helpers.servers import needs, run, script, start_inetd, start_server
 
 
 def listening_socket() -> socket.socket:
@@ -126,10 +127,7 @@ def exchange_when_up(port: int, payload: bytes) -> bytes:
 
 
 def test_inetd_serves_one_connection_on_stdin() -> None:
-    client, passed = inetd_pair()
-    with passed:
-        process = subprocess.Popen([*script("tcpkit"), "serve", "--inetd", "reverse"],
-                                   stdin=passed, stdout=passed, stderr=subprocess.PIPE)
+    client, process = start_inetd("reverse")
     with client:
         client.sendall(b"hello\nworld\r\n")
         client.shutdown(socket.SHUT_WR)
@@ -140,10 +138,7 @@ def test_inetd_serves_one_connection_on_stdin() -> None:
 
 
 def test_inetd_with_stderr_on_the_socket_keeps_logs_out_of_the_stream() -> None:
-    client, passed = inetd_pair()
-    with passed:
-        process = subprocess.Popen([*script("tcpkit"), "serve", "--inetd", "factor"],
-                                   stdin=passed, stdout=passed, stderr=passed)
+    client, process = start_inetd("factor", stderr_on_socket=True)
     with client:
         client.sendall(b"42\nabc\n")
         client.shutdown(socket.SHUT_WR)
@@ -151,19 +146,25 @@ def test_inetd_with_stderr_on_the_socket_keeps_logs_out_of_the_stream() -> None:
     assert process.wait(30) == 0
 
 
+# socat's own line (-d -d) with the port it bound: port 0, so no other program can
+# take the port between a probe and socat's bind.
+SOCAT_LISTENING = re.compile(r" listening on AF=\d+ \S+:(?P<port>\d+)")
+
+
 @needs("socat")
-def test_inetd_under_socat(tmp_path: Path) -> None:
-    port = free_ports(1)[0]
+def test_inetd_under_socat() -> None:
     command = " ".join([*script("tcpkit"), "serve", "--inetd", "reverse"])
-    socat = subprocess.Popen(
-        ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"EXEC:{command}"],
-        stderr=subprocess.DEVNULL)
+    # -t: how long socat waits for the command's replies once the client has sent
+    # EOF.  Its default, 0.5 s, is less than a Python start on a busy machine: the
+    # replies were lost.  The command exits once it has answered, so this only bounds.
+    socat = start_server(["socat", "-d", "-d", "-t", "30",
+                          "TCP-LISTEN:0,bind=127.0.0.1,reuseaddr,fork", f"EXEC:{command}"],
+                         announces=SOCAT_LISTENING)
     try:
-        assert exchange_when_up(port, b"first\n") == b"tsrif\n"
-        assert exchange(port, b"second\nthird") == b"dnoces\ndriht\n"
+        assert exchange(socat.port, b"first\n") == b"tsrif\n"
+        assert exchange(socat.port, b"second\nthird") == b"dnoces\ndriht\n"
     finally:
-        socat.terminate()
-        socat.wait(15)
+        socat.stop()
 
 
 def test_inetd_without_a_socket_is_one_line() -> None:

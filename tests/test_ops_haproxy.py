@@ -4,36 +4,23 @@ are still served."""
 
 from __future__ import annotations
 
-import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
+from helpers.haproxy import localized, start_haproxy, stop_haproxy
 from helpers.net import exchange, free_ports
 from helpers.servers import needs
-
-CONFIG = Path(__file__).parent.parent / "contrib" / "haproxy" / "haproxy.cfg"
 
 
 @needs("haproxy")
 def test_haproxy_front_end(serve, tmp_path: Path) -> None:
     one, two = serve("reverse", "factor"), serve("reverse", "factor")
     front_reverse, front_factor = free_ports(2)
-    text = CONFIG.read_text()
-    ports = {"17800": one.ports["reverse"], "17801": one.ports["factor"],
-             "17810": two.ports["reverse"], "17811": two.ports["factor"]}
-    for example, real in ports.items():
-        text = text.replace(f"127.0.0.1:{example}", f"127.0.0.1:{real}")
-    text = text.replace("bind :7800", f"bind 127.0.0.1:{front_reverse}")
-    text = text.replace("bind :7801", f"bind 127.0.0.1:{front_factor}")
-    text = text.replace("    log global\n", "")
-    settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    assert sum(line.count("127.0.0.1:") for line in settings) == 6  # every address replaced
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(text)
-    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ports = {17800: one.ports["reverse"], 17801: one.ports["factor"],
+             17810: two.ports["reverse"], 17811: two.ports["factor"]}
+    proxy = start_haproxy(localized("haproxy.cfg", ports, {7800: front_reverse,
+                                                           7801: front_factor}), tmp_path)
     try:
         replies = [wait_exchange(front_reverse, b"line %d\n" % i) for i in range(6)]
         assert replies == [b"%d enil\n" % i for i in range(6)]
@@ -45,9 +32,8 @@ def test_haproxy_front_end(serve, tmp_path: Path) -> None:
         for i in range(6):  # refused by the dead one: redispatched to the live one
             assert exchange(front_reverse, b"after %d\n" % i) == b"%d retfa\n" % i
     finally:
-        proxy.terminate()
-        output, _ = proxy.communicate(timeout=15)
-    assert not re.search(rb"\[ALERT\]", output), output.decode()
+        output = stop_haproxy(proxy)
+    assert "[ALERT]" not in output, output
 
 
 def wait_exchange(port: int, payload: bytes) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers.numbers import BIG
-from helpers.servers import needs, run, script
+from helpers.servers import needs, run, script, start_inetd
 from tcpkit.client import AsyncReverseClient, FactorClient, ReverseClient
 from tcpkit.sockets import ConnectError, INETSocket
 
@@ -159,15 +159,7 @@ def test_refusal_reaches_a_tls_client(serve, certs) -> None:
 
 def test_inetd_over_tls(certs) -> None:
     cert, key = certs.install("one")
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        raw = socket.create_connection(listener.getsockname(), timeout=20)
-        passed, _ = listener.accept()
-    with passed:
-        process = subprocess.Popen(
-            [*script("tcpkit"), "serve", "--inetd", "reverse", "--tls-cert", cert,
-             "--tls-key", key], stdin=passed, stdout=passed, stderr=subprocess.PIPE)
+    raw, process = start_inetd("reverse", "--tls-cert", cert, "--tls-key", key)
     from tcpkit.tlsclient import TLSChannel, client_context
 
     channel = TLSChannel(raw, client_context(certs.path("one-ca.pem")), "127.0.0.1", 20)

@@ -5,44 +5,28 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import stat
-import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
-from helpers.servers import Server, needs, run, script
+from helpers.servers import Server, Servers, needs, run, script
 
 
 @pytest.fixture
 def serve_unix():
     """Start ``tcpkit serve SERVICE --listen unix:PATH``; wait for its Listening line."""
-    started: list[Server] = []
+    servers = Servers()
 
     def start(service: str, path: Path) -> Server:
-        process = subprocess.Popen(
-            [*script("tcpkit"), "serve", service, "--listen", f"unix:{path}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        server = Server(process)
-        server._reader = threading.Thread(target=_collect, args=(server,), daemon=True)
-        server._reader.start()
-        started.append(server)
-        server.wait_for_stderr(rf"Listening on unix:{re.escape(str(path))} "
-                               rf"\({service}, mode=async\)", timeout=20)
-        return server
+        listening = re.compile(rf"Listening on unix:{re.escape(str(path))} "
+                               rf"\((?P<service>{service}), mode=async\)")
+        return servers.command([*script("tcpkit"), "serve", service, "--listen", f"unix:{path}"],
+                               announces=listening)
 
     yield start
-    for server in started:
-        server.stop(signal.SIGKILL)
-
-
-def _collect(server: Server) -> None:
-    assert server.process.stderr is not None
-    for raw in server.process.stderr:
-        server.stderr_lines.append(raw.decode("utf-8", "replace"))
+    servers.stop_all()
 
 
 def test_unix_socket_with_tcpkit_clients(serve_unix, tmp_path: Path) -> None:

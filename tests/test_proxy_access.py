@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import pytest
 
 from helpers import session_services
 from helpers.metrics import metrics_port, scrape, value
-from helpers.net import closed_unanswered, inetd_pair, ipv6_loopback, recv_until_closed, talk
+from helpers.net import closed_unanswered, ipv6_loopback, recv_until_closed, talk
 from helpers.proxy import proxy_v1, proxy_v2
-from helpers.servers import Server, Servers, plugin_env, script, start_server
+from helpers.servers import Server, Servers, plugin_env, script, start_inetd, start_server
 from helpers.tls import Certificates
 
 MODES = [["--mode", "async"], ["--mode", "iterative"], ["--mode", "thread"],
@@ -227,11 +226,7 @@ def test_inetd_serves_with_its_service_s_own_access_list(tmp_path: Path) -> None
     for service, source, payload, reply in [("reverse", "127.0.0.1", b"hello\n", denied),
                                             ("reverse", "127.0.0.2", b"hello\n", b"olleh\n"),
                                             ("factor", "127.0.0.1", b"12\n", b"2 2 3\n")]:
-        client, passed = inetd_pair(source)
-        with passed:
-            process = subprocess.Popen([*script("tcpkit"), "serve", "--inetd", service,
-                                        "--config", str(config)],
-                                       stdin=passed, stdout=passed, stderr=subprocess.PIPE)
+        client, process = start_inetd(service, "--config", str(config), source=source)
         with client:
             client.sendall(payload)
             client.shutdown(socket.SHUT_WR)

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.haproxy import localized, start_haproxy, stop_haproxy
 from helpers.metrics import scrape, value
 from helpers.net import free_ports, recv_lines
 from helpers.servers import Server, needs, script, start_server
 from tcpkit.serving.guards.proxied import PendingHeader
 from tcpkit.serving.guards.proxy import LOCAL, PROXY, HeaderReader, ProxyHeader
 
-CONFIG = Path(__file__).parent.parent / "contrib" / "haproxy" / "haproxy-proxy-protocol.cfg"
+CONFIG = "haproxy-proxy-protocol.cfg"
 
 
 class Backend:
@@ -82,26 +83,16 @@ class Backend:
 def haproxy(tmp_path: Path) -> Iterator[tuple[Backend, Backend, int, int]]:
     reverse, factor = Backend(lambda line: line[::-1]), Backend(lambda line: b"2 3 7")
     front_reverse, front_factor = free_ports(2)
-    text = CONFIG.read_text()
-    text = text.replace("127.0.0.1:17800", f"127.0.0.1:{reverse.port}")
-    text = text.replace("127.0.0.1:17801", f"127.0.0.1:{factor.port}")
-    text = text.replace("bind :7800", f"bind 127.0.0.1:{front_reverse}")
-    text = text.replace("bind :7801", f"bind 127.0.0.1:{front_factor}")
-    text = text.replace("    log global\n", "").replace("inter 2s", "inter 200ms")
-    settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    assert sum(line.count("127.0.0.1:") for line in settings) == 4  # every address replaced
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(text)
-    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    config = localized(CONFIG, {17800: reverse.port, 17801: factor.port},
+                       {7800: front_reverse, 7801: front_factor}, fast_checks=True)
+    proxy = start_haproxy(config, tmp_path)
     try:
         yield reverse, factor, front_reverse, front_factor
     finally:
-        proxy.terminate()
-        output, _ = proxy.communicate(timeout=15)
+        output = stop_haproxy(proxy)
         reverse.close()
         factor.close()
-    assert not re.search(rb"\[ALERT\]", output), output.decode()
+    assert "[ALERT]" not in output, output
 
 
 def from_client_address(port: int, payload: bytes, source: str = "127.0.0.2"
@@ -165,23 +156,15 @@ def haproxy_to_tcpkit(tmp_path: Path) -> Iterator[Callable[..., tuple[Server, in
                                "--listen", f"reverse=127.0.0.1:{back_reverse}",
                                "--listen", f"factor=127.0.0.1:{back_factor}", *args],
                               services=2)
-        text = CONFIG.read_text()
-        text = text.replace("127.0.0.1:17800", f"127.0.0.1:{back_reverse}")
-        text = text.replace("127.0.0.1:17801", f"127.0.0.1:{back_factor}")
-        text = text.replace("bind :7800", f"bind 127.0.0.1:{front_reverse}")
-        text = text.replace("bind :7801", f"bind 127.0.0.1:{front_factor}")
-        text = text.replace("    log global\n", "").replace("inter 2s", "inter 200ms")
-        config = tmp_path / f"haproxy-{len(started)}.cfg"
-        config.write_text(text)
-        proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        config = localized(CONFIG, {17800: back_reverse, 17801: back_factor},
+                           {7800: front_reverse, 7801: front_factor}, fast_checks=True)
+        proxy = start_haproxy(config, tmp_path)
         started.append((server, proxy))
         return server, front_reverse, front_factor
 
     yield start
     for server, proxy in started:
-        proxy.terminate()
-        proxy.communicate(timeout=15)
+        stop_haproxy(proxy)
         server.stop()
 
 

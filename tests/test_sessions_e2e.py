@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from helpers import session_services
+from helpers.metrics import metrics_port, settled, value
 from helpers.net import LinePeer, connect, recv_until_closed
 from helpers.processes import rss_kb, tree_total
-from helpers.servers import Server, run, script, start_server
+from helpers.servers import Server, Servers, run, script, start_inetd
 
 MODES = ["async", "thread", "fork", "iterative"]
 CONCURRENT = ["async", "thread", "fork"]  # iterative serves one client at a time
@@ -37,17 +38,9 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture
 def serve(plugin: dict[str, str]) -> Iterator[Start]:
-    started: list[Server] = []
-
-    def start(service: str, mode: str, *args: str) -> Server:
-        server = start_server([*script("tcpkit"), "serve", service, "--listen", "127.0.0.1:0",
-                               "--mode", mode, *args], env=plugin)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop(signal.SIGKILL)
+    servers = Servers(env=plugin)
+    yield servers.in_mode
+    servers.stop_all()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -129,6 +122,39 @@ def test_time_limit_bounds_an_awaitable(mode: str, serve: Start) -> None:
     assert server.stop() == 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_every_kind_of_answer_counts_alike_in_the_metrics(mode: str, serve: Start) -> None:
+    """A plain answer, an async def answer, and an async def and a Blocking call past
+    --time-limit: one request each, its reply and its latency, a time-limit failure's
+    kind, the same in every mode (the blocking modes run an awaitable to its end while
+    the line that asked for it is being handled)."""
+    server = serve("t-counter", mode, "--metrics", "127.0.0.1:0", "--time-limit", "1")
+    port = metrics_port(server)
+    client = LinePeer(server.port)
+    assert client.line() == b"ready"
+    # sleep 5: far past the limit, yet short (async mode's stop waits for the thread).
+    asked = [b"ping", b"nap 0", b"nap 30", b"sleep 5"]
+    client.send(*asked)
+    late = b"error: time limit exceeded (1 s)"
+    replies = [client.line() for _ in asked]
+    assert replies == [b"pong", b"awoke", late, late]
+    client.close()
+    server.wait_for_stderr(r"close 127\.0\.0\.1:\d+")
+    labels = {"service": "t-counter", "mode": mode}
+    got = settled(port, labels)
+    assert value(got, "tcpkit_lines_total", **labels) == 4
+    assert value(got, "tcpkit_replies_total", **labels) == 4
+    assert value(got, "tcpkit_received_bytes_total", **labels) == sum(
+        len(line) + 1 for line in asked)
+    assert value(got, "tcpkit_sent_bytes_total", **labels) == sum(
+        len(line) + 1 for line in replies)  # the answers (connected()'s line is not one)
+    assert value(got, "tcpkit_request_duration_seconds_count", **labels) == 4
+    assert value(got, "tcpkit_request_duration_seconds_sum", **labels) >= 1.9  # two limits
+    assert value(got, "tcpkit_errors_total", kind="time_limit", **labels) == 2
+    assert value(got, "tcpkit_errors_total", kind="request", **labels) == 0
+    assert server.stop() == 0
+
+
 @pytest.mark.parametrize("mode", SHARED)
 def test_unsolicited_lines_from_another_connection(mode: str, serve: Start) -> None:
     server = serve("t-room", mode)
@@ -197,15 +223,7 @@ def test_drain_on_sigterm_answers_then_runs_disconnected(mode: str, serve: Start
 
 
 def test_inetd_serves_a_session(plugin: dict[str, str]) -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        client = socket.create_connection(listener.getsockname(), timeout=20)
-        passed, _ = listener.accept()
-    with passed:
-        process = subprocess.Popen([*script("tcpkit"), "serve", "--inetd", "t-counter"],
-                                   stdin=passed, stdout=passed, stderr=subprocess.PIPE,
-                                   env={**os.environ, **plugin})
+    client, process = start_inetd("t-counter", env=plugin)
     with client:
         client.sendall(b"a\nmany\nQUIT\n")
         assert recv_until_closed(client) == b"ready\n1\none\ntwo\nthree\nbye\n"

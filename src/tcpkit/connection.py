@@ -76,6 +76,7 @@ class ServiceConnection:
         "draining",
         "eof",
         "errors",
+        "jobs_made",
         "lines",
         "progressed",
         "settled",
@@ -94,6 +95,7 @@ class ServiceConnection:
         self._new_jobs: list[Job] | None = None
         self.lines = 0  # requests answered or queued
         self.errors = 0  # error replies sent
+        self.jobs_made = 0  # requests answered by a job (started, or waiting its turn)
         self.eof = False  # the client sent EOF
         self.closing = False  # a protocol error: close once replies are out
         self.draining = False  # the server drains: take no request after the next one
@@ -243,6 +245,7 @@ class ServiceConnection:
             reply = ERROR + b"internal error"
         if isinstance(reply, Offload):
             job = Job(reply, terminator)
+            self.jobs_made += 1
             self._hold(job)
             if self._new_jobs is None:
                 self._new_jobs = []

@@ -147,23 +147,19 @@ class Lines(Framer):
         return f"line too long (max {self.limit} bytes)"
 
 
-class Netstrings(Framer):
-    """``LENGTH:PAYLOAD,`` with LENGTH in decimal, no sign and no leading zero."""
+class _LengthPrefixed(Framer):
+    """The loop Netstrings and Int32Prefixed share: a header that gives the payload's
+    length (:meth:`_header`, each framer's own), the payload, then ``_TRAILER``."""
 
-    __slots__ = ("_buf", "_digits", "_length", "malformed", "max_size", "overflowed")
+    __slots__ = ("_buf", "_length", "malformed", "max_size", "overflowed")
+    _TRAILER = b""
 
-    def __init__(self, max_size: int | None = None) -> None:
-        if max_size is not None and max_size < 0:
-            raise ValueError("max_size must not be negative")
+    def __init__(self, max_size: int | None) -> None:
         self.max_size = max_size
         self.overflowed = False
         self.malformed = False
         self._buf = bytearray()
         self._length: int | None = None  # of the message being read, once its header is in
-        self._digits = len(str(self.limit))  # a longer header is over the limit for sure
-
-    def new(self, max_size: int | None = None) -> Netstrings:
-        return Netstrings(_combined(self.max_size, max_size))
 
     @property
     def buffered(self) -> int:
@@ -175,29 +171,57 @@ class Netstrings(Framer):
         buf = self._buf
         buf += data
         out: list[Framed] = []
+        header, trailer, after_payload = self._header, self._TRAILER, len(self._TRAILER)
         start = 0
+        length = self._length  # of a message whose header came in an earlier feed
         while True:
-            if self._length is None:
-                header_end = self._header(start)
-                if header_end is None:
+            if length is None:
+                found = header(start)
+                if found is None:  # incomplete, or failed
                     break
-                start = header_end
-            assert self._length is not None
-            end = start + self._length
-            if len(buf) <= end:  # the payload or its comma is still to come
+                start, length = found
+            end = start + length
+            if len(buf) < end + after_payload:  # the payload or its trailer is still to come
                 break
-            if buf[end] != 0x2C:  # ","
+            if after_payload and buf[end:end + after_payload] != trailer:
                 self._fail(malformed=True)
-                break
+                return out
             out.append((bytes(buf[start:end]), b""))
-            self._length = None
-            start = end + 1
+            length = None
+            start = end + after_payload
+        self._length = length
         if start:
             del buf[:start]  # once per feed: each byte is moved O(1) times
         return out
 
-    def _header(self, start: int) -> int | None:
-        """Parse the header at ``start``: the payload's offset, or None (incomplete or failed)."""
+    @abstractmethod
+    def _header(self, start: int) -> tuple[int, int] | None:
+        """Parse the header at ``start``: (the payload's offset, its length), or None
+        (incomplete, or :meth:`_fail` called)."""
+
+    def _fail(self, malformed: bool) -> None:
+        self.malformed = malformed
+        self.overflowed = not malformed
+        self._buf = bytearray()
+        self._length = None
+
+
+class Netstrings(_LengthPrefixed):
+    """``LENGTH:PAYLOAD,`` with LENGTH in decimal, no sign and no leading zero."""
+
+    __slots__ = ("_digits",)
+    _TRAILER = b","
+
+    def __init__(self, max_size: int | None = None) -> None:
+        if max_size is not None and max_size < 0:
+            raise ValueError("max_size must not be negative")
+        super().__init__(max_size)
+        self._digits = len(str(self.limit))  # a longer header is over the limit for sure
+
+    def new(self, max_size: int | None = None) -> Netstrings:
+        return Netstrings(_combined(self.max_size, max_size))
+
+    def _header(self, start: int) -> tuple[int, int] | None:
         buf = self._buf
         colon = buf.find(b":", start, start + self._digits + 1)
         head = bytes(buf[start:colon if colon >= 0 else start + self._digits + 1])
@@ -215,14 +239,7 @@ class Netstrings(Framer):
         if length > self.limit:
             self._fail(malformed=False)
             return None
-        self._length = length
-        return colon + 1
-
-    def _fail(self, malformed: bool) -> None:
-        self.malformed = malformed
-        self.overflowed = not malformed
-        self._buf = bytearray()
-        self._length = None
+        return colon + 1, length
 
     def encode(self, message: bytes, terminator: bytes | None = None) -> bytes:
         return b"%d:%s," % (len(message), message)
@@ -234,54 +251,28 @@ class Netstrings(Framer):
 _LENGTH = struct.Struct(">I")
 
 
-class Int32Prefixed(Framer):
-    """A 4-byte big-endian unsigned length, then that many bytes of payload."""
+class Int32Prefixed(_LengthPrefixed):
+    """A 4-byte big-endian unsigned length, then that many bytes of payload (every
+    4 bytes are a valid length: never malformed, only over-long)."""
 
-    __slots__ = ("_buf", "_length", "malformed", "max_size", "overflowed")
+    __slots__ = ()
 
     def __init__(self, max_size: int | None = None) -> None:
         if max_size is not None and not 0 <= max_size < 1 << 32:
             raise ValueError("max_size must be between 0 and 2**32 - 1")
-        self.max_size = max_size
-        self.overflowed = False
-        self.malformed = False  # every 4 bytes are a valid length: never set
-        self._buf = bytearray()
-        self._length: int | None = None
+        super().__init__(max_size)
 
     def new(self, max_size: int | None = None) -> Int32Prefixed:
         return Int32Prefixed(_combined(self.max_size, max_size))
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    def feed_framed(self, data: bytes) -> list[Framed]:
-        if self.overflowed or not data:
-            return []
-        buf = self._buf
-        buf += data
-        out: list[Framed] = []
-        start = 0
-        while True:
-            if self._length is None:
-                if len(buf) - start < 4:
-                    break
-                (length,) = _LENGTH.unpack_from(buf, start)
-                if length > self.limit:
-                    self.overflowed = True
-                    self._buf = bytearray()
-                    return out
-                self._length = length
-                start += 4
-            end = start + self._length
-            if len(buf) < end:
-                break
-            out.append((bytes(buf[start:end]), b""))
-            self._length = None
-            start = end
-        if start:
-            del buf[:start]
-        return out
+    def _header(self, start: int) -> tuple[int, int] | None:
+        if len(self._buf) - start < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack_from(self._buf, start)
+        if length > self.limit:
+            self._fail(malformed=False)
+            return None
+        return start + _LENGTH.size, length
 
     def encode(self, message: bytes, terminator: bytes | None = None) -> bytes:
         return _LENGTH.pack(len(message)) + message

@@ -80,7 +80,7 @@ class SessionConnection(ServiceConnection):
         # only its reply-ordering state (and the methods using it) is shared.
         self._pending = None
         self._new_jobs = None
-        self.lines = self.errors = 0
+        self.lines = self.errors = self.jobs_made = 0
         self.eof = self.closing = self.draining = False
         self.settled = True
         self.progressed = True  # the idle rule of every connection (tcpkit.connection)
@@ -345,6 +345,7 @@ class SessionConnection(ServiceConnection):
         kind = job_kind(reply)
         if kind is not None:
             job = Job(reply, terminator, kind=kind)
+            self.jobs_made += 1
             self._hold(job)
             if kind == "offload" or self.turns.admit(job):
                 self._hand_out(job)

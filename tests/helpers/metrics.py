@@ -36,3 +36,15 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def wait_closed(server: Server, count: int) -> None:
     """Wait until the server has logged ``count`` close lines (metrics are final then)."""
     wait_for(lambda: server.stderr().count(" close ") >= count, 10, step=0.02)
+
+
+def settled(port: int, labels: dict[str, str]) -> Samples:
+    """A scrape once no connection is open (the gauge drops just after the close line)."""
+    found: list[Samples] = []
+
+    def none_open() -> bool:
+        found[:] = [scrape(port)]
+        return value(found[0], "tcpkit_connections_open", **labels) == 0
+
+    assert wait_for(none_open, 10, step=0.05), "a connection stays open"
+    return found[0]

@@ -129,6 +129,17 @@ def listening(port: int) -> bool:
     return False
 
 
+def most_buffered(fallback: int = 64 << 20) -> int:
+    """The most bytes the kernel can hold between a TCP sender and a receiver that
+    does not read (the sender's send buffer plus the receiver's receive buffer, at
+    their autotuning ceilings); a sender past this many must wait for the reader."""
+    try:
+        return sum(int(Path(f"/proc/sys/net/ipv4/{table}").read_text().split()[2])
+                   for table in ("tcp_wmem", "tcp_rmem"))
+    except (OSError, IndexError, ValueError):
+        return fallback
+
+
 def inetd_pair(source: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
     """A real TCP connection from ``source``: (the client's end, the end inetd would
     pass on to the server it starts)."""

@@ -5,7 +5,8 @@
 gives back a :class:`Server` once every listening line is in (:func:`start_on_port`:
 once a server told its port listens there); :class:`Servers`
 starts ``tcpkit serve`` on loopback port 0 and stops what it started (the
-``serve`` fixture of conftest.py).
+``serve`` fixtures of conftest.py and of the end-to-end tests); :func:`start_inetd`
+hands ``tcpkit serve --inetd`` a real connection, as inetd does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,12 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers.net import ipv6_loopback, listening
+from helpers.net import inetd_pair, ipv6_loopback, listening
 from helpers.processes import descendants, kill_all, wait_for
 
 TESTS = Path(__file__).resolve().parent.parent
 PEERS = TESTS / "peers"
-LISTENING = re.compile(r"Listening on (\S+):(\d+) \((\S+), mode=(\w+)\)")
+LISTENING = re.compile(r"Listening on (\S+):(?P<port>\d+) \((?P<service>\S+), mode=(\w+)\)")
 
 
 def script(name: str) -> list[str]:
@@ -96,8 +98,10 @@ class Server:
 
 def start_server(args: list[str], services: int = 1, env: dict[str, str] | None = None,
                  stdout: int | None = subprocess.DEVNULL, pass_fds: tuple[int, ...] = (),
-                 ) -> Server:
-    """Start a server command and wait until it logs every ``Listening on`` line."""
+                 announces: re.Pattern[str] = LISTENING) -> Server:
+    """Start a server command and wait until it logs every ``Listening on`` line
+    (``announces``: another line, e.g. another program's, with groups ``port`` and
+    ``service`` where it names them)."""
     process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE,
                                env={**os.environ, **(env or {})}, pass_fds=pass_fds)
     server = Server(process)
@@ -108,9 +112,10 @@ def start_server(args: list[str], services: int = 1, env: dict[str, str] | None 
         for raw in process.stderr:
             line = raw.decode("utf-8", "replace")
             server.stderr_lines.append(line)
-            found = LISTENING.search(line)
+            found = announces.search(line)
             if found:
-                server.ports[found.group(3)] = int(found.group(2))
+                port = found.groupdict().get("port")  # none for a Unix socket
+                server.ports[found.groupdict().get("service") or ""] = int(port or 0)
                 if len(server.ports) >= services:
                     ready.set()
         ready.set()
@@ -143,12 +148,34 @@ def start_on_port(args: list[str], port: int, timeout: float = 20.0) -> Server:
     return server
 
 
+def start_inetd(*args: str, env: dict[str, str] | None = None, stderr_on_socket: bool = False,
+                source: str = "127.0.0.1") -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """``tcpkit serve --inetd ARGS...`` as inetd starts it: one end of a real loopback
+    connection (from ``source``) as its stdin and stdout (and stderr, if
+    ``stderr_on_socket``; else a pipe).
+
+    Returns the client's end and the process; our copy of the server's end is closed.
+    """
+    client, passed = inetd_pair(source)
+    with passed:
+        process = subprocess.Popen(
+            [*script("tcpkit"), "serve", "--inetd", *args], stdin=passed, stdout=passed,
+            stderr=passed if stderr_on_socket else subprocess.PIPE,
+            env={**os.environ, **(env or {})})
+    return client, process
+
+
 class Servers:
     """``tcpkit serve ARGS...`` on loopback port 0, as many as a test wants; each
-    stopped (SIGKILL, with its descendants) by :meth:`stop_all`."""
+    stopped (SIGKILL, with its descendants) by :meth:`stop_all`.
 
-    def __init__(self) -> None:
+    ``env``: added to each server's environment (e.g. :func:`plugin_env`'s, so that
+    it finds plug-in services).
+    """
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.started: list[Server] = []
+        self.env = env
 
     def __call__(self, *args: str, services: int = 1, listen: bool = True) -> Server:
         command = [*script("tcpkit"), "serve", *args]
@@ -160,9 +187,16 @@ class Servers:
             services = len(names)
         return self.command(command, services)
 
-    def command(self, args: list[str], services: int = 1) -> Server:
+    def in_mode(self, service: str, mode: str, *args: str) -> Server:
+        """``tcpkit serve SERVICE --listen 127.0.0.1:0 --mode MODE ARGS...``: one service
+        (any, a plug-in's too) in one mode, the end-to-end tests' ``serve``."""
+        return self.command([*script("tcpkit"), "serve", service, "--listen", "127.0.0.1:0",
+                             "--mode", mode, *args])
+
+    def command(self, args: list[str], services: int = 1,
+                announces: re.Pattern[str] = LISTENING) -> Server:
         """Start any server command (e.g. ``tcpkit serve`` under prlimit), stopped likewise."""
-        server = start_server(args, services)
+        server = start_server(args, services, env=self.env, announces=announces)
         self.started.append(server)
         return server
 

@@ -50,7 +50,7 @@ class Counter(Session):
             return "pong"
         if word == b"sleep":  # a blocking call, off the event loop
             log.info("counter sleeping")
-            return Blocking(_sleep, 1.0)
+            return Blocking(_sleep, float(rest or 1))
         if word == b"nap":  # an async def answer, awaited on the loop
             return self._nap(float(rest or 1))
         if word == b"overlap":  # how many of this session's hook jobs ran at once

@@ -83,6 +83,8 @@ LINGER_BYTES = 1 << 20
 MAX_LINGERING = 1000
 # Refusal kinds counted as Stats.denied: who the client is, not how busy we are.
 DROPPED = frozenset({"denied", "proxy_untrusted", "proxy_header"})
+# The host the modes give for a unix-socket client (tcpkit.endpoints.peer_text).
+UNIX_PEER = "unix"
 # The errors= kind a service's own syntax is asked for a refusal in (see Gate.reply).
 REFUSED = "refused"
 
@@ -104,10 +106,10 @@ class ServiceRules:
         self.denied = Refusal("denied", DENIED_MESSAGE, silent=limits.quiet_deny)
         self.proxy = (ProxyPolicy(Networks(limits.proxy_from))
                       if limits.proxy_from is not None else None)
-
-    def limits_address(self, host: str) -> bool:
-        # Unix-socket clients have no address to count.
-        return self.admission.enabled and host != "unix"
+        # Whether clients are counted per address, decided once, not per
+        # connection; a client from UNIX_PEER (a unix socket) has no address
+        # and is never counted.
+        self.per_address = self.admission.enabled
 
 
 class Gate:
@@ -182,7 +184,7 @@ class Gate:
         accepted in the moment before the listeners closed gets its request
         answered.
         """
-        rules = self.rules_for(service)
+        rules = self.rules.get(service) or self.rules_for(service)  # no call if it has rules
         if rules.access is not None and not rules.access.permits(host):
             refusal: Refusal | None = rules.denied
         elif open_now >= self.max_open:
@@ -192,31 +194,27 @@ class Gate:
                             "(%d)", open_now, self.nofile, extra={"event": "fd-limit"})
             refusal = BUSY
         else:
+            # The seat is taken inline (no helper calls): this runs once per
+            # connection, and conn C=10 is mostly per-connection cost.
             with self._admission_lock:
-                refusal = self._take_seat(rules, host, now)
+                if rules.open >= rules.max_connections:
+                    refusal = BUSY
+                elif rules.per_address and host != UNIX_PEER:
+                    refusal = rules.admission.admit(host, now)
+                else:
+                    refusal = None
+                if refusal is None:
+                    rules.open += 1
         if refusal is not None:
             self.refuse(service, host, port, refusal)
         return refusal
-
-    @staticmethod
-    def _take_seat(rules: ServiceRules, host: str, now: float) -> Refusal | None:
-        """Count the client in, unless its service is full or its address
-        limited (called with the lock held)."""
-        if rules.open >= rules.max_connections:
-            return BUSY
-        if rules.limits_address(host):
-            refusal = rules.admission.admit(host, now)
-            if refusal is not None:
-                return refusal
-        rules.open += 1
-        return None
 
     def release(self, service: str, host: str) -> None:
         """A client of ``service`` admitted from ``host`` has gone (from any thread)."""
         rules = self.rules[service]
         with self._admission_lock:
             rules.open -= 1
-            if rules.limits_address(host):
+            if rules.per_address and host != UNIX_PEER:
                 rules.admission.release(host)
 
     @staticmethod

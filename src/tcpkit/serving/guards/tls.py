@@ -98,12 +98,14 @@ class ServerTLS:
             sslobj.context = self._current
 
 
-def reload_certificates(certificates: Iterable[ServerTLS | None]) -> None:
-    """SIGHUP: reload each distinct certificate (or say there is none)."""
+def reload_certificates(certificates: Iterable[ServerTLS | None],
+                        say_if_none: bool = True) -> None:
+    """SIGHUP: reload each distinct certificate (or say there is none: a server's
+    one line; a supervisor, whose workers say it, passes ``say_if_none=False``)."""
     unique = {id(tls): tls for tls in certificates if tls is not None}
     for tls in unique.values():
         tls.reload()
-    if not unique:
+    if not unique and say_if_none:
         log.info("SIGHUP: nothing to reload (no TLS certificate)")
 
 

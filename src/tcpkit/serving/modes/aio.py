@@ -121,9 +121,10 @@ class AsyncServer:
         tls = listener.tls
         sock = listener.sock.dup()
         service, client = listener.service, _client_class(listener.service)
+        limits = self.limits_for(service)  # chosen once per listener, not per connection
         try:
             server = await self.loop.create_server(
-                lambda: client(self, service),
+                lambda: client(self, service, None, limits),
                 sock=sock,
                 backlog=BACKLOG,
                 ssl=tls.context if tls else None,

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from tcpkit.connection import Job, ServiceConnection
 from tcpkit.endpoints import peer_text
@@ -46,12 +46,13 @@ class Client(asyncio.Protocol):
     )
 
     def __init__(self, server: AsyncServer, service: Service,
-                 client: tuple[str, int] | None = None) -> None:
+                 client: tuple[str, int] | None = None, limits: Limits | None = None) -> None:
         self.server = server
         self.service = service
         # This service's limits (its [services.NAME] table's, else the
-        # server's), looked up once here: nothing per chunk.
-        self.limits = server.limits_for(service)
+        # server's): given by the listener's factory, which chose them once,
+        # else looked up here; nothing per chunk.
+        self.limits = server.limits_for(service) if limits is None else limits
         self.conn = self.make_connection(service, self.limits)
         self.transport: asyncio.Transport | None = None
         self.paused_by_writes = False
@@ -73,15 +74,19 @@ class Client(asyncio.Protocol):
 
     # -- asyncio callbacks ------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+    # uvloop's transport is an asyncio.Transport in all but name (no subclass):
+    # typed as one here rather than cast() (a call) once per connection.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # Once per connection, so kept short (conn C=10 is mostly this and the
+        # kernel): one clock read, no helper calls that do not decide anything.
         self.transport = transport
         server = self.server
         if not self.host:  # not proxied (a proxied client's host is never "")
             host, self.port = peer_text(transport.get_extra_info("peername"))
             self.host = sys.intern(host)  # one string per client address, not per connection
+        now = server.loop.time()
         refusal = server.gate.admit(self.service.name, self.host, self.port, server.stats.open,
-                                    server.loop.time())
+                                    now)
         if refusal is not None:
             if refusal.silent:
                 transport.close()
@@ -91,11 +96,13 @@ class Client(asyncio.Protocol):
             self.transport = None
             self.conn.stop_input()  # off the fast path: anything that still arrives is dropped
             return
-        transport.set_write_buffer_limits(self.limits.write_high, self.limits.write_low)
-        self.started = server.loop.time()
+        limits = self.limits
+        transport.set_write_buffer_limits(limits.write_high, limits.write_low)
+        self.started = now
         server.clients.add(self)
-        server.stats.open += 1
-        server.stats.connections += 1
+        stats = server.stats
+        stats.open += 1
+        stats.connections += 1
         server.observer.accepted(self.service.name, self.host, self.port)
         if server.draining:  # accepted just before the listener closed: its request counts
             self.begin_drain()
@@ -142,19 +149,28 @@ class Client(asyncio.Protocol):
         if self.transport is None:
             return
         self.transport = None
-        for job in self.conn.pending_jobs():
-            if isinstance(job.handle, asyncio.Task):
-                job.handle.cancel()  # the pool kills the worker: its CPU goes idle
+        conn = self.conn
+        if conn.waiting:  # replies held: maybe jobs still running
+            for job in conn.pending_jobs():
+                if isinstance(job.handle, asyncio.Task):
+                    job.handle.cancel()  # the pool kills the worker: its CPU goes idle
         server = self.server
         server.clients.discard(self)
-        server.gate.release(self.service.name, self.host)
-        server.stats.open -= 1
-        server.stats.lines += self.conn.lines
-        server.stats.errors += self.conn.errors
+        service = self.service.name
+        server.gate.release(service, self.host)
+        stats = server.stats
+        stats.open -= 1
+        stats.lines += conn.lines
+        stats.errors += conn.errors
         seconds = server.loop.time() - self.started
-        server.observer.ended(self.service.name, self.host, self.port, self.conn.lines, seconds,
-                               close_reason(self.idle_closed, self.conn.line_too_long))
-        server.maybe_finish_drain()
+        # The reason's rule is close_reason's; only a connection that closed for
+        # an error (a line too long sets ``closing``) or idleness has one, so
+        # the common close skips the two calls.
+        reason = (close_reason(self.idle_closed, conn.line_too_long)
+                  if self.idle_closed or conn.closing else "")
+        server.observer.ended(service, self.host, self.port, conn.lines, seconds, reason)
+        if server.draining or server.one_shot:
+            server.maybe_finish_drain()
 
     def pause_writing(self) -> None:
         self.paused_by_writes = True

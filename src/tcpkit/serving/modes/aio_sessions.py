@@ -48,8 +48,8 @@ class SessionClient(Client):
     __slots__ = ("end_reason", "session_started")
 
     def __init__(self, server: AsyncServer, service: Service,
-                 client: tuple[str, int] | None = None) -> None:
-        super().__init__(server, service, client)
+                 client: tuple[str, int] | None = None, limits: Limits | None = None) -> None:
+        super().__init__(server, service, client, limits)
         self.end_reason: str | None = None  # what the server knows ended it (idle, ...)
         self.session_started = False
 
@@ -61,7 +61,7 @@ class SessionClient(Client):
     def session(self) -> SessionConnection:
         return cast(SessionConnection, self.conn)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         live = self.transport
         if live is None:

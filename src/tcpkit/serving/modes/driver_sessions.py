@@ -14,6 +14,8 @@ What it adds:
   unsolicited lines meanwhile); past ``--time-limit`` its request gets the
   time-limit error and the thread's late result is ignored (a thread cannot be
   stopped);
+* every job's figures (one request, its reply, its latency, a failure's kind)
+  go to the metrics through ``finish_job``, as in the async mode;
 * an awaitable runs to completion here, on a private event loop of this
   connection, bounded by ``--time-limit``: the thread (or child) is this
   client's alone, so nothing else waits for it;
@@ -135,8 +137,10 @@ class SessionDriver(_Driver):
         try:
             while self.awaitables and not self.gone:
                 job, work = self.awaitables.popleft()
-                self._send(finish_job(self.conn, job, self._outcome(work), None,
-                                      self.service, 0.0))
+                started = time.perf_counter() if self.metered is not None else 0.0
+                outcome = self._outcome(work)
+                self._send(finish_job(self.conn, job, outcome, self.metered, self.service,
+                                      started))
         finally:
             self.awaiting = False
 
@@ -163,8 +167,11 @@ class SessionDriver(_Driver):
         for job, deadline in list(self.job_deadlines.items()):
             if now >= deadline:
                 del self.job_deadlines[job]
-                limit = TimeLimitExceeded.after(self.limits.time_limit)
-                self._send(self.conn.job_failed(job, str(limit), "time_limit"))
+                job.handle = None  # its late result is dropped (_collect_jobs skips it)
+                self._send(finish_job(self.conn, job,
+                                      TimeLimitExceeded.after(self.limits.time_limit),
+                                      self.metered, self.service,
+                                      self.job_started.pop(job, 0.0)))
         super()._timed_out()
 
     # -- ending ---------------------------------------------------------------

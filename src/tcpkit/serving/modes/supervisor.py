@@ -26,6 +26,11 @@ client is refused meanwhile.  A replacement that dies or stays silent for
 logged per replaced worker.  From the first restart on, a worker that dies is
 replaced by a re-executed one too, so no old code comes back.
 
+SIGHUP (``systemctl reload``) reloads the TLS certificates: the supervisor's own
+copy, which workers forked later inherit, and every worker's.  A worker holds a
+SIGHUP that comes while it starts (a blocked signal, across an exec too) until
+its mode's handler is in place, so no reload is lost and none kills it.
+
 Workers run in a process group of their own, so a terminal's ^C reaches only
 the supervisor, which stops them all in order; a worker whose supervisor dies
 sees EOF on the stop pipe and drains too.
@@ -76,7 +81,12 @@ class WorkerObserver(ObserverGroup):
         # The mode announces each listener as it starts serving it: after the
         # last one, tell the supervisor (a rolling restart waits for this).
         self._unannounced -= 1
-        if self._unannounced <= 0 and self._ready_fd is not None:
+        if self._unannounced > 0:
+            return
+        # The mode's SIGHUP handler is in place by now: let in a reload held
+        # since the fork (see Supervisor._start).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        if self._ready_fd is not None:
             with contextlib.suppress(OSError):
                 os.write(self._ready_fd, b"!")
                 os.close(self._ready_fd)
@@ -157,12 +167,19 @@ class Supervisor:
         ``ready``: the write end of a pipe the worker writes to once serving.
         """
         fresh = self._fresh and self.reexec is not None
+        # SIGHUP is held across the fork.  Here, so that a reload cannot run
+        # between the fork and the new pid's entry in self.workers (and miss it);
+        # in the worker (the mask survives an exec too) until its mode's handler
+        # is installed: ignored or left to the default, a reload sent while the
+        # worker starts would be lost or kill it.  WorkerObserver lets it in.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         pid = os.fork()
         if pid == 0:
             self._worker(ready, fresh)
         if ready is not None:
             os.close(ready)
         self.workers[pid] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         if not self._fresh:
             log.info("worker %d started (mode=%s)", pid, self.mode)
         return pid
@@ -172,9 +189,9 @@ class Supervisor:
         try:
             os.setpgid(0, 0)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
-                signal.signal(sig, signal.SIG_DFL)  # until the server installs its own
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # ...a reload must not kill it
+            # Until the server installs its own (SIGHUP is held meanwhile, see _start).
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
             self._stop.close_writer()
             self._exited.close()
             self._upgrade.close()
@@ -342,7 +359,14 @@ class Supervisor:
         self._exited.set()
 
     def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
-        """SIGHUP (systemctl reload): each worker reloads its certificate."""
+        """SIGHUP (systemctl reload): each worker reloads its certificate.
+
+        The supervisor reloads its own copy first: the workers it forks from
+        now on (a replacement for one that died) inherit the new certificate.
+        """
+        from tcpkit.serving.guards.tls import reload_certificates  # ssl: only when asked
+
+        reload_certificates((listener.tls for listener in self.listeners), say_if_none=False)
         for pid in self.workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)

@@ -79,7 +79,8 @@ class Observer:
         ``close`` line.
         """
         if type(self).closed is Observer.closed:
-            self._log_close(service, host, port, lines, seconds, reason)
+            if log.isEnabledFor(logging.INFO):  # here too: no call at all when quiet
+                self._log_close(service, host, port, lines, seconds, reason)
         else:
             self.closed(service, host, port, lines, seconds)
 
@@ -168,19 +169,23 @@ def receive_measured(conn: ServiceConnection, data: bytes | None, observer: Obse
                      service: str, send: Callable[[bytes], int]) -> None:
     """Feed ``data`` (None: EOF) to ``conn``, ``send`` the replies, report the figures.
 
-    ``send`` queues the replies, starts the new jobs and returns how many it
-    started: those requests are answered (and timed) when their job ends.
+    ``send`` queues the replies and starts the new jobs.  The requests answered by
+    a job (started now, or waiting for a session's hook to finish) are counted,
+    and timed, when their job ends (``finish_job``); here only the others.
     """
-    lines, errors, closing = conn.lines, conn.errors, conn.closing
+    lines, errors, closing, jobs = conn.lines, conn.errors, conn.closing, conn.jobs_made
     start = time.perf_counter()
     out = conn.receive_eof() if data is None else conn.receive_data(data)
     seconds = time.perf_counter() - start
     lines = conn.lines - lines
-    jobs = send(out)
+    # What this receive did, read before send(): a job that send() runs to its end
+    # (an awaitable in a blocking mode) reports its own figures (finish_job).
+    errors, overflowed = conn.errors - errors, conn.closing and not closing
+    answered = lines - (conn.jobs_made - jobs)
+    send(out)
     observer.traffic(service, len(data or b""), len(out), lines, out.count(b"\n"),
-                     lines - jobs, seconds)
-    errors = conn.errors - errors
-    if conn.closing and not closing:
+                     answered, seconds)
+    if overflowed:
         observer.failed(service, "line_too_long")
         errors -= 1
     if errors > 0:
