@@ -15,7 +15,13 @@ import socket
 import threading
 import time
 
-from helpers.net import connect, inetd_pair, recv_lines, recv_until_closed
+from helpers.net import (
+    assert_idle_closed_while_busy_served,
+    connect,
+    inetd_pair,
+    recv_lines,
+    recv_until_closed,
+)
 from helpers.servers import Servers
 from tcpkit.services.reverse import SERVICE as REVERSE
 from tcpkit.serving.config import Limits
@@ -122,18 +128,6 @@ def test_thread_mode_closes_the_idle_client_not_the_busy_one(serve: Servers) -> 
     server = serve("reverse", "--mode", "thread", "--idle-timeout", "2")
     with connect(server.port, timeout=30) as idle, connect(server.port, timeout=30) as busy:
         idle.sendall(b"x")  # a line begun, never finished: the same deadline
-        busy.sendall(b"hello\n")
-        assert recv_lines(busy, 1) == [b"olleh\n"]
-        idle.settimeout(0.25)
-        closed = False
-        deadline = time.monotonic() + 20
-        while not closed and time.monotonic() < deadline:
-            busy.sendall(b"ping\n")  # a request every quarter second keeps it open
-            assert recv_lines(busy, 1) == [b"gnip\n"]
-            with contextlib.suppress(TimeoutError):
-                closed = idle.recv(1) == b""
-        assert closed, "the idle client was never closed"
-        busy.sendall(b"still here\n")
-        assert recv_lines(busy, 1) == [b"ereh llits\n"]
+        assert_idle_closed_while_busy_served(idle, busy)
     assert server.stop(signal.SIGTERM) == 0
     assert "1 closed idle" in server.stderr()

@@ -8,11 +8,9 @@ is taken only when nothing else has to happen.
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import time
 
-from helpers.net import connect, exchange, recv_lines
+from helpers.net import assert_idle_closed_while_busy_served, connect, exchange
 from tcpkit.connection import ServiceConnection
 from tcpkit.framing import LineFramer
 from tcpkit.service import Offload, Service
@@ -94,17 +92,5 @@ def test_async_replies_in_order_around_offloaded_jobs(serve) -> None:  # type: i
 def test_async_idle_client_is_closed_and_busy_one_is_not(serve) -> None:  # type: ignore[no-untyped-def]
     server = serve("reverse", "--idle-timeout", "2")
     with connect(server.port, timeout=30) as idle, connect(server.port, timeout=30) as busy:
-        busy.sendall(b"hello\n")
-        assert recv_lines(busy, 1) == [b"olleh\n"]
-        idle.settimeout(0.25)
-        closed = False
-        deadline = time.monotonic() + 20
-        while not closed and time.monotonic() < deadline:
-            busy.sendall(b"ping\n")  # a request every quarter second keeps it open
-            assert recv_lines(busy, 1) == [b"gnip\n"]
-            with contextlib.suppress(TimeoutError):
-                closed = idle.recv(1) == b""
-        assert closed, "the idle client was never closed"
-        busy.sendall(b"still here\n")
-        assert recv_lines(busy, 1) == [b"ereh llits\n"]
+        assert_idle_closed_while_busy_served(idle, busy)
         busy.shutdown(socket.SHUT_WR)

@@ -6,6 +6,7 @@ import contextlib
 import select
 import socket
 import struct
+import time
 from pathlib import Path
 
 
@@ -176,3 +177,22 @@ def talk(port: int, payload: bytes, source: str = "127.0.0.1", host: str = "127.
 def closed_unanswered(reply: bytes) -> bool:
     """Whether :func:`talk` saw the server close (or reset) without a byte."""
     return reply in (b"", b"<reset>")
+
+
+def assert_idle_closed_while_busy_served(idle: socket.socket, busy: socket.socket) -> None:
+    """The idle-timeout rule seen from two clients: ``busy`` sends a request every
+    quarter second and is answered throughout; ``idle`` (silent, or with a line
+    begun and never finished) is closed by the server within 20 s."""
+    busy.sendall(b"hello\n")
+    assert recv_lines(busy, 1) == [b"olleh\n"]
+    idle.settimeout(0.25)
+    closed = False
+    deadline = time.monotonic() + 20
+    while not closed and time.monotonic() < deadline:
+        busy.sendall(b"ping\n")  # a request every quarter second keeps it open
+        assert recv_lines(busy, 1) == [b"gnip\n"]
+        with contextlib.suppress(TimeoutError):
+            closed = idle.recv(1) == b""
+    assert closed, "the idle client was never closed"
+    busy.sendall(b"still here\n")
+    assert recv_lines(busy, 1) == [b"ereh llits\n"]
