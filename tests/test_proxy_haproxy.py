@@ -213,6 +213,10 @@ def test_per_ip_limits_json_logs_and_metrics_behind_haproxy(
         except (ConnectionRefusedError, ConnectionResetError, IndexError):
             assert time.monotonic() < deadline, "haproxy did not serve"
             time.sleep(0.05)
+    # The replies came first; the log lines may still be on their way (stderr is read
+    # by another thread): wait for them.
+    server.wait_for_stderr(r'"event": ?"refused"[^\n]*"peer": ?"127\.0\.0\.2:', timeout=30)
+    server.wait_for_stderr(r'"event": ?"accept"[^\n]*"peer": ?"127\.0\.0\.3:', timeout=30)
     records = [json.loads(line) for line in server.stderr().splitlines()
                if line.startswith("{")]
     assert any(r.get("event") == "refused" and r.get("peer", "").startswith("127.0.0.2:")
