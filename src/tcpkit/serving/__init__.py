@@ -18,6 +18,7 @@ by axis, a folder each, a file per job::
       aio_proxied.py ...its accept loop for listeners behind --proxy-protocol
       loop.py        the event loop: uvloop where installed, its error handler
       accepting.py   the accept loop shared by the blocking modes
+      accepting_headers.py  its PROXY headers on their way (the connections still sending one)
       driver.py      the blocking modes' per-connection driver (one poll loop)
       driver_sessions.py  ...its subclass for session services' clients
       driver_fastpath.py  ...its fast path: a settled plain client in blocking recv, no poll

@@ -50,9 +50,9 @@ from tcpkit.service import Service
 from tcpkit.serving.config import Limits, Listener
 from tcpkit.serving.guards.admission import BUSY, Refusal
 from tcpkit.serving.guards.gate import LINGER, LINGER_BLOCKING, TICK, Gate
-from tcpkit.serving.guards.proxied import Arrival, PendingHeaders
 from tcpkit.serving.guards.tls import reload_certificates, server_handshake
 from tcpkit.serving.listeners import describe, send_at_once
+from tcpkit.serving.modes.accepting_headers import HeaderWaits
 from tcpkit.serving.modes.driver import Outcome, serve_connection
 from tcpkit.serving.modes.pipes import Wakeup
 from tcpkit.serving.observe.events import Observer, close_reason
@@ -92,14 +92,7 @@ class BlockingServer:
         self._hubs: Hubs | None = None  # sessions' hubs, made on first use
         self._poller: select.poll | None = None  # the accept loop's
         self._lingering: dict[int, tuple[socket.socket, float]] = {}  # fd -> (sock, until)
-        # The PROXY headers on their way, per service that trusts senders
-        # (its listeners read one; the others are served plain).
-        self._headers: dict[str, PendingHeaders] = {}
-        for listener in self.listeners:
-            policy = self.gate.proxy_for(listener.service.name)
-            if policy is not None and listener.service.name not in self._headers:
-                self._headers[listener.service.name] = PendingHeaders(policy)
-        self._header_listeners: dict[int, Listener] = {}  # fd -> listener, header pending
+        self._headers = HeaderWaits(self.listeners, self.gate, self._admit)  # --proxy-protocol
         self._accept_pauses = 0  # consecutive out-of-resources pauses
         self._paused_until = 0.0
         self._next_tick = 0.0
@@ -252,7 +245,7 @@ class BlockingServer:
     # -- the accept loop --------------------------------------------------
 
     def _accept_loop(self) -> None:
-        poller = self._poller = select.poll()
+        poller = self._poller = self._headers.poller = select.poll()
         by_fd = {listener.sock.fileno(): listener for listener in self.listeners}
         for fd in (*self.stop_fds(), *self.extra_fds()):
             poller.register(fd, select.POLLIN)
@@ -273,8 +266,8 @@ class BlockingServer:
                     self._accept_from(by_fd[fd])
                 elif fd in self._lingering:
                     self._drop_input(fd)
-                elif fd in self._header_listeners:
-                    self._header_readable(fd)
+                elif fd in self._headers:
+                    self._headers.readable(fd)
                 elif fd in self.stop_fds():
                     self.stopping = True
             if time.monotonic() >= self._next_tick or events:
@@ -296,9 +289,8 @@ class BlockingServer:
             if self._accept_pauses:
                 log.info("accepting again (after %d pauses)", self._accept_pauses)
                 self._accept_pauses = 0
-            headers = self._headers.get(listener.service.name)
-            if headers is not None:
-                self._header_arrived(headers, listener, sock, peer)
+            if self._headers.wants_header(listener):
+                self._headers.accepted(listener, sock, peer)
             else:
                 self._admit(listener, sock, peer)
 
@@ -311,42 +303,6 @@ class BlockingServer:
             self.turn_away(sock, listener.service, refusal)
         else:
             self.dispatch(listener, sock, peer)
-
-    # -- PROXY headers (--proxy-protocol) ---------------------------------
-
-    def _header_arrived(self, headers: PendingHeaders, listener: Listener,
-                        sock: socket.socket, peer: object) -> None:
-        arrival = headers.arrived(sock, peer, time.monotonic())
-        if arrival is not None:
-            self._header_done(listener, arrival)
-        elif self._poller is not None:
-            self._header_listeners[sock.fileno()] = listener
-            self._poller.register(sock.fileno(), select.POLLIN)
-
-    def _header_readable(self, fd: int) -> None:
-        listener = self._header_listeners[fd]
-        arrival = self._headers[listener.service.name].readable(fd)
-        if arrival is not None:
-            self._header_done(self._stop_header_wait(fd), arrival)
-
-    def _stop_header_wait(self, fd: int) -> Listener:
-        if self._poller is not None:
-            self._poller.unregister(fd)
-        return self._header_listeners.pop(fd)
-
-    def _header_done(self, listener: Listener, arrival: Arrival) -> None:
-        """Admit the real client, or close a connection with no (trusted) header."""
-        if arrival.refused is None and arrival.client is not None:
-            self._admit(listener, arrival.sock, arrival.client)
-            return
-        if arrival.refused is not None:
-            self.gate.drop(listener.service.name, *arrival.peer, arrival.refused)
-        arrival.sock.close()
-
-    def _expire_headers(self, now: float) -> None:
-        for headers in self._headers.values():
-            for arrival in headers.expired(now):
-                self._header_done(self._stop_header_wait(arrival.sock.fileno()), arrival)
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno not in OUT_OF_RESOURCES:
@@ -412,7 +368,7 @@ class BlockingServer:
             for fd, (_, until) in list(self._lingering.items()):
                 if now >= until:
                     self._stop_lingering(fd)
-            self._expire_headers(now)
+            self._headers.expire(now)
         self.tick()
 
     # -- stopping ---------------------------------------------------------
@@ -436,9 +392,7 @@ class BlockingServer:
             listener.sock.close()
         for fd in list(self._lingering):
             self._stop_lingering(fd)
-        for headers in self._headers.values():
-            for fd in headers.close_all():
-                self._stop_header_wait(fd)
+        self._headers.close_all()
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():

@@ -192,7 +192,7 @@ class ForkingServer(BlockingServer):
         for refused, _ in self._lingering.values():
             refused.close()
         self._lingering.clear()
-        self._poller = None
+        self._poller = self._headers.poller = None
         self.stop_signal.close_writer()
         self._exited.close()
         self._reports.close_reader()
