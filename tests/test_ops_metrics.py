@@ -131,3 +131,92 @@ def test_worker_processes_are_merged_in_one_scrape() -> None:
     assert f"tcpkit_request_duration_seconds_count{labels} 15.0" in text
     opened = re.findall(rf"^tcpkit_connections_open{re.escape(labels)} (\S+)$", text, re.M)
     assert opened == ["1.0", "0.0"]  # worker 0 left one open; then it was marked dead
+
+
+FOLD_WHILE_SCRAPED = """
+import os, sys, urllib.error, urllib.request
+from tcpkit.serving.observe import metrics
+metrics.use_multiprocess_dir()
+collector = metrics.Metrics("fork")
+address = metrics.serve_metrics(metrics.Endpoint(host="127.0.0.1", port=0),
+                                metrics.exposition_registry(collector))
+CHILDREN = 150
+worker = os.fork()
+if worker == 0:  # a fork-mode worker: a child per client, folded when reaped
+    for number in range(CHILDREN):
+        child = os.fork()
+        if child == 0:
+            collector.accepted("reverse", "127.0.0.1", number)
+            collector.traffic("reverse", 6, 6, 1, 1, 1, 0.001)
+            collector.closed("reverse", "127.0.0.1", number, 1, 0.01)
+            os._exit(0)
+        os.waitpid(child, 0)
+        metrics.worker_exited(child)
+    os._exit(0)
+failures, scrapes = [], 0
+while os.waitpid(worker, os.WNOHANG) == (0, 0):  # the supervisor scrapes meanwhile
+    scrapes += 1
+    try:
+        urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read()
+    except urllib.error.HTTPError as exc:
+        failures.append(exc.code)
+final = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+print(scrapes, failures)
+print(final)
+"""
+
+
+def test_scrapes_while_a_worker_folds_its_children() -> None:
+    """The fold (in a fork-mode worker) and the scrape (in the supervisor) never
+    overlap: no scrape fails on a file unlinked under it, none counts twice."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", FOLD_WHILE_SCRAPED], capture_output=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    head, final = done.stdout.decode().split("\n", 1)
+    scrapes, failures = head.split(" ", 1)
+    assert int(scrapes) > 0
+    assert failures == "[]", f"{failures} of {scrapes} scrapes failed"
+    labels = '{mode="fork",service="reverse"}'
+    assert f"tcpkit_connections_total{labels} 150.0" in final
+    assert f"tcpkit_lines_total{labels} 150.0" in final
+
+
+KILLED_BEFORE_SIZING = """
+import os, urllib.request
+from tcpkit.serving.observe import metrics
+path = metrics.use_multiprocess_dir()
+collector = metrics.Metrics("fork")
+address = metrics.serve_metrics(metrics.Endpoint(host="127.0.0.1", port=0),
+                                metrics.exposition_registry(collector))
+collector.accepted("reverse", "127.0.0.1", 1)
+child = os.fork()
+if child == 0:  # killed after prometheus-client created its file, before it sized it
+    open(os.path.join(path, f"counter_{os.getpid()}.db"), "ab").close()
+    os._exit(0)
+os.waitpid(child, 0)
+before = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).status
+metrics.worker_exited(child)
+left = os.path.exists(os.path.join(path, f"counter_{child}.db"))
+after = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+print(before, left)
+print(after)
+"""
+
+
+def test_an_empty_file_of_a_killed_child_neither_fails_a_scrape_nor_the_fold() -> None:
+    """prometheus-client cannot read an empty file (client_python#1199): the scrape
+    passes over it, and the fold removes it, as it recorded nothing."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", KILLED_BEFORE_SIZING], capture_output=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    head, final = done.stdout.decode().split("\n", 1)
+    assert head == "200 False"
+    assert 'tcpkit_connections_total{mode="fork",service="reverse"} 1.0' in final

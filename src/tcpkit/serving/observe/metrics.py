@@ -16,6 +16,15 @@ gauge, so a dead worker's connections drop out).  Call
 gauges, it folds the dead process's counters and histograms into an archive
 file of the caller's, so the directory (and the time a scrape takes) does not
 grow with every process that ever served — fork mode starts one per client.
+The fold runs in whichever process reaped the child (a fork-mode worker) while
+the scrape runs in another (the supervisor), so the two exclude each other
+with a lock *file* in the directory (:func:`_directory_lock`), not a thread
+lock: a scrape must never list a dead child's file that a fold then unlinks
+(prometheus-client raises on it: HTTP 500), nor count a value both in the
+archive and in the file it came from.  A process creates its file empty and
+sizes it a moment later, and one killed in between leaves it empty for good;
+prometheus-client cannot read an empty file (client_python#1199, open in
+0.26.0), so scrapes and folds pass over empty files (:func:`_holds_values`).
 
 Latency is observed per request: lines answered together in one read share
 that read's answer time, and are added to the histogram in one step
@@ -26,13 +35,16 @@ constant however many lines it holds.
 from __future__ import annotations
 
 import atexit
+import fcntl
+import glob
 import logging
 import os
 import shutil
 import socket
+import struct
 import tempfile
-import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tcpkit.endpoints import Endpoint, format_address
@@ -184,7 +196,20 @@ def use_multiprocess_dir() -> str:
     return path
 
 
-_FOLDING = threading.Lock()  # a scrape in this process never sees a fold half done
+@contextmanager
+def _directory_lock(path: str, *, exclusive: bool) -> Iterator[None]:
+    """Folds (exclusive) and scrapes (shared) of every process of one server.
+
+    Each use opens the file anew: ``flock`` belongs to the open file, so two
+    threads of one process exclude each other too.  The explicit unlock keeps
+    a child forked meanwhile, which inherits the open file, from holding it.
+    """
+    with open(os.path.join(path, "folding.lock"), "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def worker_exited(pid: int) -> None:
@@ -198,12 +223,22 @@ def worker_exited(pid: int) -> None:
         return
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-    with _FOLDING:
+    with _directory_lock(path, exclusive=True):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
         for kind in ("counter", "histogram"):
             dead = os.path.join(path, f"{kind}_{pid}.db")
-            if os.path.exists(dead):
+            if _holds_values(dead):
                 _fold(dead, os.path.join(path, f"{kind}_archive{os.getpid()}.db"))
+            elif os.path.exists(dead):
+                os.unlink(dead)  # created empty and never sized: it recorded nothing
+
+
+def _holds_values(path: str) -> bool:
+    """Whether a metrics file exists and has been sized (so can be read)."""
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _fold(dead: str, archive_path: str) -> None:
@@ -216,7 +251,7 @@ def _fold(dead: str, archive_path: str) -> None:
         for key, value, timestamp, _ in values:
             total, _ = archive.read_value(key)  # type: ignore[no-untyped-call]
             archive.write_value(key, total + value, timestamp)  # type: ignore[no-untyped-call]
-    except (OSError, ValueError) as exc:  # a torn file: keep it, it still counts
+    except (OSError, ValueError, struct.error) as exc:  # torn: keep it, it still counts
         log.warning("cannot fold metrics file %s: %s", dead, exc)
         return
     finally:
@@ -229,13 +264,17 @@ def exposition_registry(metrics: Metrics) -> CollectorRegistry:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    if not os.environ.get(MULTIPROC_ENV):
+    found = os.environ.get(MULTIPROC_ENV)
+    if not found:
         return metrics.registry
+    path = found  # a str for the class below
 
     class Merged(MultiProcessCollector):
         def collect(self) -> Any:
-            with _FOLDING:
-                return list(super().collect())  # type: ignore[no-untyped-call]
+            with _directory_lock(path, exclusive=False):
+                files = [name for name in glob.glob(os.path.join(path, "*.db"))
+                         if _holds_values(name)]
+                return list(self.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
 
     merged = CollectorRegistry()
     Merged(merged)  # type: ignore[no-untyped-call]
