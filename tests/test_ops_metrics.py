@@ -3,9 +3,11 @@ per-client limits (--max-per-ip, --rate-per-ip) refused and counted."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -91,13 +93,28 @@ def test_metrics_port_in_use_is_one_line(serve) -> None:
         f"error: cannot listen on 127.0.0.1:{taken} (metrics): Address already in use")
 
 
-MULTIPROCESS = """
-import os, sys, urllib.request
+# A server's /metrics over a shared directory, in a fresh interpreter: the
+# directory must be chosen before prometheus_client is first imported.
+SHARED_DIRECTORY = """
+import os, sys, urllib.error, urllib.request
 from tcpkit.serving.observe import metrics
-metrics.use_multiprocess_dir()  # before prometheus_client is imported
+path = metrics.use_multiprocess_dir()
 collector = metrics.Metrics("fork")
 address = metrics.serve_metrics(metrics.Endpoint(host="127.0.0.1", port=0),
                                 metrics.exposition_registry(collector))
+"""
+
+
+def run_with_shared_directory(body: str, timeout: float = 60.0) -> str:
+    """Run ``body`` after :data:`SHARED_DIRECTORY`; what it printed."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", SHARED_DIRECTORY + body],
+                          capture_output=True, timeout=timeout, env=env, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+MULTIPROCESS = """
 children = []
 for worker in range(3):
     pid = os.fork()
@@ -117,15 +134,8 @@ sys.stdout.write(urllib.request.urlopen(f"http://{address}/metrics").read().deco
 
 
 def test_worker_processes_are_merged_in_one_scrape() -> None:
-    import os
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    done = subprocess.run([sys.executable, "-c", MULTIPROCESS], capture_output=True,
-                          timeout=60, env=env)
-    assert done.returncode == 0, done.stderr.decode()
+    text = run_with_shared_directory(MULTIPROCESS)
     labels = '{mode="fork",service="reverse"}'
-    text = done.stdout.decode()
     assert f"tcpkit_connections_total{labels} 3.0" in text
     assert f"tcpkit_lines_total{labels} 15.0" in text
     assert f"tcpkit_request_duration_seconds_count{labels} 15.0" in text
@@ -134,12 +144,6 @@ def test_worker_processes_are_merged_in_one_scrape() -> None:
 
 
 FOLD_WHILE_SCRAPED = """
-import os, sys, urllib.error, urllib.request
-from tcpkit.serving.observe import metrics
-metrics.use_multiprocess_dir()
-collector = metrics.Metrics("fork")
-address = metrics.serve_metrics(metrics.Endpoint(host="127.0.0.1", port=0),
-                                metrics.exposition_registry(collector))
 CHILDREN = 150
 worker = os.fork()
 if worker == 0:  # a fork-mode worker: a child per client, folded when reaped
@@ -169,14 +173,7 @@ print(final)
 def test_scrapes_while_a_worker_folds_its_children() -> None:
     """The fold (in a fork-mode worker) and the scrape (in the supervisor) never
     overlap: no scrape fails on a file unlinked under it, none counts twice."""
-    import os
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    done = subprocess.run([sys.executable, "-c", FOLD_WHILE_SCRAPED], capture_output=True,
-                          timeout=120, env=env)
-    assert done.returncode == 0, done.stderr.decode()
-    head, final = done.stdout.decode().split("\n", 1)
+    head, final = run_with_shared_directory(FOLD_WHILE_SCRAPED, timeout=120).split("\n", 1)
     scrapes, failures = head.split(" ", 1)
     assert int(scrapes) > 0
     assert failures == "[]", f"{failures} of {scrapes} scrapes failed"
@@ -186,12 +183,6 @@ def test_scrapes_while_a_worker_folds_its_children() -> None:
 
 
 KILLED_BEFORE_SIZING = """
-import os, urllib.request
-from tcpkit.serving.observe import metrics
-path = metrics.use_multiprocess_dir()
-collector = metrics.Metrics("fork")
-address = metrics.serve_metrics(metrics.Endpoint(host="127.0.0.1", port=0),
-                                metrics.exposition_registry(collector))
 collector.accepted("reverse", "127.0.0.1", 1)
 child = os.fork()
 if child == 0:  # killed after prometheus-client created its file, before it sized it
@@ -210,13 +201,6 @@ print(after)
 def test_an_empty_file_of_a_killed_child_neither_fails_a_scrape_nor_the_fold() -> None:
     """prometheus-client cannot read an empty file (client_python#1199): the scrape
     passes over it, and the fold removes it, as it recorded nothing."""
-    import os
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    done = subprocess.run([sys.executable, "-c", KILLED_BEFORE_SIZING], capture_output=True,
-                          timeout=60, env=env)
-    assert done.returncode == 0, done.stderr.decode()
-    head, final = done.stdout.decode().split("\n", 1)
+    head, final = run_with_shared_directory(KILLED_BEFORE_SIZING).split("\n", 1)
     assert head == "200 False"
     assert 'tcpkit_connections_total{mode="fork",service="reverse"} 1.0' in final

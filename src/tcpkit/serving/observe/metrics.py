@@ -44,7 +44,7 @@ import socket
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tcpkit.endpoints import Endpoint, format_address
@@ -229,8 +229,9 @@ def worker_exited(pid: int) -> None:
             dead = os.path.join(path, f"{kind}_{pid}.db")
             if _holds_values(dead):
                 _fold(dead, os.path.join(path, f"{kind}_archive{os.getpid()}.db"))
-            elif os.path.exists(dead):
-                os.unlink(dead)  # created empty and never sized: it recorded nothing
+            else:  # none, or created empty and never sized: it recorded nothing
+                with suppress(FileNotFoundError):
+                    os.unlink(dead)
 
 
 def _holds_values(path: str) -> bool:
