@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import hostile
+from helpers import hostile, hostile_proxy
 from helpers.hostile import Snapshot, settle
 from helpers.net import exchange
 from helpers.numbers import long_semiprime
+from helpers.proxy import proxy_v2
 from helpers.servers import Server, script, start_server
 from tcpkit.serving.run import MODES
 
 CONCURRENT = [m for m in MODES if m != "iterative"]  # iterative serves one at a time
+PACED = 0.02  # s between a good client's fresh connections: a few hundred TIME_WAITs, not 28,000
 
 
 def start(serve: object, mode: str, *args: str) -> Server:
@@ -82,6 +84,36 @@ def test_flood_beyond_max_connections_is_turned_away(serve: object, mode: str) -
     assert outcome.lost == 0
     no_leaks(server, baseline)
     assert "server busy" in server.stderr()
+
+
+@pytest.mark.parametrize("mode", CONCURRENT)
+def test_bad_proxy_headers_cost_no_good_request(serve: object, mode: str) -> None:
+    """RELIABILITY.md's "bad PROXY headers" row, scaled down (iterative mode would
+    wait out each stalled header in turn)."""
+    server: Server = serve("reverse", "--mode", mode,  # type: ignore[operator]
+                           "--proxy-protocol", "127.0.0.1")
+    # Served once before the baseline, as start() does: libuv opens its EMFILE
+    # reserve descriptor with the loop's first connection.
+    assert exchange(server.port, proxy_v2(("203.0.113.50", 4000)) + b"ping\n") == b"gnip\n"
+    baseline = Snapshot.of(server.pid)
+    outcome = hostile_proxy.bad_proxy_headers(server, 200, mode, stalled_count=20,
+                                              interval=PACED)
+    print(outcome)
+    assert set(outcome.details["flood"]) <= {"closed", "reset"}, outcome  # type: ignore[arg-type]
+    assert outcome.details["good_answered"] > 0 and outcome.lost == 0, outcome  # type: ignore[operator]
+    no_leaks(server, baseline)
+
+
+@pytest.mark.parametrize("mode", CONCURRENT)
+def test_a_denied_flood_costs_no_good_request(serve: object, mode: str) -> None:
+    """RELIABILITY.md's "denied flood" row, scaled down."""
+    server = start(serve, mode, "--deny", "127.0.0.2")
+    baseline = Snapshot.of(server.pid)
+    outcome = hostile_proxy.denied_flood(server, 200, mode, interval=PACED)
+    print(outcome)
+    assert outcome.details["flood"] == {"denied": 200}, outcome
+    assert outcome.details["good_answered"] > 0 and outcome.lost == 0, outcome  # type: ignore[operator]
+    no_leaks(server, baseline)
 
 
 def fd_limited_server(mode: str, limit: int = 256) -> Server:

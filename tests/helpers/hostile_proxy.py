@@ -46,10 +46,11 @@ def _one(port: int, payload: bytes, source: str = "127.0.0.1", timeout: float = 
 
 
 class GoodClient:
-    """Asks and checks one request per fresh connection until stopped."""
+    """Asks and checks one request per fresh connection until stopped, ``interval``
+    seconds apart (a short run paces it: each connection leaves a TIME_WAIT port)."""
 
-    def __init__(self, port: int, header: Callable[[int], bytes]) -> None:
-        self.port, self.header = port, header
+    def __init__(self, port: int, header: Callable[[int], bytes], interval: float = 0.0) -> None:
+        self.port, self.header, self.interval = port, header, interval
         self.asked = self.answered = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -63,12 +64,14 @@ class GoodClient:
         self._thread.join(30)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:  # asks at least once, however short the flood
             self.asked += 1
             with contextlib.suppress(OSError):
                 line = b"ping %d" % self.asked
                 reply = _one(self.port, self.header(self.asked) + line + b"\n")
                 self.answered += reply == line[::-1] + b"\n"
+            if self._stop.wait(self.interval):
+                return
 
 
 def _kinds(replies: list[bytes]) -> dict[str, int]:
@@ -80,23 +83,25 @@ def _kinds(replies: list[bytes]) -> dict[str, int]:
     return kinds
 
 
-def bad_proxy_headers(server: Server, count: int, mode: str) -> Outcome:
-    """``count`` connections with bad headers (STALLED of them held until the timeout)."""
+def bad_proxy_headers(server: Server, count: int, mode: str,
+                      stalled_count: int = STALLED, interval: float = 0.0) -> Outcome:
+    """``count`` connections with bad headers (``stalled_count`` held until the timeout)."""
     port = server.port
     settle(server.pid, QUIET, timeout=10)
     before = rss_kb(server.pid)
     good_header = proxy_v2(("203.0.113.50", 4000))
     stalled: list[socket.socket] = []
-    with Sampler(server.pid) as sampler, GoodClient(port, lambda i: good_header) as good:
-        for _ in range(STALLED):
+    with Sampler(server.pid) as sampler, GoodClient(port, lambda i: good_header, interval) as good:
+        for _ in range(stalled_count):
             sock = socket.create_connection(("127.0.0.1", port), timeout=20)
             sock.sendall(b"PROXY TCP4 ")
             stalled.append(sock)
-        replies = [_one(port, BAD_HEADERS[i % len(BAD_HEADERS)]) for i in range(count - STALLED)]
+        replies = [_one(port, BAD_HEADERS[i % len(BAD_HEADERS)])
+                   for i in range(count - stalled_count)]
         replies += [_read_end(sock) for sock in stalled]
     settle(server.pid, QUIET, timeout=10)
     after = rss_kb(server.pid)
-    return Outcome("bad PROXY headers", mode, f"{count} connections ({STALLED} stalled)",
+    return Outcome("bad PROXY headers", mode, f"{count} connections ({stalled_count} stalled)",
                    "missing, malformed, oversized, stalled", lost=good.asked - good.answered,
                    peak_pss_kb=sampler.peak_pss_kb,
                    details={"flood": _kinds(replies), "good_asked": good.asked,
@@ -114,12 +119,12 @@ def _read_end(sock: socket.socket) -> bytes:
             return b"<reset>"
 
 
-def denied_flood(server: Server, count: int, mode: str) -> Outcome:
+def denied_flood(server: Server, count: int, mode: str, interval: float = 0.0) -> Outcome:
     """``count`` clients from a denied address (127.0.0.2), one after another."""
     port = server.port
     settle(server.pid, QUIET, timeout=10)
     before = rss_kb(server.pid)
-    with Sampler(server.pid) as sampler, GoodClient(port, lambda i: b"") as good:
+    with Sampler(server.pid) as sampler, GoodClient(port, lambda i: b"", interval) as good:
         replies = [_one(port, b"let me in\n", source="127.0.0.2") for _ in range(count)]
     settle(server.pid, QUIET, timeout=10)
     after = rss_kb(server.pid)
