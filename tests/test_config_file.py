@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from helpers.net import connect, exchange, recv_until_closed
-from helpers.servers import run, script
+from helpers.servers import TESTS, run, script
 
 CONFIG = """\
 mode = "thread"
@@ -85,6 +85,14 @@ def test_mistakes_are_usage_errors_naming_file_line_and_key(tmp_path: Path, text
 def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     config = tmp_path / "tcpkit.toml"
     config.write_text(CONFIG)
+    done = run([*script("tcpkit"), "serve", "--config", str(config), "--check-config"])
+    assert (done.returncode, done.stdout) == (0, b"config ok\n"), done
+
+
+@pytest.mark.parametrize("config", sorted((TESTS.parent / "contrib" / "config").glob("*.toml")),
+                         ids=lambda path: path.name)
+def test_the_shipped_example_files_are_valid(config: Path) -> None:
+    """What README and the systemd unit point operators at must itself pass."""
     done = run([*script("tcpkit"), "serve", "--config", str(config), "--check-config"])
     assert (done.returncode, done.stdout) == (0, b"config ok\n"), done
 
